@@ -1,0 +1,117 @@
+"""Command line: `python -m vwe pretrain ...` and `python -m vwe linear-eval ...` (`--help` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vwe.config import PROFILES, get_config, resolve_device
+from vwe.data import DATASETS, load_dataset
+from vwe.models import ENCODINGS, MODELS, TOWERS
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", choices=tuple(PROFILES),
+                   help="named settings (default: cpu); the options below override them")
+    p.add_argument("--dataset", choices=DATASETS, help="auto: CIFAR-100 when present, else Shapes")
+    p.add_argument("--n-train", type=int, help="training images used")
+    p.add_argument("--n-test", type=int, help="test images used")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vwe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain an autoencoder, checkpointing every epoch (resumes)")
+    _common(p)
+    p.add_argument("--model", choices=MODELS, help="context (the method) or patch (simple AE)")
+    p.add_argument("--tower", choices=TOWERS)
+    p.add_argument("--encoding", choices=ENCODINGS)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--no-augment", action="store_true", help="the paper's no-augmentation ablation")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    p.add_argument("--run-dir", type=Path,
+                   help="where checkpoints go (default: runs/<profile>/<model>-<tower>-<aug>)")
+    p.add_argument("--fresh", action="store_true", help="discard this run directory's checkpoints")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("linear-eval", help="linear evaluation of a checkpoint (or of random weights)")
+    _common(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a checkpoint file or a run directory")
+    src.add_argument("--random-weights", choices=TOWERS, metavar="TOWER",
+                     help="the lower bound: an untrained tower (resnet32 or conv4)")
+    p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
+    p.add_argument("--out", type=Path, help="results JSON (default: beside the checkpoint)")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from vwe.pretrain import pretrain
+
+    cfg = get_config(a.profile, dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
+                     device=a.device, seed=a.seed, model=a.model, tower=a.tower,
+                     encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                     augment=False if a.no_augment else None,
+                     compile=False if a.no_compile else None)
+    run_dir = a.run_dir or Path("runs") / cfg.profile / cfg.run_name
+    print(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}: "
+          f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
+    res = pretrain(cfg, run_dir, fresh=a.fresh, progress=not a.no_progress)
+    if res.metrics:
+        first, last = res.metrics[0], res.metrics[-1]
+        print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch 1) -> "
+              f"{last['test_loss']:.5f} (epoch {last['epoch']}); {last['images_per_s']:.0f} images/s")
+    print(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
+
+
+def cmd_linear_eval(a: argparse.Namespace) -> None:
+    from vwe.evaluate import evaluate_model, random_weights_model
+    from vwe.pretrain import load_pretrained
+
+    overrides = dict(device=a.device, probe_epochs=a.probe_epochs,
+                     probe_seeds=tuple(a.seeds) if a.seeds else None)
+    if a.checkpoint:
+        model, trained, state = load_pretrained(a.checkpoint, a.device or "auto")
+        # Evaluate on the data the model was pretrained on unless told otherwise.
+        data_kw = {k: getattr(trained, k) for k in ("dataset", "n_train", "n_test", "data_seed")}
+        cfg = get_config(a.profile, **data_kw, **overrides)
+        name = trained.run_name
+        out_dir = a.checkpoint if a.checkpoint.is_dir() else a.checkpoint.parent
+    else:
+        cfg = get_config(a.profile, **overrides)
+        model = random_weights_model(a.random_weights, a.seed or 0).to(resolve_device(cfg.device))
+        name = f"random-{a.random_weights}"
+        out_dir = Path("runs") / cfg.profile / name
+    cfg = cfg.replace(**{k: v for k, v in dict(dataset=a.dataset, n_train=a.n_train,
+                                                 n_test=a.n_test).items() if v is not None})
+    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
+    print(f"linear evaluation of {name} on {data.describe()}")
+    result = evaluate_model(model, data, cfg, progress=not a.no_progress)
+    out = a.out or out_dir / "linear_eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": name, "dataset": data.name, "profile": cfg.profile,
+                               "mean": result.mean, "std": result.std, "accs": result.accs,
+                               "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs},
+                              indent=2) + "\n")
+    print(f"top-1 accuracy: {result}\nresults: {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    try:
+        {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval}[a.command](a)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

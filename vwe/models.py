@@ -1,0 +1,258 @@
+"""Towers (ResNet-32, Conv4), the context encoder, the decoder and the two autoencoders.
+
+Read from the top: the small parts first (blocks, towers, decoder), then the two whole models.
+Letters (DESIGN.md): B batch, N = 16 patches, K = 8 neighbours, D = 64 tower features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, patchify
+
+TOWERS = ("resnet32", "conv4")
+ENCODINGS = ("shared", "literal")
+FEATURES = 64  # D, the tower's output size
+
+# Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
+# input. A zero patch stays all-zero in [0, 1] pixel space (DESIGN.md 1); only the tower sees it shifted.
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std as a tower's first operation."""
+
+    def __init__(self, mean: tuple[float, ...] = CIFAR100_MEAN, std: tuple[float, ...] = CIFAR100_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual; 1x1 conv + BN projection when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet32(nn.Module):
+    """The ResNet-32 tower of Patacchiola & Storkey (2020): 3 stages x 5 BasicBlocks, 16/32/64 channels.
+
+    (B, 3, H, W) -> (B, 64). On an 8x8 patch the maps go 8x8 -> 4x4 -> 2x2 -> pool; on a 32x32
+    image 32x32 -> 16x16 -> 8x8 -> pool. About 0.46 M parameters.
+    """
+
+    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES)):
+        super().__init__()
+        self.normalize = Normalize()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        stages, cin = [], widths[0]
+        for i, cout in enumerate(widths):
+            stride = 1 if i == 0 else 2  # 8x8 => 8x8, then 8x8 => 4x4 => 2x2
+            blocks = [BasicBlock(cin, cout, stride)]
+            blocks += [BasicBlock(cout, cout, 1) for _ in range(blocks_per_stage - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.out_features = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(self.normalize(x)))  # (B, 64, H/4, W/4)
+        return x.mean(dim=(2, 3))  # adaptive global average pool: (B, 64)
+
+
+class Conv4(nn.Module):
+    """The Conv4 tower: four conv3x3-BN-ReLU blocks of 8/16/32/64 filters, 2x2 average pooling after
+    blocks 1-3, global average pool after block 4. (B, 3, H, W) -> (B, 64). About 25 k parameters.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES)):
+        super().__init__()
+        self.normalize = Normalize()
+        layers, cin = [], 3
+        for i, cout in enumerate(widths):
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            if i < len(widths) - 1:
+                layers.append(nn.AvgPool2d(2))  # 8x8 => 4x4 => 2x2 => 1x1 on a patch
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.out_features = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.normalize(x)).mean(dim=(2, 3))  # (B, 64)
+
+
+def make_tower(name: str) -> nn.Module:
+    """A fresh tower by name: "resnet32" or "conv4"."""
+    if name == "resnet32":
+        return ResNet32()
+    if name == "conv4":
+        return Conv4()
+    raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
+
+
+class Decoder(nn.Module):
+    """Patch embedding -> 8x8 patch: two linear layers, reshape, nearest upsample, three convs.
+
+    (B, E) -> (B, 3, 8, 8) in [0, 1].
+    """
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(in_features, 512), nn.ReLU(),
+            nn.Linear(512, 64 * 4 * 4), nn.ReLU(),
+        )
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),  # 4x4 => 8x8
+            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(32, 3, 3, 1, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(-1, 64, 4, 4)  # (B, 64, 4, 4)
+        return self.up(x)  # (B, 3, 8, 8)
+
+
+class Autoencoder(nn.Module):
+    """What both autoencoders share: decode every patch embedding, MSE loss, image embedding.
+
+    Subclasses define `encode(x)`: (B, 3, 32, 32) in [0, 1] -> (B, 16, E).
+    """
+
+    embed_dim: int
+
+    def __init__(self, tower: str | nn.Module, embed_dim_per_tower: int):
+        super().__init__()
+        self.tower = make_tower(tower) if isinstance(tower, str) else tower
+        self.tower_name = tower if isinstance(tower, str) else type(tower).__name__.lower()
+        self.embed_dim = embed_dim_per_tower * self.tower.out_features
+        self.decoder = Decoder(self.embed_dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, 16, E) -> (B, 16, 3, 8, 8)."""
+        b, n, e = z.shape
+        return self.decoder(z.reshape(b * n, e)).view(b, n, 3, PATCH, PATCH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct every patch: (B, 3, 32, 32) -> (B, 16, 3, 8, 8)."""
+        return self.decode(self.encode(x))
+
+    def forward_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over all 16 targets of every image (the paper's L2 up to a constant)."""
+        recon = self.forward(x)
+        return F.mse_loss(recon.float(), patchify(x).float())
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The 16 patch embeddings concatenated in patch order: (B, 3, 32, 32) -> (B, 16 * E)."""
+        return self.encode(x).flatten(1)
+
+
+class ContextAutoencoder(Autoencoder):
+    """The context patch autoencoder: each patch is rebuilt from the tower features of its 8 neighbours.
+
+    encoding="literal" runs the tower on all B*16*8 context patches, as the paper is written (128
+    tower passes per image). encoding="shared" (default) runs it once on the 16 patches plus once on
+    the zero patch and gathers the features with the neighbour table (17 passes per image). The two
+    are equal in eval mode. In train mode BatchNorm's batch statistics differ: the literal form sees
+    every patch once per neighbour slot and 44 zero patches per image, the shared form each patch
+    once and the zero patch once per batch.
+    """
+
+    def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared"):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+        super().__init__(tower, N_NEIGHBOURS)
+        self.encoding = encoding
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 32, 32) -> (B, 16, 8 * D): each target's context features in context order."""
+        patches = patchify(x)  # (B, 16, 3, 8, 8)
+        b, n = patches.shape[:2]
+        if self.encoding == "literal":
+            context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
+            feats = self.tower(context.flatten(0, 2))  # (B*16*8, D)
+            return feats.view(b, n, -1)  # (B, 16, 8*D)
+        # One tower call on the 16*B patches and the zero patch together, so BatchNorm in train mode
+        # normalises them as one batch (a separate batch of one zero patch would break Conv4's 1x1 BN).
+        flat = torch.cat([patches.flatten(0, 1), patches.new_zeros(1, *patches.shape[2:])])
+        feats = self.tower(flat)  # (B*16 + 1, D)
+        context = gather_neighbours(feats[:-1].view(b, n, -1), feats[-1])  # (B, 16, 8, D)
+        return context.flatten(2)  # (B, 16, 8*D)
+
+
+class PatchAutoencoder(Autoencoder):
+    """The simple autoencoder baseline: each patch is rebuilt from the tower features of itself."""
+
+    def __init__(self, tower: str | nn.Module = "resnet32"):
+        super().__init__(tower, 1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 32, 32) -> (B, 16, D)."""
+        patches = patchify(x)  # (B, 16, 3, 8, 8)
+        b, n = patches.shape[:2]
+        return self.tower(patches.flatten(0, 1)).view(b, n, -1)
+
+
+MODELS = ("context", "patch")
+
+
+def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared") -> Autoencoder:
+    """An autoencoder by name: model "context" (with `encoding`) or "patch" (the simple baseline)."""
+    if model == "context":
+        return ContextAutoencoder(tower, encoding)
+    if model == "patch":
+        return PatchAutoencoder(tower)
+    raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Classifier(nn.Module):
+    """A tower on the whole 32x32 image plus a linear head: the supervised upper bound.
+
+    (B, 3, 32, 32) -> (B, classes) logits.
+    """
+
+    def __init__(self, tower: str = "resnet32", num_classes: int = 100):
+        super().__init__()
+        self.tower = make_tower(tower)
+        self.head = nn.Linear(self.tower.out_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower(x)  # (B, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
