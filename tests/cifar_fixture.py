@@ -1,0 +1,104 @@
+"""A tiny CIFAR-100 archive in the official format, for offline tests of `vwe.data`.
+
+The official `cifar-100-python.tar.gz` holds Python 2 pickles (protocol 2): dict keys and strings
+are Python 2 byte strings, arrays are rebuilt by `numpy.core.multiarray._reconstruct`, and the
+pixel buffer is one byte string. `py2_pickle` writes exactly that from Python 3, so the tests read
+what a real archive holds. Build broken variants with `py2_pickle` + `write_archive`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+ARCHIVE = "cifar-100-python.tar.gz"
+TRAIN, TEST, META = "cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Pickles str and bytes as Python 2 `str` (BINSTRING), as the official archive does.
+
+    Python 3's protocol 2 would spell bytes as a call to `_codecs.encode`, a global that the
+    official pickles never contain (and that a restricted unpickler rightly refuses).
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: str | bytes) -> None:
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+
+def py2_pickle(obj: object, numpy_module: str = "numpy.core.multiarray") -> bytes:
+    """`obj` as a Python 2 protocol-2 pickle; arrays rebuilt via `<numpy_module>._reconstruct`."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 2 names its own module `numpy._core.multiarray`; the 2009 archive says `numpy.core`.
+    return buf.getvalue().replace(
+        b"cnumpy._core.multiarray\n", f"c{numpy_module}\n".encode("ascii")
+    )
+
+
+def write_archive(path: str | Path, members: dict[str, bytes]) -> str:
+    """Write `members` (name -> bytes) into a tar.gz at `path`, return the archive's md5."""
+    path = Path(path)
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-100-python")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_fake_cifar100(root: str | Path, n_train: int = 20, n_test: int = 10, seed: int = 0,
+                        numpy_module: str = "numpy.core.multiarray") -> dict:
+    """Write `<root>/cifar-100-python.tar.gz` with random images; return what was written.
+
+    Keys: path, md5, members ({member name: the pickled dict}), and for split in (train, test):
+    `<split>_data` (n, 3072) uint8 rows as in the official format, `<split>_fine` and
+    `<split>_coarse` label lists; `fine_label_names` (100) and `coarse_label_names` (20).
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict = {}
+    members = {}
+    for split, member, n in (("train", TRAIN, n_train), ("test", TEST, n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = [int(x) for x in rng.integers(0, 100, size=n)]
+        coarse = [f // 5 for f in fine]
+        members[member] = {
+            "filenames": [f"image_{split}_{i}.png" for i in range(n)],
+            "batch_label": f"{split}ing batch 1 of 1",
+            "fine_labels": fine,
+            "coarse_labels": coarse,
+            "data": data,
+        }
+        out.update({f"{split}_data": data, f"{split}_fine": fine, f"{split}_coarse": coarse})
+    out["fine_label_names"] = [f"fine_{i:02d}" for i in range(100)]
+    out["coarse_label_names"] = [f"coarse_{i:02d}" for i in range(20)]
+    members[META] = {
+        "fine_label_names": out["fine_label_names"],
+        "coarse_label_names": out["coarse_label_names"],
+    }
+    path = root / ARCHIVE
+    blobs = {name: py2_pickle(obj, numpy_module) for name, obj in members.items()}
+    blobs["cifar-100-python/file.txt~"] = b""  # the official archive carries this stray file too
+    out.update(path=path, md5=write_archive(path, blobs), members=members)
+    return out

@@ -1,0 +1,599 @@
+"""Datasets as whole uint8 tensors, and index batches to slice them on the training device.
+
+Two datasets, both returned as a `Dataset` of (N, 3, 32, 32) uint8 images and int64 labels:
+
+- CIFAR-100 (the paper's data), read from the official `cifar-100-python.tar.gz` with a
+  restricted unpickler and cached as `cifar100_uint8.pt` next to the archive;
+- Shapes, generated procedurally in seconds from a seed: the offline dataset of tests and CI.
+
+The whole dataset is moved to the device once (`Dataset.to`); a training loop draws index
+tensors from `batches`, slices the images with them and converts with `to_float`, so no per-image
+Python or PIL work happens in the loop.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import socket
+import tarfile
+import tempfile
+import urllib.parse
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets.utils import check_integrity, download_url
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR100_CACHE = "cifar100_uint8.pt"
+DATASETS = ("auto", "cifar100", "shapes")
+
+SHAPE_CLASSES = (
+    "disk", "ring", "square", "frame", "triangle", "cross", "star", "crescent", "bars", "dots",
+)
+SHAPES_TRAIN, SHAPES_TEST = 10_000, 2_000  # default split sizes (images)
+
+
+@dataclass
+class Dataset:
+    """Both splits of one dataset as whole tensors; `name` says which dataset actually ran."""
+
+    name: str
+    train_images: torch.Tensor  # (N, 3, 32, 32) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor  # (M, 3, 32, 32) uint8
+    test_labels: torch.Tensor  # (M,) int64
+    classes: list[str]
+    train_coarse: torch.Tensor | None = None  # (N,) int64, CIFAR-100 superclasses
+    test_coarse: torch.Tensor | None = None  # (M,) int64
+    coarse_classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+                raise ValueError(
+                    f"{split}_images must be uint8 of shape (N, 3, 32, 32), "
+                    f"got {images.dtype} {tuple(images.shape)}"
+                )
+            if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+                raise ValueError(
+                    f"{split}_labels must be int64 of shape ({len(images)},), "
+                    f"got {labels.dtype} {tuple(labels.shape)}"
+                )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on `device` (the images stay uint8: 4x less memory)."""
+        moved = {
+            field: getattr(self, field).to(device)
+            for field in ("train_images", "train_labels", "test_images", "test_labels",
+                          "train_coarse", "test_coarse")
+            if getattr(self, field) is not None
+        }
+        return replace(self, **moved)
+
+    def subset(self, n_train: int | None, n_test: int | None) -> Dataset:
+        """The first `n_train` training and `n_test` test images (None keeps a split whole)."""
+        n_train = _subset_size(n_train, len(self.train_labels), "n_train", self.name)
+        n_test = _subset_size(n_test, len(self.test_labels), "n_test", self.name)
+        return replace(
+            self,
+            train_images=self.train_images[:n_train],
+            train_labels=self.train_labels[:n_train],
+            test_images=self.test_images[:n_test],
+            test_labels=self.test_labels[:n_test],
+            train_coarse=None if self.train_coarse is None else self.train_coarse[:n_train],
+            test_coarse=None if self.test_coarse is None else self.test_coarse[:n_test],
+        )
+
+    def describe(self) -> str:
+        coarse = "" if self.coarse_classes is None else f" ({len(self.coarse_classes)} coarse)"
+        return (
+            f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} test images "
+            f"3x32x32 uint8, {self.num_classes} classes{coarse}, on {self.train_images.device}"
+        )
+
+
+def _subset_size(n: int | None, size: int, what: str, name: str) -> int:
+    if n is None:
+        return size
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{what} must be an int or None, got {type(n).__name__}")
+    if not 1 <= n <= size:
+        raise ValueError(f"{what}={n} is out of range 1..{size}: {name} has {size} images there")
+    return n
+
+
+def data_dir(root: str | Path | None = None) -> Path:
+    """The data folder: `root` if given, else $VWE_DATA_DIR, else `data` (relative to the cwd)."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("VWE_DATA_DIR") or "data")
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100
+
+_MEMBERS = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
+_NUM_FINE, _NUM_COARSE = 100, 20
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    # The numpy function that rebuilds an array, taken from numpy itself rather than by import
+    # path: the archive spells it `numpy.core.multiarray`, numpy 2 moved it to `numpy._core`.
+    reconstruct = np.empty(0).__reduce__()[0]
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a callable that CIFAR-100 pickles never contain."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only the three numpy names an array pickle needs; everything else is refused."""
+
+    def __init__(self, data: bytes, member: str) -> None:
+        # latin1 decodes the Python 2 byte strings of the official pickles into str, and numpy
+        # turns a latin1 str back into the array's raw bytes.
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.member = member
+        self.allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.allowed:
+            raise _RefusedGlobal(
+                f"refusing to unpickle {module}.{name} from {self.member}: CIFAR-100 pickles hold "
+                "only dicts, lists, strings, numbers and numpy uint8 arrays. The archive is not "
+                f"the official one; delete it and download it again from {CIFAR100_URL}"
+            )
+        return self.allowed[(module, name)]
+
+
+def _unpickle(data: bytes, member: str, archive: Path) -> dict[str, object]:
+    try:
+        obj = _CifarUnpickler(data, member).load()
+    except _RefusedGlobal:
+        raise
+    # A damaged pickle can fail in many ways (EOFError, KeyError, ValueError, ...): all of them
+    # mean the same thing to the user.
+    except Exception as err:
+        raise ValueError(f"{archive}: member {member} is not a readable pickle ({err!r})") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{archive}: member {member} holds {type(obj).__name__}, expected a dict")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _field(d: dict[str, object], key: str, member: str, archive: Path) -> object:
+    if key not in d:
+        raise ValueError(f"{archive}: member {member} has no {key!r} (keys: {sorted(d)})")
+    return d[key]
+
+
+def _labels(d: dict[str, object], key: str, n: int, num: int, member: str, archive: Path
+            ) -> torch.Tensor:
+    labels = np.asarray(_field(d, key, member, archive))
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise ValueError(
+            f"{archive}: {member} {key!r} must be {n} integers, "
+            f"got {labels.dtype} of shape {labels.shape}"
+        )
+    if n and (labels.min() < 0 or labels.max() >= num):
+        raise ValueError(
+            f"{archive}: {member} {key!r} must lie in 0..{num - 1}, "
+            f"found {labels.min()}..{labels.max()}"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _split(d: dict[str, object], member: str, archive: Path
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pickled split -> images (N, 3, 32, 32) uint8, fine (N,) and coarse (N,) labels."""
+    data = _field(d, "data", member, archive)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{archive}: {member} 'data' must be uint8 of shape (N, 3072), got {got}")
+    n = len(data)
+    fine = _labels(d, "fine_labels", n, _NUM_FINE, member, archive)
+    coarse = _labels(d, "coarse_labels", n, _NUM_COARSE, member, archive)
+    # Each row is channel-major (1024 R, 1024 G, 1024 B), each plane row-major 32x32.
+    images = torch.from_numpy(np.ascontiguousarray(data.reshape(n, 3, 32, 32)))  # (N, 3, 32, 32)
+    return images, fine, coarse
+
+
+def _names(d: dict[str, object], key: str, num: int, archive: Path) -> list[str]:
+    names = _field(d, key, _MEMBERS[2], archive)
+    if not isinstance(names, list) or len(names) != num:
+        raise ValueError(f"{archive}: meta {key!r} must be a list of {num} names")
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read_archive(archive: Path) -> Dataset:
+    """Read the three pickles straight out of the tar.gz (nothing is extracted to disk)."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            blobs = {}
+            for member in _MEMBERS:
+                try:
+                    f = tar.extractfile(member)
+                except KeyError:
+                    f = None
+                if f is None:
+                    raise ValueError(
+                        f"{archive} has no file {member}: it is not the official "
+                        f"{CIFAR100_ARCHIVE}; download it again from {CIFAR100_URL}"
+                    )
+                blobs[member] = f.read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise ValueError(
+            f"{archive} is truncated or corrupt ({err!r}); delete it and download it again "
+            f"from {CIFAR100_URL}"
+        ) from err
+    train, test, meta = (_unpickle(blobs[m], m, archive) for m in _MEMBERS)
+    train_images, train_fine, train_coarse = _split(train, _MEMBERS[0], archive)
+    test_images, test_fine, test_coarse = _split(test, _MEMBERS[1], archive)
+    return Dataset(
+        name="cifar100",
+        train_images=train_images,
+        train_labels=train_fine,
+        test_images=test_images,
+        test_labels=test_fine,
+        classes=_names(meta, "fine_label_names", _NUM_FINE, archive),
+        train_coarse=train_coarse,
+        test_coarse=test_coarse,
+        coarse_classes=_names(meta, "coarse_label_names", _NUM_COARSE, archive),
+    )
+
+
+_CACHED = ("train_images", "train_labels", "test_images", "test_labels", "classes",
+           "train_coarse", "test_coarse", "coarse_classes")
+
+
+def _load_cache(path: Path, md5: str) -> Dataset | None:
+    """The cached tensors if they were read from an archive with this md5, else None."""
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        if cache.get("md5") != md5:
+            return None
+        return Dataset(name="cifar100", **{k: cache[k] for k in _CACHED})
+    # An unreadable cache (an interrupted copy, another format) is only a cache: read the archive.
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError):
+        return None
+
+
+def _save_cache(ds: Dataset, path: Path, md5: str) -> None:
+    # Temp file + os.replace: an interrupted save never leaves a half-written cache behind.
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as err:
+        warnings.warn(f"cannot write the CIFAR-100 cache {path} ({err}); it will be re-read "
+                      "from the archive next time", stacklevel=3)
+        return
+    os.close(fd)
+    try:
+        torch.save({"md5": md5, **{k: getattr(ds, k) for k in _CACHED}}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _missing_message(archive: Path, md5: str, reason: str) -> str:
+    return (
+        f"{reason}\nThe CIFAR-100 archive is missing: {archive.resolve()}\n"
+        f"Fetch it on a machine with internet from {CIFAR100_URL}\n"
+        f"(md5 {md5}) and put it at exactly that path, or point VWE_DATA_DIR at the folder "
+        "that holds it. Or run with dataset='shapes' (built in, offline)."
+    )
+
+
+def _download(archive: Path, md5: str) -> None:
+    # Downloaded to a side name and renamed, so a broken transfer never looks like an archive.
+    part = archive.with_name(archive.name + ".part")
+    try:
+        download_url(CIFAR100_URL, str(archive.parent), part.name, md5)
+        os.replace(part, archive)
+    # Whatever broke (URLError offline, IncompleteRead, the md5 check's RuntimeError), the
+    # user's next step is the same: get the archive by hand.
+    except Exception as err:
+        raise FileNotFoundError(
+            _missing_message(archive, md5, f"Downloading {CIFAR100_URL} failed: {err!r}.")
+        ) from err
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def load_cifar100(root: str | Path | None = None, download: bool = False,
+                  md5: str = CIFAR100_MD5) -> Dataset:
+    """CIFAR-100 from `<data dir>/cifar-100-python.tar.gz` (or its cache), on the CPU.
+
+    Train 50 000 and test 10 000 images (N, 3, 32, 32) uint8 with fine (0..99) and coarse
+    (0..19) labels. `md5` is the archive's expected checksum (tests pass their fixture's).
+    """
+    folder = data_dir(root)
+    archive, cache = folder / CIFAR100_ARCHIVE, folder / CIFAR100_CACHE
+    ds = _load_cache(cache, md5)
+    if ds is not None:
+        return ds
+    if not archive.is_file():
+        if not download:
+            reason = "Not downloading (download=False)."
+            raise FileNotFoundError(_missing_message(archive, md5, reason))
+        folder.mkdir(parents=True, exist_ok=True)
+        _download(archive, md5)
+    if not check_integrity(str(archive), md5):
+        raise ValueError(
+            f"{archive.resolve()} does not have the md5 {md5} of the official CIFAR-100 "
+            f"archive: it is corrupt or a different file. Delete it and fetch it again from "
+            f"{CIFAR100_URL}"
+        )
+    ds = _read_archive(archive)
+    _save_cache(ds, cache, md5)
+    return ds
+
+
+def cifar100_available(root: str | Path | None = None) -> bool:
+    """Whether the CIFAR-100 archive or its cache sits in the data dir (no download)."""
+    folder = data_dir(root)
+    return (folder / CIFAR100_ARCHIVE).is_file() or (folder / CIFAR100_CACHE).is_file()
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    # A plain TCP connect fails in seconds offline, where a download could hang for minutes.
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes: implicit shape functions on a rotated, scaled coordinate grid, rendered in batches.
+# Each takes local coordinates u, v (B, S, S) in units of the shape's radius; True is inside.
+
+def _disk(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u * u + v * v < 1.0
+
+
+def _ring(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    r2 = u * u + v * v
+    return (r2 < 1.0) & (r2 > 0.55**2)
+
+
+def _square(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(u.abs(), v.abs()) < 0.8
+
+
+def _frame(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    m = torch.maximum(u.abs(), v.abs())
+    return (m < 0.85) & (m > 0.52)
+
+
+def _triangle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # Equilateral, circumradius 1.15: inside all three edges, whose normals point at 30/150/270 deg.
+    inside = torch.ones_like(u, dtype=torch.bool)
+    for deg in (30.0, 150.0, 270.0):
+        a = math.radians(deg)
+        inside &= u * math.cos(a) + v * math.sin(a) < 0.575
+    return inside
+
+
+def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    au, av = u.abs(), v.abs()
+    return ((au < 0.27) & (av < 0.95)) | ((av < 0.27) & (au < 0.95))
+
+
+def _star(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # Fold the angle into one half-spike [0, pi/5]; inside means below the edge running from
+    # the tip (1.05, 0) to the inner corner at radius 0.45, angle pi/5.
+    half = math.pi / 5
+    phi = torch.remainder(torch.atan2(v, u) + half, 2 * half) - half
+    r = torch.sqrt(u * u + v * v)
+    x, y = r * torch.cos(phi.abs()), r * torch.sin(phi.abs())
+    tip_x, in_x, in_y = 1.05, 0.45 * math.cos(half), 0.45 * math.sin(half)
+    # Cross product sign: the origin (inside) lies on the positive side of the tip->corner edge.
+    return (in_x - tip_x) * y - in_y * (x - tip_x) > 0
+
+
+def _crescent(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (u * u + v * v < 1.0) & ((u - 0.45) ** 2 + v * v > 0.8**2)
+
+
+def _bars(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    au = u.abs()
+    return (au > 0.18) & (au < 0.55) & (v.abs() < 0.9)
+
+
+def _dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    inside = torch.zeros_like(u, dtype=torch.bool)
+    for deg in (90.0, 210.0, 330.0):
+        a = math.radians(deg)
+        inside |= (u - 0.62 * math.cos(a)) ** 2 + (v - 0.62 * math.sin(a)) ** 2 < 0.32**2
+    return inside
+
+
+_SHAPE_FNS = (_disk, _ring, _square, _frame, _triangle, _cross, _star, _crescent, _bars, _dots)
+
+_SUPER = 64  # render at 2x and average 2x2 blocks: anti-aliased 32x32 edges
+_CHUNK = 1024  # images rendered at once: bounds memory (~17 MB per (B, 64, 64) float tensor)
+
+
+def _far_colour(gen: torch.Generator, ref: torch.Tensor, min_dist: float = 0.45) -> torch.Tensor:
+    """Random RGB colours (B, 3) at least about `min_dist` from `ref`, so the shape stays visible."""
+    c = torch.rand(ref.shape, generator=gen)
+    # Too close: shift every channel by 0.5 away from the reference instead (distance 0.87).
+    shifted = torch.where(ref > 0.5, ref - 0.5, ref + 0.5)
+    close = (c - ref).norm(dim=1, keepdim=True) < min_dist
+    return torch.where(close, shifted, c)
+
+
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres in [-1, 1] as y (1, size, 1) and x (1, 1, size); y grows down like rows."""
+    t = (torch.arange(size) + 0.5) / size * 2 - 1
+    return t.view(1, size, 1), t.view(1, 1, size)
+
+
+def _render(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Labels (B,) -> images (B, 3, 32, 32) uint8, every random choice drawn from `gen`."""
+    B, S = len(labels), _SUPER
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=gen)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:  # (B, 1, 1) for broadcasting on (B, S, S)
+        return lo + (hi - lo) * rand(B, 1, 1)
+
+    y, x = _grid(S)  # (1, S, 1), (1, 1, S)
+
+    # Pose: radius 0.38-0.75 of the half-width (6-12 px), mild stretch, any rotation, and a
+    # centre that keeps most of the shape inside the image.
+    scale, stretch, angle = uniform(0.38, 0.75), uniform(0.8, 1.25), uniform(0, 2 * math.pi)
+    reach = 1 - 0.8 * scale
+    cx, cy = (2 * rand(B, 1, 1) - 1) * reach, (2 * rand(B, 1, 1) - 1) * reach
+    dx, dy = x - cx, y - cy  # (B, S, S)
+    u = (torch.cos(angle) * dx + torch.sin(angle) * dy) / (scale * stretch)
+    v = (-torch.sin(angle) * dx + torch.cos(angle) * dy) * stretch / scale
+
+    mask = torch.zeros(B, S, S, dtype=torch.bool)
+    for c, fn in enumerate(_SHAPE_FNS):
+        idx = (labels == c).nonzero().squeeze(1)
+        mask[idx] = fn(u[idx], v[idx])
+
+    # Fill: solid, striped or two-tone, in the shape's own coordinates so fills rotate too.
+    alpha = uniform(0, 2 * math.pi)
+    axis = u * torch.cos(alpha) + v * torch.sin(alpha)  # (B, S, S)
+    stripes = torch.sin(2 * math.pi * uniform(1.2, 2.0) * axis + uniform(0, 2 * math.pi)) > 0
+    fill = torch.randint(0, 3, (B, 1, 1), generator=gen)
+    second = torch.where(fill == 0, False, torch.where(fill == 1, stripes, axis > 0))
+    # Only edges and stripes need the 2x grid: keep each fill colour's coverage of every
+    # 32x32 pixel and composite over a background drawn at 32x32 directly (3x less work).
+    cover1 = F.avg_pool2d((mask & ~second).unsqueeze(1).float(), 2)  # (B, 1, 32, 32)
+    cover2 = F.avg_pool2d((mask & second).unsqueeze(1).float(), 2)  # (B, 1, 32, 32)
+
+    # Background: plain, gradient, smooth noise or grating around a base colour bg1.
+    y, x = _grid(32)
+    bg1, bg2 = rand(B, 3), rand(B, 3)
+    bg2 = (bg1 + 0.7 * (bg2 - 0.5)).clamp(0, 1)  # second colour near the first
+    beta = uniform(0, 2 * math.pi).unsqueeze(1)  # (B, 1, 1, 1)
+    along = (x * torch.cos(beta) + y * torch.sin(beta)) / math.sqrt(2)  # (B, 1, 32, 32)
+    gradient = 0.5 + 0.5 * along
+    noise = F.interpolate(torch.randn(B, 1, 5, 5, generator=gen), size=(32, 32),
+                          mode="bilinear", align_corners=False)
+    grating = 0.5 + 0.5 * torch.sin(2 * math.pi * (2 + 3 * rand(B, 1, 1, 1)) * along)
+    kind = torch.randint(0, 4, (B, 1, 1, 1), generator=gen)
+    mix = torch.where(kind == 0, 0.0, torch.where(
+        kind == 1, gradient, torch.where(kind == 2, (0.5 + 0.35 * noise).clamp(0, 1), grating)))
+    a, b = bg1[:, :, None, None], bg2[:, :, None, None]
+    background = a + (b - a) * mix  # (B, 3, 32, 32)
+
+    fg1, fg2 = _far_colour(gen, bg1), _far_colour(gen, bg1)  # (B, 3) each
+    image = (cover1 * fg1[:, :, None, None] + cover2 * fg2[:, :, None, None]
+             + (1 - cover1 - cover2) * background)  # (B, 3, 32, 32)
+    image = image + 0.02 * torch.randn(image.shape, generator=gen)  # sensor-like pixel noise
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _shapes_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # Balanced: every class n // C or n // C + 1 times, in random order.
+    labels = torch.arange(n) % len(SHAPE_CLASSES)
+    labels = labels[torch.randperm(n, generator=gen)]
+    images = torch.cat([_render(labels[i:i + _CHUNK], gen) for i in range(0, n, _CHUNK)])
+    return images, labels
+
+
+def make_shapes(n_train: int, n_test: int, seed: int = 0) -> Dataset:
+    """The built-in Shapes dataset: (N, 3, 32, 32) uint8 images of 10 shape classes.
+
+    Colour, position, scale, stretch, rotation, fill (solid, striped, two-tone) and background
+    (plain, gradient, noise, grating) vary within every class; only the shape decides the label.
+    Deterministic for a seed; train and test come from disjoint seed streams (2s and 2s + 1).
+    """
+    for what, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"make_shapes needs {what} >= 1 (an int), got {n!r}")
+    train_images, train_labels = _shapes_split(n_train, 2 * seed)
+    test_images, test_labels = _shapes_split(n_test, 2 * seed + 1)
+    return Dataset("shapes", train_images, train_labels, test_images, test_labels,
+                   list(SHAPE_CLASSES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points used by the notebooks and the training loops
+
+def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: int | None = None,
+                 n_test: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
+    """Load `name` in ("auto", "cifar100", "shapes"), on the CPU; read `.name` for what ran.
+
+    "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when
+    the server answers and the download succeeds; otherwise Shapes. "cifar100" never falls back.
+    `n_train`/`n_test` keep the first n images of CIFAR-100 or set the Shapes sizes (default
+    10 000 / 2 000); `seed` only affects Shapes.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    shapes = (SHAPES_TRAIN if n_train is None else n_train,
+              SHAPES_TEST if n_test is None else n_test, seed)
+    if name == "shapes":
+        return make_shapes(*shapes)
+    if name == "auto" and not cifar100_available(root):
+        if not (download and _reachable(CIFAR100_URL)):
+            return make_shapes(*shapes)
+        try:
+            ds = load_cifar100(root, download=True, md5=CIFAR100_MD5)
+        except FileNotFoundError:  # the server answered but the download did not complete
+            return make_shapes(*shapes)
+        return ds.subset(n_train, n_test)
+    # CIFAR100_MD5 looked up at call time (not a default argument), so tests can substitute it.
+    return load_cifar100(root, download=download, md5=CIFAR100_MD5).subset(n_train, n_test)
+
+
+def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+            drop_last: bool = False, device: torch.device | str | None = None
+            ) -> Iterator[torch.Tensor]:
+    """Index tensors (<= batch_size,) int64 covering range(n) once, on `device`.
+
+    One permutation per call (one epoch), moved to the device once; slicing it there costs no
+    host-device copy per batch. With `drop_last` the short final batch is skipped (training).
+    """
+    for what, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"batches needs {what} >= 1 (an int), got {value!r}")
+    if drop_last and batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} > n={n} with drop_last=True yields no batch at all; "
+            "use a batch_size <= n"
+        )
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(device) if device is not None else order
+    stop = n - n % batch_size if drop_last else n
+    # A generator expression, not a generator function: bad arguments raise at the call.
+    return (order[start:start + batch_size] for start in range(0, stop, batch_size))
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> float32 in [0, 1], same shape and device."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images_uint8.dtype}")
+    return images_uint8.to(torch.float32) / 255
