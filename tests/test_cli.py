@@ -1,0 +1,44 @@
+"""The command line end to end: pretrain a smoke run, evaluate its checkpoint, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vwe(*args, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vwe", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_help_lists_the_commands():
+    out = vwe("--help")
+    assert out.returncode == 0
+    for command in ("pretrain", "linear-eval"):
+        assert command in out.stdout
+    for flag in ("--dataset", "--epochs", "--batch-size", "--seed", "--device", "--encoding", "--no-augment"):
+        assert flag in vwe("pretrain", "--help").stdout
+
+
+def test_pretrain_then_linear_eval(tmp_path):
+    run = tmp_path / "run"
+    out = vwe("pretrain", "--profile", "smoke", "--tower", "conv4", "--run-dir", str(run), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "dataset shapes" in out.stdout and str(run / "checkpoint-0001.pt") in out.stdout
+    out = vwe("linear-eval", "--profile", "smoke", "--checkpoint", str(run), "--probe-epochs", "2",
+              "--no-progress")
+    assert out.returncode == 0, out.stderr
+    result = json.loads((run / "linear_eval.json").read_text())
+    assert result["dataset"] == "shapes" and result["seeds"] == [0, 1, 2]
+    assert len(result["accs"]) == 3 and 0 <= result["mean"] <= 100
+
+
+def test_bad_input_gives_a_clear_error(tmp_path):
+    out = vwe("pretrain", "--profile", "smoke", "--batch-size", "0", "--run-dir", str(tmp_path))
+    assert out.returncode != 0 and "batch_size must be > 0" in out.stderr
+    out = vwe("linear-eval", "--profile", "smoke", "--checkpoint", str(tmp_path / "nothing"))
+    assert out.returncode != 0 and "no checkpoint" in out.stderr
