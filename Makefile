@@ -1,15 +1,19 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
+#   make test                        set up .venv if needed, run every test (notebooks included)
+#   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
+#   make paper [PROFILE=paper] [DATASET=...]    the paper's Table 1 into runs/<profile>/results.*
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PROFILE ?= cpu
-DATASET ?= auto
+# Data (CIFAR-100 archive and cache) lives in one place, whatever directory a notebook runs from.
+export VWE_DATA_DIR ?= $(CURDIR)/data
+DATASET_FLAG = $(if $(DATASET),--dataset $(DATASET))
 
-.PHONY: help setup test lint sync clean
+.PHONY: help setup test lint sync run-all lab paper bench e2e clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: $(VENV)/.installed  ## create .venv with pip (torch, the package, notebook and dev tools)
 
@@ -19,11 +23,32 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
 	touch $@
 
-test: setup  ## the whole test suite (unit tests, notebooks through papermill + nbval)
+test: setup  ## the whole test suite: unit tests, notebooks (papermill + nbval), browser tests if Chromium
 	$(PY) -m pytest tests
 
 lint: setup  ## ruff
 	$(PY) -m ruff check .
+
+sync: setup  ## re-pair notebooks/NN_*.py and .ipynb (the newer file wins)
+	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb
+
+run-all: setup  ## execute every notebook with papermill into runs/<PROFILE>/ (default PROFILE=cpu)
+	$(PY) -m vwe.course --profile $(or $(PROFILE),cpu) $(DATASET_FLAG)
+
+lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
+	$(PY) -m jupyterlab --ServerApp.ip=127.0.0.1 \
+		--IdentityProvider.token=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))') \
+		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
+
+paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU)
+	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG)
+
+bench: setup  ## training-step / feature / probe throughput (DEVICE=cpu|cuda)
+	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json
+
+e2e: setup  ## install Debian's Chromium if missing, then the JupyterLab browser tests
+	bash scripts/install-chromium.sh
+	$(PY) -m pytest tests/e2e
 
 clean:  ## remove run outputs and caches (keeps data/ and .venv/)
 	rm -rf runs/ .pytest_cache .ruff_cache test-output
