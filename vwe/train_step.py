@@ -1,19 +1,325 @@
-"""The pretraining step (augment, forward, loss, backward, Adam) and its fast CUDA form.
+"""The pretraining step (augment, forward, loss, backward, Adam), plain and at GPU speed.
 
-`make_train_step` returns a function of a uint8 batch that does one optimisation step and returns
-the loss as a 0-d tensor, without a host sync. On CUDA it runs in bf16 autocast on channels_last
-weights and is compiled; on the CPU it is the plain fp32 step.
+`make_train_step` returns a `TrainStep`: a function of a uint8 batch (B, 3, 32, 32) on the training
+device that does one optimisation step and returns the loss as a 0-d fp32 tensor, without a host
+sync. How it runs is a `StepOptions`; the maths is the same in every setting: the same loss, the
+same Adam, and the same per-sample augmentation drawn from the same generator in the same order.
+
+    PLAIN            eager fp32, the reference (the CPU default, and the benchmark's baseline)
+    bf16             autocast the model to bf16; weights, Adam and the loss stay fp32
+    channels_last    NHWC weights, the layout cuDNN's tensor-core kernels want
+    compile          torch.compile of augment + forward + loss (backward comes with it)
+    cuda_graph       capture the whole step (forward, backward, Adam) once and replay it
+
+The CUDA default is all four. Why the graph: a step is hundreds of small kernels (31 convolutions
+on 8x8, 4x4 and 2x2 maps, their BatchNorms, the decoder, the augmentation, and the backward of it
+all), many of which the GPU finishes as fast as Python can launch them; one replay launches them
+all. The graph fixes every address, so:
+- the augmentation parameters are drawn eagerly with the caller's generator (one small launch)
+  and copied into a static buffer that the graph reads; the generator advances exactly as in the
+  plain step, so a run is reproducible and resumable the same way on either path;
+- warm-up steps (compilation, cuDNN autotuning, Adam's lazy state) run before the capture and
+  are then undone, so the first real step starts from the caller's state;
+- Adam must be `capturable` (its step count lives on the GPU); its learning rate is baked into
+  the graph, and a changed lr raises instead of being silently ignored.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from vwe.augment import AugmentConfig, augment
+from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.data import to_float
 from vwe.models import Autoencoder
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+WARMUP_STEPS = 3  # before a capture: compile, autotune (cuDNN and Triton), create Adam's state
+# ops that read a device value on the host: each is a sync, and illegal inside a CUDA graph
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique2")
+
+
+class GraphFallbackWarning(UserWarning):
+    """The step could not be captured in a CUDA graph and runs without one (slower, same results)."""
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step runs (the module docstring explains each switch)."""
+
+    bf16: bool = False  # bf16 autocast around the model
+    channels_last: bool = False  # convert the model's conv weights to NHWC
+    compile: str | None = None  # a torch.compile mode from COMPILE_MODES, None runs eagerly
+    backend: str = "inductor"  # torch.compile backend; "eager" only traces (finds graph breaks fast)
+    cuda_graph: bool = False  # capture and replay the whole step (CUDA, Adam only)
+
+    def __post_init__(self) -> None:
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose None or one of {COMPILE_MODES}")
+        if self.cuda_graph and self.compile in ("reduce-overhead", "max-autotune"):
+            # those modes capture their own CUDA graphs, which cannot nest inside ours
+            raise ValueError(
+                f"compile={self.compile!r} makes its own CUDA graphs; with cuda_graph=True use "
+                "'default' or 'max-autotune-no-cudagraphs'"
+            )
+
+    def describe(self) -> str:
+        """A short label such as 'bf16 + channels_last + compile(default) + cuda_graph'."""
+        parts = ["bf16" if self.bf16 else "fp32"]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.compile:
+            backend = "" if self.backend == "inductor" else f", {self.backend}"
+            parts.append(f"compile({self.compile}{backend})")
+        if self.cuda_graph:
+            parts.append("cuda_graph")
+        return " + ".join(parts)
+
+
+PLAIN = StepOptions()
+
+
+def default_options(device: torch.device | str, compile: bool = True) -> StepOptions:
+    """The fastest options for `device`: everything on CUDA (`compile=False` drops torch.compile
+    only), the plain fp32 step on the CPU."""
+    if torch.device(device).type != "cuda":
+        return PLAIN
+    return StepOptions(bf16=True, channels_last=True, compile="default" if compile else None, cuda_graph=True)
+
+
+def capture_hazards(fn: Callable[[], object]) -> list[str]:
+    """Run `fn()` and name every op in it that would break a CUDA graph capture.
+
+    Two kinds: ops whose tensors span host and device (a host-to-device copy, e.g. a table built
+    on the CPU and moved with `.to(device)` every call) and ops that read a device value on the
+    host (`.item()`, `nonzero`). 0-d CPU tensors are scalars and do not count. Autograd's
+    backward runs under the same check when `fn` calls it. Returns 'op (devices)' strings, in
+    order of appearance, without repeats.
+    """
+    found: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, Tensor)]
+            devices = {t.device.type for t in tensors}
+            mixed = {t.device.type for t in tensors if not (t.device.type == "cpu" and t.dim() == 0)}
+            if len(mixed) > 1 or name in SYNC_OPS:
+                hazard = f"{name} ({', '.join(sorted(devices))})"
+                if hazard not in found:
+                    found.append(hazard)
+            return out
+
+    with Watch():
+        fn()
+    return found
+
+
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give per-parameter optimizer state the memory layout of its parameter.
+
+    Fused Adam treats tensors as flat arrays: a channels_last weight with a contiguous exp_avg (a
+    state loaded from a checkpoint, or created before the conversion) is updated against the wrong
+    entries, silently (tests/test_train_step.py shows the fix).
+    """
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def _set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Adam's `capturable` flag, moving a step count that lives on the host to the device if needed."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+    if capturable:
+        for p, state in optimizer.state.items():
+            step = state.get("step")
+            if isinstance(step, Tensor) and step.device != p.device:
+                state["step"] = step.to(p.device, torch.float32)
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """Remember model and optimizer state; the returned function puts it back in place.
+
+    In place (`copy_`), because a CUDA graph holds the addresses of these very tensors. Adam state
+    that did not exist yet is zeroed, which is exactly Adam's lazy initial state (step 0, zero
+    moments): the next step behaves as the first.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    saved = [t.detach().clone() for t in tensors]
+    saved_state = {p: {k: v.clone() for k, v in s.items() if isinstance(v, Tensor)}
+                   for p, s in optimizer.state.items()}
+
+    @torch.no_grad()
+    def restore() -> None:
+        for t, s in zip(tensors, saved, strict=True):
+            t.copy_(s)
+        for p, state in optimizer.state.items():
+            before = saved_state.get(p)
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    value.copy_(before[key]) if before is not None else value.zero_()
+
+    return restore
+
+
+class TrainStep:
+    """One optimisation step: (B, 3, 32, 32) uint8 on the device -> loss (0-d fp32 tensor).
+
+    Made by `make_train_step`; `options` says how it runs (after a fallback, how it actually runs).
+    """
+
+    def __init__(
+        self,
+        model: Autoencoder,
+        optimizer: torch.optim.Optimizer,
+        aug: AugmentConfig | None,
+        aug_gen: torch.Generator,
+        device: torch.device,
+        options: StepOptions,
+    ):
+        if options.cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
+        if options.cuda_graph and not isinstance(optimizer, torch.optim.Adam):
+            raise ValueError(f"the CUDA-graph step supports torch.optim.Adam/AdamW (their warm-up can be "
+                             f"undone exactly), got {type(optimizer).__name__}; pass "
+                             "options=StepOptions(..., cuda_graph=False)")
+        if aug is not None and aug_gen.device.type != device.type:
+            raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the step trains "
+                             f"on {device}; make it with torch.Generator(device={str(device)!r})")
+        self.model, self.optimizer, self.aug, self.aug_gen = model, optimizer, aug, aug_gen
+        self.device, self.options = device, options
+        if options.channels_last:
+            model.to(memory_format=torch.channels_last)
+        _match_state_layout(optimizer)
+        # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
+        # take Adam's ordinary path, and only the captured one needs the step count on the device
+        _set_capturable(optimizer, False)
+        self._forward_loss = self.forward_loss
+        if options.compile:
+            # fullgraph: a graph break would silently split the step and cost speed; the generator
+            # stays outside (draw), so there is nothing dynamo cannot trace
+            self._forward_loss = torch.compile(self.forward_loss, mode=options.compile,
+                                               backend=options.backend, fullgraph=True)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    # ------------------------------------------------------------------ the parts of a step
+
+    def draw(self, batch: int) -> tuple[Tensor, ...]:
+        """This step's augmentation parameters as a tuple of (B,) tensors (empty without augmentation).
+
+        The only use of the generator, kept outside compiled code and graphs: the same generator
+        state gives the same draws on every path.
+        """
+        if self.aug is None:
+            return ()
+        params = sample_params(batch, self.aug, self.aug_gen, self.device)
+        return tuple(getattr(params, f.name) for f in fields(params))
+
+    def forward_loss(self, images: Tensor, *params: Tensor) -> Tensor:
+        """uint8 (B, 3, 32, 32) and the drawn parameters -> MSE loss (0-d fp32)."""
+        x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
+        if self.aug is not None:
+            x = apply_params(x, AugmentParams(*params), self.aug)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
+            return self.model.forward_loss(x)
+
+    def update(self, images: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        """Forward, backward and Adam on a batch; the loss (graph-owned memory on the graph path)."""
+        if self.options.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
+        loss = self._forward_loss(images, *params)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    # ------------------------------------------------------------------ running it
+
+    def __call__(self, images: Tensor) -> Tensor:
+        self._check(images)
+        params = self.draw(images.shape[0])
+        if self.options.cuda_graph and self.graph is None:
+            self._capture(images, params)  # may fall back: options.cuda_graph becomes False
+        if not self.options.cuda_graph:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.update(images, params)
+            # cudagraph trees reuse their output memory at the next replay
+            return loss.clone() if self.options.compile == "reduce-overhead" else loss
+        self._check_graph_still_valid(images)
+        self.static_images.copy_(images)
+        for static, p in zip(self.static_params, params, strict=True):
+            static.copy_(p)
+        self.graph.replay()
+        return self.static_loss.clone()  # the next replay overwrites static_loss
+
+    def _check(self, images: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+            raise TypeError(f"a training batch must be a uint8 tensor, got "
+                            f"{getattr(images, 'dtype', type(images).__name__)}")
+        if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+            raise ValueError(f"a training batch must have shape (B, 3, 32, 32), got {tuple(images.shape)}")
+        if images.device.type != self.device.type:
+            raise ValueError(f"the batch is on {images.device} but the step trains on {self.device}; "
+                             "move the dataset with Dataset.to(device) first")
+
+    def _check_graph_still_valid(self, images: Tensor) -> None:
+        """The graph replays what it captured: refuse, loudly, anything that would differ."""
+        if images.shape != self.static_images.shape:
+            raise ValueError(f"this CUDA-graph step was captured for batches of shape "
+                             f"{tuple(self.static_images.shape)}, got {tuple(images.shape)}; keep the "
+                             "batch size fixed (drop_last=True) or make a new step")
+        if self.model.training != self.captured_training:
+            raise RuntimeError(f"the step was captured with model.training={self.captured_training}; "
+                               f"call model.train({self.captured_training}) before stepping")
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if lrs != self.captured_lrs:
+            raise RuntimeError(f"the learning rate changed from {self.captured_lrs} to {lrs}, but the "
+                               "CUDA graph has the old one baked in; make a new step after changing it")
+
+    def _capture(self, images: Tensor, params: tuple[Tensor, ...]) -> None:
+        """Warm up on this batch, undo the warm-up, capture one whole step into `self.graph`.
+
+        If an op of the step cannot be captured (`capture_hazards`), warn and fall back to the
+        step without a graph instead: slower, same results.
+        """
+        # static inputs: the graph reads these addresses at every replay
+        self.static_images = images.clone()
+        self.static_params = tuple(p.clone() for p in params)
+        restore = _snapshot(self.model, self.optimizer)
+        hazards = capture_hazards(
+            lambda: self.forward_loss(self.static_images, *self.static_params).backward())
+        if hazards:
+            restore()
+            self.options = replace(self.options, cuda_graph=False)
+            warnings.warn(f"the training step cannot be captured in a CUDA graph because of {hazards}; "
+                          "running it without the graph (same results, more launch overhead)",
+                          GraphFallbackWarning, stacklevel=3)
+            return
+        side = torch.cuda.Stream(self.device)  # warm-up on a side stream, as the CUDA graph docs ask
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.update(self.static_images, self.static_params)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        restore()
+        # no grads before the capture: backward then allocates them in the graph's pool, and each
+        # replay writes them afresh (no zero_grad needed)
+        self.optimizer.zero_grad(set_to_none=True)
+        _set_capturable(self.optimizer, True)
+        self.captured_training = self.model.training
+        self.captured_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.update(self.static_images, self.static_params)
 
 
 def make_train_step(
@@ -21,32 +327,20 @@ def make_train_step(
     optimizer: torch.optim.Optimizer,
     aug: AugmentConfig | None,
     aug_gen: torch.Generator,
-    device: torch.device,
+    device: torch.device | str,
     compile: bool = True,
-) -> Callable[[torch.Tensor], torch.Tensor]:
+    options: StepOptions | None = None,
+) -> TrainStep:
     """A step function: (B, 3, 32, 32) uint8 on `device` -> loss (0-d tensor, fp32).
 
-    `aug=None` trains without augmentation (the paper's ablation).
+    `aug=None` trains without augmentation (the paper's ablation). `options` defaults to
+    `default_options(device, compile)`: the fast step on CUDA, the plain fp32 step on the CPU
+    (where `compile` is ignored). Side effects: the model may be converted to channels_last,
+    Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on
+    (the shapes never change, so its search pays off).
     """
-    cuda = device.type == "cuda"
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-
-    def forward_loss(images: torch.Tensor) -> torch.Tensor:
-        x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
-        if aug is not None:
-            x = augment(x, aug, aug_gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            return model.forward_loss(x)
-
-    if cuda and compile:
-        forward_loss = torch.compile(forward_loss)
-
-    def step(images: torch.Tensor) -> torch.Tensor:
-        loss = forward_loss(images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
+    device = torch.device(device)
+    step = TrainStep(model, optimizer, aug, aug_gen, device, options or default_options(device, compile))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     return step

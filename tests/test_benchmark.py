@@ -1,0 +1,135 @@
+"""benchmarks/throughput.py: the FLOP count against a hand count, a tiny CPU run end to end (table and
+JSON), robustness to a failing variant, and argument errors."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+throughput = importlib.util.module_from_spec(SPEC)
+sys.modules["throughput"] = throughput  # dataclasses look their module up here
+SPEC.loader.exec_module(throughput)
+
+TINY = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1", "--warmup", "1",
+        "--images", "8", "--eval-train", "8", "--eval-test", "4", "--eval-batch-size", "4",
+        "--probe-epochs", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the machine is shared: two threads fighting other processes run many times slower than one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def conv_flops(cin: int, cout: int, k: int, pixels: int) -> int:
+    return 2 * cin * cout * k * k * pixels  # a multiply-add is 2 FLOPs, per output pixel
+
+
+def resnet32_patch_flops() -> int:
+    """ResNet-32 forward on one 8x8 patch, layer by layer (DESIGN.md 5)."""
+    total = conv_flops(3, 16, 3, 64)  # stem
+    total += 10 * conv_flops(16, 16, 3, 64)  # stage 1: 5 blocks x 2 convs at 8x8
+    for cin, cout, pixels in ((16, 32, 16), (32, 64, 4)):  # stages 2 and 3 start with stride 2
+        total += conv_flops(cin, cout, 3, pixels) + conv_flops(cout, cout, 3, pixels)
+        total += conv_flops(cin, cout, 1, pixels)  # the projection shortcut
+        total += 8 * conv_flops(cout, cout, 3, pixels)  # 4 more blocks
+    return total
+
+
+def decoder_patch_flops() -> int:
+    """Decoder forward on one 512-d patch embedding (DESIGN.md 7)."""
+    linears = 2 * 512 * 512 + 2 * 512 * 64 * 16
+    return linears + conv_flops(64, 64, 3, 64) + conv_flops(64, 32, 3, 64) + conv_flops(32, 3, 3, 64)
+
+
+def test_cost_per_image_matches_the_hand_count():
+    cost = throughput.cost_per_image()
+    assert cost["tower"]["forward_flop"] == 16 * resnet32_patch_flops()
+    assert cost["decoder"]["forward_flop"] == 16 * decoder_patch_flops()
+    # backward: a gradient for the input and one for the weights, each as costly as the forward,
+    # except the stem's input gradient (the pixels need none)
+    stem = 16 * conv_flops(3, 16, 3, 64)
+    assert cost["tower"]["flop"] == 3 * cost["tower"]["forward_flop"] - stem
+    assert cost["decoder"]["flop"] == 3 * cost["decoder"]["forward_flop"]
+    # the decoder's 8x8x64 convolutions cost about as much as the whole tower
+    assert decoder_patch_flops() == pytest.approx(resnet32_patch_flops(), rel=0.02)
+    for part in ("tower", "decoder"):
+        assert 0 < 2 * cost[part]["saved_bytes"] < cost[part]["unfused_bytes"]
+    bound = cost["h100_bound_images_per_s"]
+    assert bound["compute"] == pytest.approx(throughput.H100_FLOPS / cost["total"]["flop"])
+
+
+def test_tiny_cpu_run_prints_the_tables_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    results = throughput.main([*TINY, "--json", str(path)])
+    printed = capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["config"] == json.loads(json.dumps(results["config"])) and saved["config"]["batch_size"] == 2
+    rows = {r["variant"]: r for r in saved["train"]}
+    assert list(rows) == ["literal-fp32", "shared-fp32", "shared-bf16", "fast"]
+    assert rows["literal-fp32"]["vs_literal_fp32"] == 1.0
+    assert rows["fast"]["images_per_s"] == rows["shared-fp32"]["images_per_s"]  # the CPU default
+    for name, row in rows.items():
+        assert row["images_per_s"] > 0 and row["final_loss"] == pytest.approx(row["final_loss"]), name
+        assert row["step_ms"] == pytest.approx(1000 * 2 / row["images_per_s"])
+        assert f"| {name} |" in printed
+    assert rows["shared-bf16"]["options"] == "bf16 + channels_last"
+    features, probe = saved["evaluation"]
+    assert features["images"] == 12
+    assert features["projected_60000_images_s"] == pytest.approx(features["seconds"] * 60_000 / 12)
+    assert probe["projected_100_epochs_50000_images_s"] == pytest.approx(probe["seconds"] * 100 * 50_000 / 8)
+    env = saved["environment"]
+    assert env["torch"] == torch.__version__ and env["command"].startswith("python benchmarks/throughput.py")
+    assert "--batch-size 2" in env["command"] and env["git"]
+    assert saved["goals"] == []  # the issue's goals are about an H100
+
+
+def test_a_failing_variant_is_reported_and_the_others_still_run(monkeypatch):
+    real = throughput.bench_step
+
+    def flaky(name, cfg, images):
+        if name == "shared-fp32":
+            raise RuntimeError("out of memory (pretend)")
+        return real(name, cfg, images)
+
+    monkeypatch.setattr(throughput, "bench_step", flaky)
+    cfg, _ = throughput.parse_args([*TINY, "--variants", "literal-fp32,shared-fp32,fast"])
+    rows = {r["variant"]: r for r in throughput.bench_variants(cfg, throughput.random_images(8, "cpu"))}
+    assert rows["shared-fp32"]["error"] == "RuntimeError: out of memory (pretend)"
+    assert rows["shared-fp32"]["note"] == rows["shared-fp32"]["error"]
+    assert rows["literal-fp32"]["images_per_s"] > 0 and rows["literal-fp32"]["vs_literal_fp32"] == 1.0
+    assert rows["fast"]["error"] == rows["shared-fp32"]["error"]  # on the CPU, shared-fp32's row
+
+
+def test_markdown_table():
+    rows = [{"a": "x", "b": 1234.5}, {"a": "y", "b": None}]
+    assert throughput.markdown(rows, [("name", "a", "s"), ("value", "b", ",.0f")]) == (
+        "| name | value |\n|---|---:|\n| x | 1,234 |\n| y | - |")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "invalid choice"),
+    (["--device", "cpu", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--device", "cpu", "--images", "4", "--batch-size", "8"], "larger than --images"),
+    (["--device", "cpu", "--variants", "fastest"], "unknown variant 'fastest'"),
+    (["--device", "cpu", "--variants", "shared-bf16-compiled"], "CUDA only"),
+])
+def test_bad_arguments_are_refused(args, message, capsys):
+    with pytest.raises(SystemExit):
+        throughput.parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--device", "cuda"])
+    assert "no CUDA GPU" in capsys.readouterr().err

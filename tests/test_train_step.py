@@ -1,0 +1,376 @@
+"""The training step: the plain step against a hand-written one, the fast options against the plain
+step (same draws, same Adam, loss and gradients within bf16 tolerance), the undo of a warm-up, and
+the checks that keep a CUDA graph capturable. Tests marked `cuda` run on a GPU machine only."""
+
+import copy
+from dataclasses import fields
+
+import pytest
+import torch
+
+from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
+from vwe.data import to_float
+from vwe.models import build_model
+from vwe.train_step import (
+    PLAIN,
+    GraphFallbackWarning,
+    StepOptions,
+    _match_state_layout,
+    _snapshot,
+    capture_hazards,
+    default_options,
+    make_train_step,
+)
+
+LR = 1e-3
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+AUG = AugmentConfig()
+FAST_CPU = StepOptions(bf16=True, channels_last=True)  # what the CPU can run of the CUDA default
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the machine is shared: two threads fighting other processes run many times slower than one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch(b: int = 4, seed: int = 0, device: str = "cpu") -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
+
+
+def fresh(tower: str = "conv4", seed: int = 0, device: str = "cpu", fused: bool = False):
+    torch.manual_seed(seed)
+    model = build_model("context", tower).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=fused)
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().float().flatten() for t in tensors])
+
+
+def adam_first_step(w0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Adam's first update, by its formula: the bias-corrected moments are g and g^2."""
+    return w0 - LR * g / (g.abs() + EPS)
+
+
+def run(options: StepOptions, model, optimizer, images, seed: int = 1, aug=AUG, steps=1):
+    """`steps` steps on `images`; returns (losses, the generator after them)."""
+    gen = torch.Generator(device=images.device).manual_seed(seed)
+    step = make_train_step(model, optimizer, aug, gen, images.device, options=options)
+    return [step(images) for _ in range(steps)], gen
+
+
+# ---------------------------------------------------------------- the plain step is the reference
+
+
+def test_plain_step_equals_the_step_written_by_hand():
+    images = batch()
+    model, opt = fresh()
+    ref_model = copy.deepcopy(model)
+    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=LR, betas=BETAS, eps=EPS)
+    ref_gen = torch.Generator().manual_seed(1)
+    ref_losses = []
+    for _ in range(2):
+        loss = ref_model.forward_loss(augment(to_float(images), AugmentConfig(), ref_gen))
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        ref_losses.append(loss.detach())
+    losses, gen = run(PLAIN, model, opt, images, steps=2)
+    assert torch.equal(torch.stack(losses), torch.stack(ref_losses))
+    assert torch.equal(flat(model.state_dict().values()), flat(ref_model.state_dict().values()))
+    assert torch.equal(gen.get_state(), ref_gen.get_state())
+    assert losses[0].shape == () and losses[0].dtype == torch.float32 and not losses[0].requires_grad
+
+
+def test_no_augmentation_trains_on_the_raw_pixels():
+    images = batch()
+    model, opt = fresh()
+    expected = copy.deepcopy(model).forward_loss(to_float(images))
+    losses, gen = run(PLAIN, model, opt, images, aug=None)
+    assert torch.equal(losses[0], expected.detach())
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(1).get_state())  # never drawn
+
+
+# ---------------------------------------------------------------- fast options against the plain step
+
+
+def record_inputs(model, into: list) -> None:
+    """Make `model.forward_loss` keep a copy of every batch it is given."""
+    forward_loss = model.forward_loss
+
+    def recording(x: torch.Tensor) -> torch.Tensor:
+        into.append(x.detach().clone())
+        return forward_loss(x)
+
+    model.forward_loss = recording
+
+
+@pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
+def test_step_augments_with_the_generator_like_augment_does(options):
+    images = batch()
+    model, opt = fresh()
+    seen = []
+    record_inputs(model, seen)
+    _, gen = run(options, model, opt, images, steps=2)
+    ref_gen = torch.Generator().manual_seed(1)
+    expected = [augment(to_float(images), AugmentConfig(), ref_gen) for _ in range(2)]
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, expected, strict=True))
+    assert torch.equal(gen.get_state(), ref_gen.get_state())
+
+
+def test_compiled_step_traces_as_one_graph_and_matches_eager():
+    # fullgraph=True raises on any graph break; the "eager" backend checks the tracing without the
+    # minutes of code generation, and must give the eager step's numbers
+    images = batch()
+    results = []
+    for options in (FAST_CPU, StepOptions(bf16=True, channels_last=True, compile="default", backend="eager")):
+        model, opt = fresh()
+        losses, _ = run(options, model, opt, images, steps=2)
+        results.append((torch.stack(losses), flat(model.parameters())))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
+    images = batch(8)
+    grads = {}
+    for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
+        model, opt = fresh("resnet32")
+        losses, _ = run(options, model, opt, images)
+        grads[name] = [p.grad for p in model.parameters()]
+        grads[name + " loss"] = losses[0]
+        grads[name + " names"] = [n for n, _ in model.named_parameters()]
+    torch.testing.assert_close(grads["fast loss"], grads["plain loss"], rtol=1e-3, atol=0)
+    g_fast, g_plain = flat(grads["fast"]), flat(grads["plain"])
+    # bf16 keeps 8 bits of mantissa; through 31 conv layers and BatchNorm's mean subtraction the
+    # small tower gradients of an untrained net carry ~10 % noise, the output layers far less
+    assert torch.nn.functional.cosine_similarity(g_fast, g_plain, dim=0) > 0.99
+    assert (g_fast - g_plain).norm() / g_plain.norm() < 0.2
+    last = grads["plain names"].index("decoder.up.5.weight")
+    torch.testing.assert_close(grads["fast"][last].float(), grads["plain"][last], rtol=0.05, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
+def test_step_is_exactly_adams_first_update_of_its_own_gradients(options):
+    images = batch()
+    model, opt = fresh(fused=True)  # fused, as pretrain uses on CUDA
+    before = [p.detach().clone() for p in model.parameters()]
+    run(options, model, opt, images)
+    for w0, p in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), adam_first_step(w0, p.grad), rtol=0, atol=1e-7)
+        assert opt.state[p]["step"].item() == 1
+
+
+def test_one_fast_and_one_plain_step_give_weights_within_tolerance():
+    images = batch(8)
+    start, _ = fresh("resnet32")
+    w0 = flat(start.parameters())
+    updates = {}
+    for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
+        model = copy.deepcopy(start)
+        opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
+        run(options, model, opt, images)
+        updates[name] = flat(model.parameters()) - w0
+    fast, plain = updates["fast"], updates["plain"]
+    # Adam's first step moves every weight by lr * sign(g) (less where |g| ~ eps): the two agree
+    # where the gradient's sign does, and never differ by more than 2 lr
+    assert (fast - plain).abs().max() <= 2 * LR * (1 + 1e-5)
+    assert torch.nn.functional.cosine_similarity(fast, plain, dim=0) > 0.8
+    assert 0.9 < fast.norm() / plain.norm() < 1.1  # one step, not several (a leaked warm-up)
+
+
+def test_channels_last_converts_weights_and_moves_resumed_adam_state_along():
+    images = batch()
+    model, opt = fresh(fused=True)
+    run(PLAIN, model, opt, images)  # Adam state now exists, in the contiguous layout
+    state_before = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
+    w1 = [p.detach().clone() for p in model.parameters()]
+    run(FAST_CPU, model, opt, images, seed=2)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    for p, w in zip(model.parameters(), w1, strict=True):
+        m0, v0 = state_before[p]["exp_avg"], state_before[p]["exp_avg_sq"]
+        g = p.grad.float()
+        m = BETAS[0] * m0 + (1 - BETAS[0]) * g
+        v = BETAS[1] * v0 + (1 - BETAS[1]) * g * g
+        expected = w - LR * (m / (1 - BETAS[0] ** 2)) / ((v / (1 - BETAS[1] ** 2)).sqrt() + EPS)
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_match_state_layout_keeps_values():
+    p = torch.nn.Parameter(torch.randn(4, 3, 3, 3).contiguous(memory_format=torch.channels_last))
+    opt = torch.optim.Adam([p])
+    opt.state[p]["exp_avg"] = torch.randn(4, 3, 3, 3)
+    values = opt.state[p]["exp_avg"].clone()
+    _match_state_layout(opt)
+    assert opt.state[p]["exp_avg"].stride() == p.stride()
+    assert torch.equal(opt.state[p]["exp_avg"], values)
+
+
+# ---------------------------------------------------------------- undoing a warm-up
+
+
+def test_snapshot_restore_undoes_steps_and_restarts_adam_exactly():
+    images = batch()
+    model, opt = fresh(fused=True)
+    twin, twin_opt = fresh(fused=True)
+    state = copy.deepcopy(model.state_dict())
+    restore = _snapshot(model, opt)
+    run(PLAIN, model, opt, images, steps=3)  # a warm-up: weights, BatchNorm statistics, Adam state move
+    assert not torch.equal(flat(model.state_dict().values()), flat(state.values()))
+    restore()
+    assert torch.equal(flat(model.state_dict().values()), flat(state.values()))
+    # Adam's state after the undo (zeros, step 0) must act as no state at all: the next step equals
+    # the first step of an optimizer that never ran
+    losses, _ = run(PLAIN, model, opt, images, seed=5)
+    twin_losses, _ = run(PLAIN, twin, twin_opt, images, seed=5)
+    assert torch.equal(losses[0], twin_losses[0])
+    assert torch.equal(flat(model.state_dict().values()), flat(twin.state_dict().values()))
+
+
+# ---------------------------------------------------------------- capture safety
+
+
+def test_capture_hazards_names_host_transfers_and_syncs_but_not_scalars():
+    x = torch.ones(3, device="meta")
+    assert capture_hazards(lambda: x + torch.arange(3).to("meta")) == ["_to_copy (cpu, meta)"]
+    assert capture_hazards(lambda: torch.ones(3).sum().item()) == ["_local_scalar_dense (cpu)"]
+    assert capture_hazards(lambda: torch.ones(3).nonzero()) == ["nonzero (cpu)"]
+    assert capture_hazards(lambda: x * torch.tensor(2.0)) == []  # a 0-d host tensor is a scalar
+    assert capture_hazards(lambda: torch.ones(3, device="meta").exp()) == []
+
+
+def test_augmentation_makes_nothing_on_the_host():
+    # The meta device stands in for the GPU: a tensor made on the host in the step shows up as a
+    # host/meta mix. The draw stays outside (it is eager by design); applying it must be clean.
+    params = sample_params(4, AugmentConfig(), torch.Generator().manual_seed(0), "cpu")
+    meta = AugmentParams(*(getattr(params, f.name).to("meta") for f in fields(params)))
+    images = torch.empty(4, 3, 32, 32, dtype=torch.uint8, device="meta")
+    assert capture_hazards(lambda: apply_params(to_float(images), meta, AugmentConfig())) == []
+
+
+@pytest.mark.xfail(strict=True, reason="vwe.patches.gather_neighbours builds the neighbour table on the "
+                   "host and copies it to the device at every call; see the train_step report")
+@pytest.mark.parametrize("encoding", ["shared", "literal"])
+def test_model_forward_and_backward_make_nothing_on_the_host(encoding):
+    model = build_model("context", "resnet32", encoding).to("meta")
+    images = torch.empty(2, 3, 32, 32, device="meta")
+    assert capture_hazards(lambda: model.forward_loss(images).backward()) == []
+
+
+# ---------------------------------------------------------------- options and errors
+
+
+def test_default_options_per_device():
+    assert default_options("cpu") == PLAIN
+    assert default_options("cuda") == StepOptions(bf16=True, channels_last=True, compile="default",
+                                                  cuda_graph=True)
+    assert default_options("cuda:0", compile=False).compile is None
+    assert default_options("cuda").describe() == "bf16 + channels_last + compile(default) + cuda_graph"
+    assert PLAIN.describe() == "fp32"
+
+
+def test_bad_options_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="unknown compile mode"):
+        StepOptions(compile="fast")
+    with pytest.raises(ValueError, match="makes its own CUDA graphs"):
+        StepOptions(compile="reduce-overhead", cuda_graph=True)
+    model, opt = fresh()
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_train_step(model, opt, None, gen, "cpu", options=StepOptions(cuda_graph=True))
+    with pytest.raises(ValueError, match="generator lives on cpu"):
+        make_train_step(model, opt, AugmentConfig(), gen, "cuda")
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="supports torch.optim.Adam"):
+        make_train_step(model, sgd, None, gen, "cuda")
+    step = make_train_step(model, opt, AugmentConfig(), gen, "cpu")
+    with pytest.raises(TypeError, match="uint8"):
+        step(to_float(batch()))
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        step(batch()[:, :, :16])
+
+
+# ---------------------------------------------------------------- on a GPU: the CUDA default
+
+
+@cuda
+def test_cuda_default_step_matches_plain_fp32():
+    images = batch(64, device="cuda")
+    start, _ = fresh("resnet32", device="cuda")
+    w0 = flat(start.parameters())
+    out = {}
+    for name, options in (("plain", PLAIN), ("fast", default_options("cuda"))):
+        model = copy.deepcopy(start)
+        opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=True)
+        losses, gen = run(options, model, opt, images)
+        out[name] = (losses[0], [p.grad.float() for p in model.parameters()], flat(model.parameters()) - w0,
+                     gen.get_state(), [opt.state[p]["step"].item() for p in model.parameters()])
+    (l_f, g_f, d_f, s_f, steps_f), (l_p, g_p, d_p, s_p, _) = out["fast"], out["plain"]
+    torch.testing.assert_close(l_f, l_p, rtol=1e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(flat(g_f), flat(g_p), dim=0) > 0.99
+    assert torch.equal(s_f, s_p)
+    assert steps_f == [1.0] * len(steps_f)  # the warm-up was undone: this was Adam's first step
+    assert 0.9 < d_f.norm() / d_p.norm() < 1.1
+    assert (d_f - d_p).abs().max() <= 2 * LR * (1 + 1e-5)
+
+
+@cuda
+def test_cuda_graph_replays_equal_the_same_step_without_graph():
+    images = [batch(32, seed=s, device="cuda") for s in range(3)]
+    results = []
+    for graph in (False, True):
+        model, opt = fresh("conv4", device="cuda", fused=True)
+        options = StepOptions(bf16=True, channels_last=True, cuda_graph=graph)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        step = make_train_step(model, opt, AugmentConfig(), gen, "cuda", options=options)
+        losses = torch.stack([step(x) for x in images])
+        assert step.options.cuda_graph == graph, "the capture fell back: see the warning"
+        results.append((losses, flat(model.parameters())))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-3, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=3 * LR)
+    assert (results[1][0][0] != results[1][0][1]).item()  # returned losses are copies, not graph memory
+
+
+@cuda
+def test_cuda_graph_refuses_what_it_cannot_replay():
+    model, opt = fresh("conv4", device="cuda", fused=True)
+    step = make_train_step(model, opt, None, torch.Generator(device="cuda"), "cuda",
+                           options=StepOptions(bf16=True, cuda_graph=True))
+    step(batch(8, device="cuda"))
+    with pytest.raises(ValueError, match="captured for batches of shape"):
+        step(batch(4, device="cuda"))
+    opt.param_groups[0]["lr"] = 1e-2
+    with pytest.raises(RuntimeError, match="learning rate changed"):
+        step(batch(8, device="cuda"))
+
+
+@cuda
+def test_cuda_graph_falls_back_with_a_warning_when_the_step_cannot_be_captured():
+    images = batch(8, device="cuda")
+    out = {}
+    variants = (("eager", StepOptions(bf16=True)), ("graph", StepOptions(bf16=True, cuda_graph=True)))
+    for name, options in variants:
+        model, opt = fresh("conv4", device="cuda", fused=True)
+        forward_loss = model.forward_loss
+        # a host sync in the forward: uncapturable by construction
+        model.forward_loss = lambda x, f=forward_loss: f(x) + 0 * x.sum().item()
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        step = make_train_step(model, opt, AugmentConfig(), gen, "cuda", options=options)
+        if name == "graph":
+            with pytest.warns(GraphFallbackWarning, match="_local_scalar_dense"):
+                losses = [step(images), step(images)]
+            assert not step.options.cuda_graph
+        else:
+            losses = [step(images), step(images)]
+        out[name] = (torch.stack(losses), flat(model.parameters()), gen.get_state())
+    torch.testing.assert_close(out["graph"][0], out["eager"][0], rtol=1e-3, atol=0)
+    torch.testing.assert_close(out["graph"][1], out["eager"][1], rtol=0, atol=3 * LR)
+    assert torch.equal(out["graph"][2], out["eager"][2])  # the fallback drew once per step, too
