@@ -3,7 +3,7 @@
 The official `cifar-100-python.tar.gz` holds Python 2 pickles (protocol 2): dict keys and strings
 are Python 2 byte strings, arrays are rebuilt by `numpy.core.multiarray._reconstruct`, and the
 pixel buffer is one byte string. `py2_pickle` writes exactly that from Python 3, so the tests read
-what a real archive holds. Build broken variants with `py2_pickle` + `write_archive`.
+what a real archive holds. Build broken variants with `rewrite` (or `py2_pickle` + `write_archive`).
 """
 
 from __future__ import annotations
@@ -102,3 +102,11 @@ def write_fake_cifar100(root: str | Path, n_train: int = 20, n_test: int = 10, s
     blobs["cifar-100-python/file.txt~"] = b""  # the official archive carries this stray file too
     out.update(path=path, md5=write_archive(path, blobs), members=members)
     return out
+
+
+def rewrite(fx: dict, root: str | Path, replace: dict[str, object] | None = None,
+            drop: str | None = None) -> str:
+    """Re-write `fx`'s archive with some members replaced (objects) or dropped; return its md5."""
+    objs = {**fx["members"], **(replace or {})}
+    blobs = {name: py2_pickle(obj) for name, obj in objs.items() if name != drop}
+    return write_archive(Path(root) / ARCHIVE, blobs)

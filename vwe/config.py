@@ -7,6 +7,9 @@ and the tests all start from `get_config(profile, **overrides)`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +30,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _require(name: str, value: object, ok: Callable[[object], bool], what: str) -> None:
+    if not ok(value):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -62,17 +78,34 @@ class Config:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")
+        # Types first: "3" > 0 would raise a bare TypeError, True would pass as 1, 2.5 as a count.
+        for name in ("epochs", "batch_size", "probe_epochs", "probe_batch_size", "eval_batch_size",
+                     "seed", "data_seed"):
+            _require(name, getattr(self, name), _is_int, "an int")
+        for name in ("n_train", "n_test"):
+            _require(name, getattr(self, name), lambda v: v is None or _is_int(v), "an int or None")
+        for name in ("lr", "probe_lr"):
+            _require(name, getattr(self, name), _is_real, "a number")
+        for name in ("augment", "compile"):
+            _require(name, getattr(self, name), lambda v: isinstance(v, bool), "True or False")
+        _require("aug", self.aug, lambda v: isinstance(v, AugmentConfig), "an AugmentConfig")
+        _require("probe_seeds", self.probe_seeds,
+                 lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v)), "a tuple of ints")
         positive = ("epochs", "batch_size", "lr", "probe_epochs", "probe_batch_size", "probe_lr",
                     "eval_batch_size")
         for name in positive:
-            if not getattr(self, name) > 0:
+            if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            if getattr(self, name) == math.inf:
+                raise ValueError(f"{name} must be finite, got inf")
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of images or None, got {value!r}")
         if not self.probe_seeds:
             raise ValueError("probe_seeds must name at least one seed")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {self.device!r}")
         resolve_device(self.device)  # validates the spelling
 
     def replace(self, **overrides) -> Config:
@@ -88,6 +121,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        """The inverse of `to_dict` (also of its JSON round trip: lists become tuples again)."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config field(s) {sorted(unknown)}: written by another "
+                             "version of vwe? Start a fresh run with this version")
         d = dict(d)
         d["aug"] = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["aug"].items()})
         d["probe_seeds"] = tuple(d["probe_seeds"])

@@ -13,6 +13,7 @@ Python or PIL work happens in the loop.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -30,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets.utils import check_integrity, download_url
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -283,19 +283,21 @@ def _load_cache(path: Path, md5: str) -> Dataset | None:
 
 
 def _save_cache(ds: Dataset, path: Path, md5: str) -> None:
-    # Temp file + os.replace: an interrupted save never leaves a half-written cache behind.
+    # Temp file + os.replace: an interrupted save never leaves a half-written cache behind, and
+    # two processes filling one data dir each write their own temp file.
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    except OSError as err:
-        warnings.warn(f"cannot write the CIFAR-100 cache {path} ({err}); it will be re-read "
-                      "from the archive next time", stacklevel=3)
-        return
-    os.close(fd)
-    try:
+        os.close(fd)
         torch.save({"md5": md5, **{k: getattr(ds, k) for k in _CACHED}}, tmp)
         os.replace(tmp, path)
+    # A read-only dir or a full disk (OSError, or RuntimeError from torch's zip writer): the data
+    # in hand is good, losing the cache only costs a re-read next time.
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"cannot write the CIFAR-100 cache {path} ({err}); it will be re-read "
+                      "from the archive next time", stacklevel=3)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -308,9 +310,26 @@ def _missing_message(archive: Path, md5: str, reason: str) -> str:
     )
 
 
+def download_url(url: str, root: str, filename: str, md5: str) -> None:
+    """torchvision's downloader, imported on first use: importing torchvision costs every process
+    that imports vwe about a second, and only a download needs it."""
+    from torchvision.datasets.utils import download_url as torchvision_download
+
+    torchvision_download(url, root, filename, md5)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _download(archive: Path, md5: str) -> None:
-    # Downloaded to a side name and renamed, so a broken transfer never looks like an archive.
-    part = archive.with_name(archive.name + ".part")
+    # Downloaded to a side name and renamed, so a broken transfer never looks like an archive; the
+    # pid keeps two processes downloading into one data dir from writing the same file.
+    part = archive.with_name(f"{archive.name}.part{os.getpid()}")
     try:
         download_url(CIFAR100_URL, str(archive.parent), part.name, md5)
         os.replace(part, archive)
@@ -342,7 +361,7 @@ def load_cifar100(root: str | Path | None = None, download: bool = False,
             raise FileNotFoundError(_missing_message(archive, md5, reason))
         folder.mkdir(parents=True, exist_ok=True)
         _download(archive, md5)
-    if not check_integrity(str(archive), md5):
+    if _md5(archive) != md5:
         raise ValueError(
             f"{archive.resolve()} does not have the md5 {md5} of the official CIFAR-100 "
             f"archive: it is corrupt or a different file. Delete it and fetch it again from "
@@ -592,8 +611,10 @@ def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generato
     # A generator expression, not a generator function: bad arguments raise at the call.
     return (order[start:start + batch_size] for start in range(0, stop, batch_size))
 
+
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 images (..., 3, H, W) -> float32 in [0, 1], same shape and device."""
     if images_uint8.dtype != torch.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images_uint8.dtype}")
+        raise TypeError(f"to_float expects uint8 images (0..255), got {images_uint8.dtype}: pass the "
+                        "dataset's uint8 tensors (float images are already converted)")
     return images_uint8.to(torch.float32) / 255

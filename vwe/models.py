@@ -141,10 +141,33 @@ class Decoder(nn.Module):
         return self.up(x)  # (B, 3, 8, 8)
 
 
+def check_images(x: torch.Tensor) -> None:
+    """Refuse anything but float images (B, 3, 32, 32), with a hint at the usual slip.
+
+    Only dtype and shape are checked, and the message is built only on failure: a range check
+    would cost a host sync every step, and formatting the batch size would make torch.compile
+    specialise on it.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a tensor of float images (B, 3, 32, 32), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected float images (B, 3, 32, 32) in [0, 1], {_described(x)}: convert "
+                        "with vwe.data.to_float")
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
+        hint = ("channels last? use x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] == 3
+                else "a batch of 3-channel 32x32 images (one image: x.unsqueeze(0))")
+        raise ValueError(f"expected float images (B, 3, 32, 32) in [0, 1], {_described(x)}: {hint}")
+
+
+def _described(x: torch.Tensor) -> str:
+    return f"got {str(x.dtype).removeprefix('torch.')} {tuple(x.shape)}"
+
+
 class Autoencoder(nn.Module):
     """What both autoencoders share: decode every patch embedding, MSE loss, image embedding.
 
-    Subclasses define `encode(x)`: (B, 3, 32, 32) in [0, 1] -> (B, 16, E).
+    Subclasses define `encode(x)`: (B, 3, 32, 32) in [0, 1] -> (B, 16, E), starting with
+    `check_images(x)`; `forward`, `forward_loss` and `image_embedding` all go through it.
     """
 
     embed_dim: int
@@ -197,6 +220,7 @@ class ContextAutoencoder(Autoencoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, 8 * D): each target's context features in context order."""
+        check_images(x)
         patches = patchify(x)  # (B, 16, 3, 8, 8)
         b, n = patches.shape[:2]
         if self.encoding == "literal":
@@ -219,6 +243,7 @@ class PatchAutoencoder(Autoencoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, D)."""
+        check_images(x)
         patches = patchify(x)  # (B, 16, 3, 8, 8)
         b, n = patches.shape[:2]
         return self.tower(patches.flatten(0, 1)).view(b, n, -1)

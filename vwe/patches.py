@@ -19,13 +19,17 @@ N_NEIGHBOURS = len(OFFSETS)
 
 
 def _check_images(x: torch.Tensor, patch: int) -> None:
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise ValueError(f"patch must be a positive int (pixels per side), got {patch!r}")
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
     _, _, h, w = x.shape
     if h != w:
         raise ValueError(f"images must be square to form a grid, got H={h}, W={w}")
     if h % patch != 0:
-        raise ValueError(f"image size {h} is not divisible by the patch size {patch}")
+        raise ValueError(f"image size {h} is not divisible by the patch size {patch}: use "
+                         f"{GRID * PATCH}x{GRID * PATCH} images (a {GRID}x{GRID} grid of {PATCH}x{PATCH} "
+                         f"patches) or crop to a multiple of {patch}")
 
 
 def patchify(x: torch.Tensor, patch: int = PATCH) -> torch.Tensor:

@@ -1,22 +1,33 @@
 """Pretraining: `train_one_epoch`, `evaluate`, atomic checkpoints, and the resumable `pretrain` loop.
 
 A run directory holds `checkpoint-EEEE.pt` (the last two epochs), `metrics.jsonl` (one line per
-finished epoch) and `config.json`. Rerunning `pretrain` with the same config resumes from the newest
-checkpoint that loads; the metrics log is rewritten from that checkpoint, so a kill at any point
-leaves neither duplicated nor missing epochs.
+finished epoch), `config.json` and `.lock`. Every file is written to a temp name and renamed, so a
+reader sees the old file or the new one; a checkpoint ends in a SHA-256 footer, so a file damaged
+later on disk is caught instead of loaded. Rerunning `pretrain` with the same config resumes from
+the newest checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves
+neither duplicated nor missing epochs. One process at a time may train in a run directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
 import os
 import re
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, run directories are not guarded
+    fcntl = None
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +38,14 @@ from vwe.models import Autoencoder, build_model
 from vwe.train_step import make_train_step
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})\.pt$")
+TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temp names: .<name>.tmp<pid>
+# After torch's zip bytes: this marker and the SHA-256 of those bytes. torch.load ignores trailing
+# bytes and never checks the zip's CRCs (a flipped byte in a tensor loads silently): we do.
+FOOTER_MAGIC = b"\nvwe-sha256\n"
+FOOTER_SIZE = len(FOOTER_MAGIC) + 32
 KEEP_CHECKPOINTS = 2  # the newest and one to fall back on if the newest is damaged
 # Fields that may change between a run and its resume: how long, where, how fast, how it is judged.
 RESUMABLE_FIELDS = {"profile", "epochs", "device", "compile", "eval_batch_size"} | {
@@ -35,12 +53,20 @@ RESUMABLE_FIELDS = {"profile", "epochs", "device", "compile", "eval_batch_size"}
 }
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class PretrainError(RuntimeError):
+    """Base of the errors that stop a run with a message meant for the user."""
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file could not be read."""
+class NonFiniteLossError(PretrainError):
+    """The training loss (or the weights) became NaN or infinite."""
+
+
+class CheckpointError(PretrainError):
+    """A checkpoint file could not be read, or does not belong to this kind of run."""
+
+
+class RunDirBusyError(PretrainError):
+    """Another process is training in the same run directory."""
 
 
 class ConfigMismatchError(ValueError):
@@ -79,8 +105,8 @@ def train_one_epoch(
     if len(bad):
         i = int(bad[0])
         raise NonFiniteLossError(
-            f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i}; the run stopped "
-            "and the last checkpoint is intact. Lower the learning rate or check the input data."
+            f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps}; the run "
+            "stopped and the last checkpoint is intact. Lower the learning rate or check the input data."
         )
     return losses.mean().item()
 
@@ -114,7 +140,7 @@ def provenance(device: torch.device) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)`, fsync, then rename over `path`: readers see the old file or the new one,
     never half of one. A failure (a full disk, say) leaves `path` untouched and removes the temp file.
     """
@@ -136,26 +162,50 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write a checkpoint dict atomically."""
+    """Write a checkpoint dict atomically: torch's zip bytes, then FOOTER_MAGIC and their SHA-256."""
+
+    def write(tmp: Path) -> None:
+        # Serialised in memory first: torch's own file writer reports a full disk as a bare
+        # RuntimeError ("unexpected pos"), a Python write as OSError(ENOSPC).
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.write(FOOTER_MAGIC + hashlib.sha256(buf.getbuffer()).digest())
+
     try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, write)
     except OSError as e:
-        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror}); the previous "
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous "
                       "checkpoint is untouched. Free some disk space and rerun to resume.") from e
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, no code runs."""
+    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, no code runs.
+
+    Raises FileNotFoundError when there is no file, CheckpointError when it is truncated, corrupt
+    (its SHA-256 footer does not match), refused by the safe unpickler, or not written by vwe.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    blob = path.read_bytes()
+    source: Path | io.BytesIO = path  # no footer: written before vwe added one, loaded unverified
+    if blob[-FOOTER_SIZE:-32] == FOOTER_MAGIC:
+        body = memoryview(blob)[:-FOOTER_SIZE]
+        if hashlib.sha256(body).digest() != blob[-32:]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its bytes no longer match the "
+                                  "SHA-256 written with it (a damaged disk or an interrupted copy)")
+        source = io.BytesIO(body)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, refused global: all mean "not a good file"
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
-        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0])[:300]
-        raise CheckpointError(f"checkpoint {path} is damaged or not a plain checkpoint "
-                              f"({type(e).__name__}: {reason})") from e
+        reason = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])[:300]
+        raise CheckpointError(f"checkpoint {path} is damaged or not a plain checkpoint, nothing in it "
+                              f"was run ({type(e).__name__}: {reason})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a vwe checkpoint dict")
     missing = {"model", "optimizer", "config", "epoch", "metrics"} - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}; was it written by vwe?")
@@ -170,13 +220,61 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, falling back past damaged ones with a warning."""
+    """The newest checkpoint that loads, falling back past damaged ones with a warning.
+
+    None when the directory holds no checkpoint; CheckpointError when it holds some but none loads
+    (silently starting over would overwrite them one epoch at a time).
+    """
+    damaged = []
     for path in list_checkpoints(run_dir):
         try:
             return path, load_checkpoint(path, map_location)
+        except FileNotFoundError:
+            continue  # pruned by a run training in this directory since we listed it
         except CheckpointError as e:
+            damaged.append(path.name)
             warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
+    if damaged:
+        raise CheckpointError(
+            f"none of the checkpoints in {run_dir} loads ({', '.join(damaged)}; the warnings above "
+            "say why). Move them away, or start over with fresh=True (--fresh)."
+        )
     return None
+
+
+@contextmanager
+def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` (its `.lock` file) or raise RunDirBusyError at once.
+
+    Two processes writing one run directory would interleave their checkpoints and metrics. The
+    kernel drops the lock when its process dies, even by SIGKILL, so a killed run never leaves a
+    stale lock behind.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(Path(run_dir) / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirBusyError(f"{run_dir} is in use by another run (pid {holder}); wait for it to "
+                                  "finish, or use another run directory") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")  # for the message above, in the process that waits
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_temp_files(run_dir: str | Path) -> None:
+    """Delete the temp files of writes that a kill interrupted (call it holding the run's lock)."""
+    for p in Path(run_dir).iterdir():
+        if TEMP_RE.match(p.name):
+            p.unlink(missing_ok=True)
 
 
 def config_differences(saved: dict, current: Config) -> list[str]:
@@ -216,6 +314,51 @@ def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
     atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
 
 
+def _check_weights(model: Autoencoder, test_loss: float, epoch: int) -> None:
+    """NonFiniteLossError when the weights are NaN/inf after `epoch`, before they are checkpointed.
+
+    The last step's update is never seen by a training loss: a checkpoint of broken weights would
+    fail every resume from it.
+    """
+    finite = torch.stack([p.isfinite().all() for p in model.parameters()]).all()  # one sync
+    if not (math.isfinite(test_loss) and finite):
+        raise NonFiniteLossError(
+            f"the weights became non-finite at the end of epoch {epoch} (held-out loss {test_loss}); "
+            "the run stopped before checkpointing them and the last checkpoint is intact. Lower the "
+            "learning rate."
+        )
+
+
+def _resume(state: dict, path: Path, cfg: Config, model: Autoencoder, optimizer: torch.optim.Optimizer,
+            shuffle_gen: torch.Generator, aug_gen: torch.Generator, run_dir: Path) -> None:
+    """Load a checkpoint's weights, optimizer and random streams into a fresh run, after checks."""
+    diffs = config_differences(state["config"], cfg)
+    if diffs:
+        raise ConfigMismatchError(
+            f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
+            + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
+        )
+    if "rng" not in state:
+        raise CheckpointError(f"checkpoint {path} has no random states, so it cannot be resumed "
+                              "exactly; start over with fresh=True (--fresh)")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit a {cfg.run_name} model: {e}") from e
+    rng = state["rng"]
+    # map_location moved every tensor to the training device, but generator states live on the CPU.
+    shuffle_gen.set_state(rng["shuffle"].cpu())
+    torch.set_rng_state(rng["torch"].cpu())
+    try:
+        aug_gen.set_state(rng["augment"].cpu())
+    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
+        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
+                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
+                      stacklevel=3)
+        aug_gen.manual_seed(cfg.seed + 1 + state["epoch"])
+
+
 def pretrain(
     cfg: Config,
     run_dir: str | Path,
@@ -226,78 +369,74 @@ def pretrain(
     """Train `cfg.model` for `cfg.epochs` epochs, checkpointing every epoch, resuming when possible.
 
     `data` defaults to `load_dataset(cfg.dataset, ...)`. `fresh=True` discards earlier checkpoints
-    of this run directory instead of resuming (also needed to change the config of a run).
+    of this run directory instead of resuming (also needed to change the config of a run); nothing
+    is discarded before the data has loaded and the run directory's lock is held.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    for stale in run_dir.glob(".checkpoint-*.pt.tmp*"):
-        stale.unlink()  # a write interrupted by a kill
-    if fresh:
-        for p in list_checkpoints(run_dir):
-            p.unlink()
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-
     if data is None:
         data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
     else:
         data = data.subset(cfg.n_train, cfg.n_test)
     cfg = cfg.replace(dataset=data.name)  # record what "auto" resolved to
-    train_images = data.train_images.to(device)
-    test_images = data.test_images.to(device)
+    n_train = len(data.train_labels)
+    if cfg.batch_size > n_train:
+        raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
+                         f"no full batch to train on; use a batch_size <= {n_train} or more images")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(run_dir):
+        remove_temp_files(run_dir)
+        if fresh:
+            for p in list_checkpoints(run_dir):
+                p.unlink()
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        train_images = data.train_images.to(device)
+        test_images = data.test_images.to(device)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.tower, cfg.encoding).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    metrics: list[dict] = []
-    start = 0
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, cfg.tower, cfg.encoding).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        metrics: list[dict] = []
+        start, checkpoint = 0, None
 
-    found = latest_checkpoint(run_dir, map_location=device)
-    if found:
-        path, state = found
-        diffs = config_differences(state["config"], cfg)
-        if diffs:
-            raise ConfigMismatchError(
-                f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
-                + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        shuffle_gen.set_state(state["rng"]["shuffle"])
-        aug_gen.set_state(state["rng"]["augment"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start, metrics = state["epoch"], state["metrics"]
-    step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
-                           compile=cfg.compile)
-    _write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    checkpoint = list_checkpoints(run_dir)[0] if found else None
+        found = latest_checkpoint(run_dir, map_location=device)
+        if found:
+            checkpoint, state = found
+            _resume(state, checkpoint, cfg, model, optimizer, shuffle_gen, aug_gen, run_dir)
+            start, metrics = state["epoch"], state["metrics"]
+        step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
+                               compile=cfg.compile)
+        _write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+        config_text = json.dumps(cfg.to_dict(), indent=2) + "\n"
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
-    epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
-                  desc=cfg.run_name, disable=not progress)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        model.train()
-        train_loss = train_one_epoch(step, train_images, cfg.batch_size, shuffle_gen, epoch, progress)
-        seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
-        test_loss = evaluate(model, test_images, cfg.eval_batch_size)
-        seen = (len(train_images) // cfg.batch_size) * cfg.batch_size
-        metrics.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
-                        "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-        checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
-        save_checkpoint(checkpoint, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics,
-            "rng": _rng_state(shuffle_gen, aug_gen), "provenance": provenance(device),
-        })
-        with open(run_dir / METRICS_FILE, "a") as f:  # after the checkpoint: see the module docstring
-            f.write(json.dumps(metrics[-1]) + "\n")
-        for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
-            old.unlink()
-        epochs.set_postfix(train=f"{train_loss:.4f}", test=f"{test_loss:.4f}",
-                           img_s=f"{metrics[-1]['images_per_s']:.0f}")
+        epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
+                      desc=cfg.run_name, disable=not progress)
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            model.train()
+            train_loss = train_one_epoch(step, train_images, cfg.batch_size, shuffle_gen, epoch, progress)
+            seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
+            test_loss = evaluate(model, test_images, cfg.eval_batch_size)
+            _check_weights(model, test_loss, epoch)
+            seen = (n_train // cfg.batch_size) * cfg.batch_size
+            metrics.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
+                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
+            checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
+            save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics,
+                "rng": _rng_state(shuffle_gen, aug_gen), "provenance": provenance(device),
+            })
+            # After the checkpoint: the log never lists an epoch that no checkpoint holds, and a
+            # kill between the two is repaired by the rewrite from the checkpoint on resume.
+            _write_metrics(run_dir, metrics)
+            for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
+                old.unlink()
+            epochs.set_postfix(train=f"{train_loss:.4f}", test=f"{test_loss:.4f}",
+                               img_s=f"{metrics[-1]['images_per_s']:.0f}")
     model.eval()
     return PretrainResult(run_dir, checkpoint, model, metrics, cfg, data.name)
 
@@ -305,7 +444,8 @@ def pretrain(
 def load_pretrained(path: str | Path, device: str = "auto") -> tuple[Autoencoder, Config, dict]:
     """A trained model in eval mode from a checkpoint file or a run directory (its newest checkpoint).
 
-    Returns (model, config, checkpoint dict).
+    Returns (model, config, checkpoint dict). Raises FileNotFoundError when there is no checkpoint,
+    CheckpointError when none loads or it does not fit the model its config names.
     """
     path = Path(path)
     dev = resolve_device(device)
@@ -316,7 +456,10 @@ def load_pretrained(path: str | Path, device: str = "auto") -> tuple[Autoencoder
         path, state = found
     else:
         state = load_checkpoint(path, map_location=dev)
-    cfg = Config.from_dict(state["config"])
-    model = build_model(cfg.model, cfg.tower, cfg.encoding).to(dev)
-    model.load_state_dict(state["model"])
+    try:
+        cfg = Config.from_dict(state["config"])
+        model = build_model(cfg.model, cfg.tower, cfg.encoding).to(dev)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not hold a model vwe can rebuild: {e}") from e
     return model.eval(), cfg, state
