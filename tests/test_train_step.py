@@ -256,8 +256,6 @@ def test_augmentation_makes_nothing_on_the_host():
     assert capture_hazards(lambda: apply_params(to_float(images), meta, AugmentConfig())) == []
 
 
-@pytest.mark.xfail(strict=True, reason="vwe.patches.gather_neighbours builds the neighbour table on the "
-                   "host and copies it to the device at every call; see the train_step report")
 @pytest.mark.parametrize("encoding", ["shared", "literal"])
 def test_model_forward_and_backward_make_nothing_on_the_host(encoding):
     model = build_model("context", "resnet32", encoding).to("meta")

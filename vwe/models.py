@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, patchify
+from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, neighbour_table, patchify
 
 TOWERS = ("resnet32", "conv4")
 ENCODINGS = ("shared", "literal")
@@ -217,6 +217,9 @@ class ContextAutoencoder(Autoencoder):
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         super().__init__(tower, N_NEIGHBOURS)
         self.encoding = encoding
+        # On the model's device, so gathering needs no host-to-device copy (CUDA graphs forbid one).
+        # Not persistent: checkpoints stay the same.
+        self.register_buffer("neighbours", neighbour_table(), persistent=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, 8 * D): each target's context features in context order."""
@@ -224,14 +227,14 @@ class ContextAutoencoder(Autoencoder):
         patches = patchify(x)  # (B, 16, 3, 8, 8)
         b, n = patches.shape[:2]
         if self.encoding == "literal":
-            context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
+            context = gather_context(patches, self.neighbours)  # (B, 16, 8, 3, 8, 8)
             feats = self.tower(context.flatten(0, 2))  # (B*16*8, D)
             return feats.view(b, n, -1)  # (B, 16, 8*D)
         # One tower call on the 16*B patches and the zero patch together, so BatchNorm in train mode
         # normalises them as one batch (a separate batch of one zero patch would break Conv4's 1x1 BN).
         flat = torch.cat([patches.flatten(0, 1), patches.new_zeros(1, *patches.shape[2:])])
         feats = self.tower(flat)  # (B*16 + 1, D)
-        context = gather_neighbours(feats[:-1].view(b, n, -1), feats[-1])  # (B, 16, 8, D)
+        context = gather_neighbours(feats[:-1].view(b, n, -1), feats[-1], self.neighbours)  # (B, 16, 8, D)
         return context.flatten(2)  # (B, 16, 8*D)
 
 
