@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = kmeans(x, args.k, iters=args.iters, seed=args.seed, tol=0.0)
     sync(device)
     t_kmeans = time.perf_counter() - t0
-    per_iter = (t_kmeans - t_init) / res.iters_run
+    per_iter = max(t_kmeans - t_init, 0.0) / res.iters_run
     print(f"k-means: k {args.k}, {res.iters_run} iterations, {t_kmeans:.1f} s in all "
           f"(k-means++ on {min(INIT_SAMPLE, len(x))} rows {t_init:.2f} s, {per_iter:.2f} s per iteration "
           f"over {len(x)} rows); a 50-iteration vocabulary: about {t_init + 50 * per_iter:.0f} s")
