@@ -1,4 +1,4 @@
-"""Command line: `python -m vwe pretrain ...` and `python -m vwe linear-eval ...` (`--help` on each)."""
+"""Command line: `python -m vwe pretrain | linear-eval | table ...` (`--help` on each)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from vwe.config import PROFILES, get_config, resolve_device
 from vwe.data import DATASETS, load_dataset
 from vwe.models import ENCODINGS, MODELS, TOWERS
+from vwe.pretrain import PretrainError
+from vwe.table import ROW_KEYS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -50,6 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int)
     p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
     p.add_argument("--out", type=Path, help="results JSON (default: beside the checkpoint)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("table", help="the paper's Table 1: every row trained (resuming) and evaluated, "
+                       "results.{json,csv,md,png} written; finished rows are reused")
+    _common(p)
+    p.add_argument("--epochs", type=int, help="pretraining epochs, also the supervised row's")
+    p.add_argument("--batch-size", type=int, help="pretraining batch (the supervised row uses 128)")
+    p.add_argument("--lr", type=float, help="pretraining Adam lr")
+    p.add_argument("--data-seed", type=int, help="Shapes generation seed")
+    p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
+    p.add_argument("--rows", nargs="+", choices=ROW_KEYS, metavar="ROW",
+                   help=f"rows to run (default: all): {', '.join(ROW_KEYS)}")
+    p.add_argument("--out-dir", type=Path, help="default: runs/<profile>")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -105,11 +122,25 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 
+def cmd_table(a: argparse.Namespace) -> None:
+    from vwe.table import run_table
+
+    cfg = get_config(a.profile, dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
+                     device=a.device, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                     data_seed=a.data_seed, probe_epochs=a.probe_epochs,
+                     probe_seeds=tuple(a.seeds) if a.seeds else None,
+                     compile=False if a.no_compile else None)
+    out_dir = a.out_dir or Path("runs") / cfg.profile
+    table = run_table(cfg, out_dir, rows=a.rows, progress=not a.no_progress)
+    print("\n" + table.files["md"].read_text())
+    print("results: " + ", ".join(str(p) for p in table.files.values()))
+
+
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
     try:
-        {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval}[a.command](a)
-    except (ValueError, FileNotFoundError) as e:
+        {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table}[a.command](a)
+    except (ValueError, FileNotFoundError, PretrainError) as e:  # errors with a message for the user
         sys.exit(f"error: {e}")
 
 

@@ -1,14 +1,35 @@
-"""What every notebook does first: resolve its parameters into a config, a device and a run directory."""
+"""The course's two entry points: `start` (what every notebook does first) and `run_all` (every
+notebook executed in order by papermill, which is `make run-all`).
+
+    python -m vwe.course --profile cpu --dataset auto     # notebooks -> runs/cpu/NN_name.ipynb
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vwe.config import Config, get_config, resolve_device
-from vwe.data import Dataset, load_dataset
+from vwe.config import PROFILES, Config, get_config, resolve_device
+from vwe.data import DATASETS, Dataset, load_dataset
+
+NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
+
+
+def project_dir() -> Path:
+    """The repository checkout (pyproject.toml beside vwe/), else the current directory.
+
+    Paths default to it rather than to the cwd because JupyterLab starts a notebook's kernel in
+    notebooks/, the CLI in the repository root: both should find the same runs/ and data/.
+    """
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
 @dataclass
@@ -29,13 +50,139 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
           run_dir: str | Path | None = None, **overrides) -> Session:
     """Config from the notebook's `parameters` cell, the dataset loaded, and one line saying what runs.
 
-    `dataset` and `device` of None keep the profile's; `run_dir` of None is `runs/<profile>`.
+    `dataset` and `device` of None keep the profile's; `run_dir` of None is `runs/<profile>` in the
+    repository. The data folder is $VWE_DATA_DIR, else `data/` in the repository.
     """
     cfg = get_config(profile, dataset=dataset, device=device, **overrides)
-    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
+    root = None if os.environ.get("VWE_DATA_DIR") else project_dir() / "data"
+    data = load_dataset(cfg.dataset, root=root, n_train=cfg.n_train, n_test=cfg.n_test,
+                        seed=cfg.data_seed)
     cfg = cfg.replace(dataset=data.name)  # what "auto" resolved to
     dev = resolve_device(cfg.device)
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.profile
+    run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
     return Session(cfg, dev, run_dir, data)
+
+
+# ----------------------------------------------------------------------------- run_all
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed under papermill; the message names the executed copy and the failing cell."""
+
+
+def find_notebooks(folder: str | Path | None = None, names: Sequence[str] | None = None) -> list[Path]:
+    """The course's notebooks `NN_name.ipynb` in `folder` (default: notebooks/), in order.
+
+    `names` keeps a subset, each given as "03", "03_model", "03_model.ipynb" or the path of any
+    notebook file; the result is sorted by file name, which is the course order.
+    """
+    folder = Path(folder) if folder is not None else project_dir() / "notebooks"
+    found = sorted(folder.glob(NOTEBOOK_PATTERN))
+    if names is None:
+        if not found:
+            raise FileNotFoundError(f"no notebooks matching {NOTEBOOK_PATTERN} in {folder}")
+        return found
+    chosen = []
+    for name in names:
+        if Path(name).suffix == ".ipynb" and Path(name).is_file():
+            match = [Path(name)]
+        else:
+            stem = Path(name).stem
+            match = [p for p in found if p.stem == stem or p.stem[:2] == stem]
+        if not match:
+            valid = ", ".join(p.stem for p in found) or "none found"
+            raise ValueError(f"no notebook {name!r} in {folder}; choose from {valid} (or their numbers), "
+                             "or give the path of an .ipynb file")
+        chosen += [p for p in match if p not in chosen]
+    return sorted(chosen, key=lambda p: p.name)
+
+
+def _cell_error(output: Path, exc: Exception) -> str:
+    """The failing cell's error as papermill reports it: `ename: evalue` and the cell's number."""
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    cell = getattr(exc, "exec_count", None)
+    where = f"cell [{cell}]" if cell is not None else "a cell"
+    return f"{output}: {where} raised {ename}: {evalue}"
+
+
+def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None = None,
+            out_dir: str | Path | None = None, notebooks: Sequence[str] | None = None,
+            progress: bool = False) -> list[dict]:
+    """Execute every notebook in order with papermill; executed copies go to `out_dir`/NN_name.ipynb.
+
+    The notebooks get the parameters profile, dataset, device and run_dir = `out_dir` (default
+    `runs/<profile>`), so later notebooks reuse the checkpoints of earlier ones. Prints one line per
+    notebook and a summary table; returns [{"notebook", "seconds", "status"}]. The first failing
+    notebook stops the run (after the summary) with NotebookError naming the executed copy and the
+    failing cell's error.
+    """
+    import papermill  # the notebooks extra; imported here so that `start` does not need it
+
+    get_config(profile, dataset=dataset, device=device)  # bad parameters fail before any kernel starts
+    paths = find_notebooks(names=notebooks)
+    out_dir = Path(out_dir) if out_dir is not None else project_dir() / "runs" / profile
+    out_dir = out_dir.resolve()  # the kernels run in notebooks/, so a relative path would move
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"profile": profile, "dataset": dataset, "device": device, "run_dir": str(out_dir)}
+    print(f"running {len(paths)} notebooks | profile {profile} | dataset {dataset or 'profile default'}"
+          f" | out dir {out_dir}", flush=True)
+    timings = []
+    for path in paths:
+        output = out_dir / path.name
+        t0 = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(path), str(output), parameters=params, kernel_name="python3",
+                cwd=str(path.parent),  # where JupyterLab would start the kernel
+                progress_bar=progress, log_output=False,
+            )
+        except papermill.PapermillExecutionError as e:
+            timings.append({"notebook": path.stem, "seconds": round(time.perf_counter() - t0, 1),
+                            "status": "FAILED"})
+            _print_summary(timings, out_dir)
+            raise NotebookError(_cell_error(output, e)) from e
+        timings.append({"notebook": path.stem, "seconds": round(time.perf_counter() - t0, 1),
+                        "status": "ok"})
+        print(f"{path.stem:<28} {timings[-1]['seconds']:8.1f} s", flush=True)
+    _print_summary(timings, out_dir)
+    return timings
+
+
+def _print_summary(timings: list[dict], out_dir: Path) -> None:
+    width = max(len(t["notebook"]) for t in timings) + 2
+    print(f"\n{'notebook':<{width}} {'wall time':>10}  status\n{'-' * (width + 19)}")
+    for t in timings:
+        print(f"{t['notebook']:<{width}} {t['seconds']:8.1f} s  {t['status']}")
+    total = sum(t["seconds"] for t in timings)
+    print(f"{'total':<{width}} {total:8.1f} s\nexecuted notebooks, figures and results in {out_dir}",
+          flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vwe.course",
+        description="Execute the course notebooks in order with papermill (make run-all).",
+    )
+    parser.add_argument("--profile", default="cpu", choices=tuple(PROFILES),
+                        help="smoke (seconds), cpu (a laptop, default) or paper (CIFAR-100, one GPU)")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="default: the profile's; auto is CIFAR-100 when present, else Shapes")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the profile's)")
+    parser.add_argument("--out-dir", type=Path,
+                        help="executed notebooks, checkpoints, figures, results (default: runs/<profile>)")
+    parser.add_argument("--notebooks", nargs="+", metavar="NN",
+                        help="run only these, e.g. 03 04 or 05_linear_evaluation (default: all)")
+    parser.add_argument("--progress", action="store_true", help="papermill's per-cell progress bar")
+    a = parser.parse_args(argv)
+    try:
+        run_all(a.profile, a.dataset, a.device, a.out_dir, a.notebooks, a.progress)
+    except (NotebookError, ValueError, FileNotFoundError) as e:
+        print(f"run-all stopped: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The course notebooks, executed and validated.
+
+Every `notebooks/NN_name.ipynb` runs under the smoke profile with papermill (through
+`vwe.course.run_all`, the code of `make run-all`) into one temporary run directory, in order, so later
+notebooks reuse the checkpoints of earlier ones. Then nbval re-runs each executed copy in a fresh
+kernel and compares its text outputs with the first run (cells tagged `nbval-ignore-output` excepted,
+`tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and progress bars). nbval runs in a
+subprocess so that its collection of .ipynb files stays out of this session. Static checks: each pair
+is in sync, committed notebooks carry no outputs, a `parameters` cell comes first and `start(` next.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from vwe.course import NOTEBOOK_PATTERN, NotebookError, find_notebooks, main, project_dir, run_all
+
+ROOT = Path(__file__).resolve().parent.parent
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_PATTERN))
+PARAMETERS = {"profile", "dataset", "device", "run_dir"}
+ids = [p.stem for p in NOTEBOOKS]
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def tags(cell: nbformat.NotebookNode) -> list[str]:
+    return cell.metadata.get("tags", [])
+
+
+# ----------------------------------------------------------------------------- static checks
+
+
+def test_the_course_notebooks_exist():
+    numbers = {p.name[:2] for p in NOTEBOOKS}
+    assert {"01", "02", "03", "04", "05", "06"} <= numbers
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_pair_in_sync(path):
+    """The .py (what git diffs) and the .ipynb (what Jupyter opens) hold the same cells and tags."""
+    py = path.with_suffix(".py")
+    assert py.is_file(), f"{path.name} has no paired {py.name}; run `jupytext --sync {path}`"
+    as_cells = [[(c.cell_type, c.source.strip(), tags(c)) for c in jupytext.read(p).cells]
+                for p in (path, py)]
+    assert as_cells[0] == as_cells[1], f"{path.name} and {py.name} differ; run `jupytext --sync {py}`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.kernelspec.name == "python3"
+    dirty = [i for i, c in enumerate(code_cells(nb)) if c.outputs or c.execution_count is not None]
+    assert not dirty, f"{path.name}: code cells {dirty} carry outputs; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_parameters_cell_then_start(path):
+    cells = code_cells(nbformat.read(path, as_version=4))
+    assert "parameters" in tags(cells[0]), f"{path.name}: the first code cell must be tagged `parameters`"
+    assigned = {t.id for node in ast.parse(cells[0].source).body for t in node.targets}
+    assert assigned == PARAMETERS
+    calls = [n.func.id for n in ast.walk(ast.parse(cells[1].source))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert "start" in calls, f"{path.name}: the cell after `parameters` must call start(...)"
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def test_find_notebooks_by_number_name_or_path(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name in ("02_b.ipynb", "01_a.ipynb", "10_c.ipynb", "notes.ipynb"):
+        (folder / name).write_text("{}")
+    assert [p.name for p in find_notebooks(folder)] == ["01_a.ipynb", "02_b.ipynb", "10_c.ipynb"]
+    chosen = find_notebooks(folder, ["10", "01_a", str(folder / "notes.ipynb")])
+    assert [p.name for p in chosen] == ["01_a.ipynb", "10_c.ipynb", "notes.ipynb"]
+    with pytest.raises(ValueError, match="01_a, 02_b, 10_c"):
+        find_notebooks(folder, ["03"])
+    with pytest.raises(FileNotFoundError, match="no notebooks"):
+        find_notebooks(tmp_path)
+
+
+def test_project_dir_is_the_checkout():
+    assert project_dir() == ROOT
+
+
+def test_cli_help_and_bad_profile(capsys):
+    with pytest.raises(SystemExit) as exit_help:
+        main(["--help"])
+    assert exit_help.value.code == 0
+    assert "--profile" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_bad:
+        main(["--profile", "huge"])
+    assert exit_bad.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def _tiny_notebook(path: Path, code: str) -> Path:
+    params = nbformat.v4.new_code_cell("profile = 'cpu'\ndataset = device = run_dir = None",
+                                       metadata={"tags": ["parameters"]})
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.notebooks
+def test_run_all_injects_parameters_and_stops_at_a_failing_notebook(tmp_path, capsys):
+    good = _tiny_notebook(tmp_path / "02_good.ipynb", "print(profile, dataset, run_dir)")
+    bad = _tiny_notebook(tmp_path / "01_bad.ipynb", "raise ValueError(f'boom under {profile}')")
+    out = tmp_path / "out"
+    timings = run_all("smoke", dataset="shapes", out_dir=out, notebooks=[str(good)])
+    assert [(t["notebook"], t["status"]) for t in timings] == [("02_good", "ok")]
+    printed = nbformat.read(out / "02_good.ipynb", as_version=4).cells[-1].outputs[0].text
+    assert printed == f"smoke shapes {out}\n"
+
+    (out / "02_good.ipynb").unlink()
+    with pytest.raises(NotebookError) as err:  # 01_bad runs first, and stops the run
+        run_all("smoke", out_dir=out, notebooks=[str(good), str(bad)])
+    assert str(out / "01_bad.ipynb") in str(err.value)
+    assert "ValueError: boom under smoke" in str(err.value)
+    assert not (out / "02_good.ipynb").exists()
+    assert "FAILED" in capsys.readouterr().out.splitlines()[-3]  # the summary names the failure
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory) -> dict[str, Path | NotebookError]:
+    """Every notebook run once under smoke, in order, into one run dir: its executed copy or its error."""
+    run_dir = tmp_path_factory.mktemp("notebooks")
+    outcome: dict[str, Path | NotebookError] = {}
+    for path in NOTEBOOKS:
+        try:
+            run_all("smoke", out_dir=run_dir, notebooks=[str(path)])
+            outcome[path.stem] = run_dir / path.name
+        except NotebookError as e:  # keep going: one broken notebook should not hide the others
+            outcome[path.stem] = e
+    return outcome
+
+
+def _executed_copy(executed: dict, path: Path) -> Path:
+    result = executed[path.stem]
+    if isinstance(result, NotebookError):
+        pytest.fail(f"{path.name} failed under papermill: {result}", pytrace=False)
+    return result
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_executes(executed, path):
+    nb = nbformat.read(_executed_copy(executed, path), as_version=4)
+    cells = code_cells(nb)
+    errors = [o for c in cells for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    assert all(c.execution_count is not None for c in cells), "papermill skipped cells"
+    # The injected parameters reached the notebook: start() printed the smoke profile on Shapes.
+    printed = "".join(o.get("text", "") for c in cells[:3] for o in c.outputs)
+    assert "profile smoke | dataset shapes | device cpu" in printed
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_nbval(executed, path):
+    """nbval re-runs the executed copy and compares every untagged cell's text output."""
+    copy = _executed_copy(executed, path)
+    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
+           "--nbval-sanitize-with", str(SANITIZE), str(copy), "-p", "no:cacheprovider", "-q"]
+    proc = subprocess.run(cmd, cwd=copy.parent, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"nbval failed on {copy}:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"

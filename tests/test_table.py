@@ -1,0 +1,310 @@
+"""Table 1 machinery on a tiny config: files, columns, paper numbers, reuse of finished rows, resume;
+and the supervised baseline's pieces (crop + flip, lr schedule, exact resume)."""
+
+import csv
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vwe.pretrain
+import vwe.supervised
+import vwe.table
+from vwe.__main__ import main
+from vwe.config import get_config
+from vwe.data import make_shapes
+from vwe.evaluate import extract_features, linear_eval, random_weights_model
+from vwe.models import Classifier
+from vwe.pretrain import ConfigMismatchError, load_checkpoint
+from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, train_supervised
+from vwe.table import CSV_COLUMNS, ROW_KEYS, ROWS, data_fingerprint, row_config, run_table, select_rows
+from vwe.words import knn_accuracy
+
+# Paper Table 1 (linear evaluation on CIFAR-100, percent), typed in from the paper.
+PAPER = {
+    "supervised-resnet32": 65.32, "random-resnet32": 7.65, "patch-resnet32-aug": 17.81,
+    "context-resnet32-noaug": 30.46, "context-resnet32-aug": 34.08, "context-conv4-aug": 24.55,
+}
+BY_KEY = {r.key: r for r in ROWS}
+N_TRAIN, N_TEST = 128, 64
+CFG = get_config("smoke", n_train=N_TRAIN, n_test=N_TEST, epochs=1, batch_size=64, probe_epochs=2,
+                 probe_seeds=(0, 1), eval_batch_size=128)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_shapes(N_TRAIN, N_TEST, seed=0)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, data):
+    """The whole table once, every row, 1 epoch."""
+    out = tmp_path_factory.mktemp("table")
+    return run_table(CFG, out, data=data, progress=False), out
+
+
+def checkpoint_times(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*/checkpoint-*.pt")}
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def test_rows_are_the_papers():
+    assert {r.key: r.paper for r in ROWS} == PAPER
+    for row in ROWS:
+        if row.kind == "pretrained":  # the run directory is the pretraining run's usual name
+            assert row_config(CFG, row).run_name == row.key
+
+
+def test_select_rows_keeps_table_order_and_refuses_unknown_names():
+    assert [r.key for r in select_rows(["context-conv4-aug", "random-resnet32"])] == [
+        "random-resnet32", "context-conv4-aug"]
+    assert [r.key for r in select_rows(None)] == list(ROW_KEYS)
+    with pytest.raises(ValueError, match="unknown row.*'nope'.*choose from"):
+        select_rows(["nope"])
+
+
+# ----------------------------------------------------------------------------- the table's files
+
+
+def test_files_and_columns(table):
+    result, out = table
+    assert set(result.files) == {"json", "csv", "md", "png"}
+    assert result.files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(result.files["json"].read_text())
+    assert [r["key"] for r in saved["rows"]] == list(ROW_KEYS)
+    header = saved["header"]
+    assert header["dataset"] == "shapes" and header["profile"] == "smoke" and header["device"] == "cpu"
+    assert header["epochs"] == 1 and header["n_train"] == N_TRAIN and header["n_test"] == N_TEST
+    assert header["torch"] == torch.__version__ and header["python"].count(".") == 2
+    assert header["git"] and header["data_sha256"] == data_fingerprint(make_shapes(N_TRAIN, N_TEST, seed=0))
+    with open(result.files["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    for r, s in zip(rows, saved["rows"], strict=True):
+        assert r["key"] == s["key"] and float(r["paper"]) == PAPER[s["key"]]
+        assert float(r["mean"]) == pytest.approx(s["mean"])
+    md = result.files["md"].read_text()
+    for row in ROWS:
+        assert f"| {row.method} | {row.backbone} | {row.augmentation} |" in md
+        assert f"{row.paper:.2f}" in md
+    assert "shapes" in md and torch.__version__ in md
+
+
+def test_numbers_paper_and_difference(table):
+    result, _ = table
+    for r in result.rows:
+        assert r.paper == PAPER[r.key]
+        assert r.difference is None  # Shapes: the paper's CIFAR-100 numbers are not comparable
+        assert 0 <= r.mean <= 100 and 0 <= r.knn <= 100 and not r.skipped
+        if r.key == "supervised-resnet32":
+            assert r.std is None and r.accs == [r.mean] and r.epochs == 1
+        else:
+            assert len(r.accs) == 2 and r.mean == pytest.approx(statistics.fmean(r.accs))
+            assert r.std == pytest.approx(statistics.stdev(r.accs))
+            assert r.epochs == (0 if r.key == "random-resnet32" else 1)
+
+
+def test_random_row_equals_an_independent_evaluation(table, data):
+    result, _ = table
+    row = next(r for r in result.rows if r.key == "random-resnet32")
+    model = random_weights_model("resnet32", CFG.seed)
+    train, test = (extract_features(model, x, 128) for x in (data.train_images, data.test_images))
+    ev = linear_eval(train, data.train_labels, test, data.test_labels, seeds=(0, 1), epochs=2,
+                     num_classes=10)
+    assert row.accs == ev.accs
+    assert row.knn == knn_accuracy(train, data.train_labels, test, data.test_labels, k=20,
+                                   temperature=0.07)
+
+
+def test_supervised_row_is_the_checkpoints_test_accuracy(table, data):
+    result, out = table
+    row = next(r for r in result.rows if r.key == "supervised-resnet32")
+    state = load_checkpoint(out / "supervised-resnet32" / "checkpoint-0001.pt")
+    model = Classifier("resnet32", 10)
+    model.load_state_dict(state["model"])
+    assert row.mean == accuracy(model, data.test_images, data.test_labels) == state["metrics"][-1]["test_acc"]
+
+
+def test_difference_is_computed_on_cifar100():
+    saved = {"config": {"dataset": "cifar100"}, "epochs": 200, "mean": 40.0, "std": 0.5,
+             "accs": [40.0], "knn": 30.0, "seconds": 1.0}
+    r = vwe.table._result(BY_KEY["context-resnet32-aug"], saved, False, Path("x"))
+    assert r.difference == pytest.approx(40.0 - 34.08)
+
+
+# ----------------------------------------------------------------------------- reuse and resume
+
+
+def test_second_run_trains_nothing(table, data, tmp_path, monkeypatch):
+    _, out = table
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # copy2 keeps the mtimes
+    before = checkpoint_times(copy)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished row was run again")
+
+    for name in ("pretrain", "train_supervised", "linear_eval"):
+        monkeypatch.setattr(vwe.table, name, refuse)
+    again = run_table(CFG, copy, data=data, progress=False)
+    assert all(r.skipped for r in again.rows) and len(again.rows) == len(ROWS)
+    assert checkpoint_times(copy) == before
+
+
+def test_changed_probe_reevaluates_without_retraining(table, data, tmp_path):
+    _, out = table
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = checkpoint_times(copy)
+    cfg = CFG.replace(probe_epochs=1)
+    again = run_table(cfg, copy, rows=["context-conv4-aug"], data=data, progress=False)
+    # The other rows were evaluated with 2 probe epochs: not results of this config.
+    assert [r.key for r in again.rows] == ["context-conv4-aug"] and not again.rows[0].skipped
+    assert checkpoint_times(copy) == before
+    assert json.loads((copy / "context-conv4-aug" / "linear_eval.json").read_text())["probe_epochs"] == 1
+
+
+def test_changed_checkpoint_is_not_reused(table, data, tmp_path):
+    _, out = table
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    path = copy / "context-conv4-aug" / "checkpoint-0001.pt"
+    state = load_checkpoint(path)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    vwe.pretrain.save_checkpoint(path, state)
+    cfg, sha = CFG.replace(dataset="shapes"), data_fingerprint(data)
+    assert vwe.table.finished_row(BY_KEY["context-conv4-aug"], cfg, copy, sha) is None
+    assert vwe.table.finished_row(BY_KEY["context-resnet32-aug"], cfg, copy, sha) is not None
+
+
+def test_changed_data_is_not_reused(table, tmp_path):
+    # Same config, other images: what a new version of the Shapes generator would do.
+    _, out = table
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    other = make_shapes(N_TRAIN, N_TEST, seed=5)
+    assert data_fingerprint(other) != data_fingerprint(make_shapes(N_TRAIN, N_TEST, seed=0))
+    again = run_table(CFG, copy, rows=["random-resnet32"], data=other, progress=False)
+    assert [r.key for r in again.rows] == ["random-resnet32"] and not again.rows[0].skipped
+
+
+def test_interrupted_row_resumes(data, tmp_path, monkeypatch):
+    cfg = CFG.replace(epochs=2)
+    real_save = vwe.pretrain.save_checkpoint
+
+    def killed_at_epoch_2(path, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(vwe.pretrain, "save_checkpoint", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_table(cfg, tmp_path, rows=["context-conv4-aug"], data=data, progress=False)
+    run = tmp_path / "context-conv4-aug"
+    first = (run / "checkpoint-0001.pt").stat().st_mtime_ns
+    assert not (run / "linear_eval.json").exists() and not (run / "checkpoint-0002.pt").exists()
+
+    monkeypatch.setattr(vwe.pretrain, "save_checkpoint", real_save)
+    result = run_table(cfg, tmp_path, rows=["context-conv4-aug"], data=data, progress=False)
+    assert result.rows[0].epochs == 2 and not result.rows[0].skipped
+    assert (run / "checkpoint-0001.pt").stat().st_mtime_ns == first  # resumed, not restarted
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- the supervised baseline
+
+
+def test_lr_schedule_matches_multisteplr():
+    recipe = SupervisedRecipe()
+    for epochs in (1, 3, 15, 200):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
+        milestones = [int(m * epochs) for m in recipe.milestones]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+        for epoch in range(1, epochs + 1):
+            assert lr_at(epoch, epochs, recipe) == pytest.approx(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    assert [lr_at(e, 200, recipe) for e in (100, 101, 150, 151)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+def test_crop_flip_gives_one_of_the_padded_crops():
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, 4, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = F.pad(x, (4, 4, 4, 4))
+    seen = set()
+    for i in range(len(x)):  # the per-image reference: every crop offset, flipped or not
+        found = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
+                 if torch.equal(out[i], (lambda c: c.flip(2) if flip else c)(
+                     padded[i, :, dy:dy + 32, dx:dx + 32]))]
+        assert len(found) == 1
+        seen.add(found[0])
+    assert {s[2] for s in seen} == {False, True}
+    assert {s[0] for s in seen} == set(range(9)) and {s[1] for s in seen} == set(range(9))
+
+
+def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    cfg = CFG.replace(tower="conv4", epochs=2)
+    recipe = SupervisedRecipe(batch_size=32)
+    straight = train_supervised(cfg, tmp_path / "straight", data, recipe, progress=False)
+    real_save = vwe.supervised.save_checkpoint
+
+    def killed_at_epoch_2(path, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(vwe.supervised, "save_checkpoint", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+    monkeypatch.setattr(vwe.supervised, "save_checkpoint", real_save)
+    resumed = train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+    assert [m["epoch"] for m in resumed.metrics] == [1, 2]
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+    assert resumed.test_acc == straight.test_acc
+
+    mtime = resumed.checkpoint.stat().st_mtime_ns  # complete: a rerun trains nothing
+    again = train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+    assert again.test_acc == straight.test_acc
+    assert resumed.checkpoint.stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigMismatchError, match="epochs: 2 -> 3"):
+        train_supervised(cfg.replace(epochs=3), tmp_path / "resumed", data, recipe, progress=False)
+
+
+def test_supervised_learns(tmp_path):
+    cfg = CFG.replace(tower="conv4", epochs=6, n_train=None, n_test=None)
+    shapes = make_shapes(256, 64, seed=1)
+    res = train_supervised(cfg, tmp_path, shapes, SupervisedRecipe(batch_size=32), progress=False)
+    losses = [m["train_loss"] for m in res.metrics]
+    assert losses[0] > 2.3 and losses[-1] < losses[0] - 0.1  # from about ln(10) = 2.30 downwards
+    assert [m["lr"] for m in res.metrics] == pytest.approx([0.1] * 3 + [0.01] + [0.001] * 2)
+
+
+def test_supervised_refuses_a_batch_larger_than_the_data(data, tmp_path):
+    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
+        train_supervised(CFG.replace(n_train=64), tmp_path, data, progress=False)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_table(tmp_path, capsys):
+    args = ["table", "--profile", "smoke", "--n-train", "32", "--n-test", "16", "--probe-epochs", "1",
+            "--seeds", "0", "--out-dir", str(tmp_path), "--no-progress", "--rows"]
+    main([*args, "random-resnet32"])
+    out = capsys.readouterr().out
+    assert "| Random weights (lower bound) | ResNet-32 | none |" in out
+    assert (tmp_path / "results.md").is_file()
+    assert (tmp_path / "random-resnet32" / "linear_eval.json").is_file()
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "nope"])
+    assert exit_.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

@@ -1,0 +1,323 @@
+"""The supervised upper bound of Table 1: a ResNet-32 trained with labels on whole 32x32 images.
+
+The recipe is the supervised baseline of Patacchiola & Storkey (2020), the paper's [24] (DESIGN.md
+13): SGD with lr 0.1 and momentum 0.9, lr / 10 at 50 % and 75 % of the epochs, batch 128, random
+crop with 4-pixel zero padding and a horizontal flip. Weight decay 5e-4 is our choice (neither paper
+gives one; it is the usual value for CIFAR ResNets). The row's number is the test top-1 accuracy of
+one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
+
+Checkpoints, the run directory's lock, resume and provenance are `vwe.pretrain`'s: a run directory
+holds checkpoint-EEEE.pt (the last two), metrics.jsonl and config.json, and rerunning resumes from
+the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vwe.config import Config, resolve_device
+from vwe.data import Dataset, batches, load_dataset, to_float
+from vwe.models import Classifier
+from vwe.pretrain import (
+    CONFIG_FILE,
+    KEEP_CHECKPOINTS,
+    METRICS_FILE,
+    CheckpointError,
+    ConfigMismatchError,
+    NonFiniteLossError,
+    atomic_write,
+    latest_checkpoint,
+    list_checkpoints,
+    lock_run_dir,
+    provenance,
+    remove_temp_files,
+    save_checkpoint,
+)
+
+# The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
+# augmentation, the probe) do not touch it and may change without invalidating its checkpoints.
+RUN_FIELDS = ("dataset", "n_train", "n_test", "data_seed", "tower", "epochs", "seed")
+
+
+@dataclass(frozen=True)
+class SupervisedRecipe:
+    """Optimisation and augmentation of the supervised baseline ([24]; weight decay is ours)."""
+
+    batch_size: int = 128  # images per step, as [24]'s supervised baseline
+    lr: float = 0.1  # SGD learning rate before the first drop
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # L2 on every parameter; our choice, see the module docstring
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs after which lr drops / 10
+    pad: int = 4  # random-crop padding, pixels
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.pad < 0 or not all(0 < m < 1 for m in self.milestones):
+            raise ValueError(f"pad must be >= 0 and milestones in (0, 1), got pad={self.pad}, "
+                             f"milestones={self.milestones}")
+
+
+def lr_at(epoch: int, epochs: int, recipe: SupervisedRecipe) -> float:
+    """The learning rate of 1-based `epoch` out of `epochs`: lr / 10 after each milestone epoch.
+
+    With 200 epochs: 0.1 for epochs 1-100, 0.01 for 101-150, 0.001 for 151-200 (torch's MultiStepLR
+    with milestones [100, 150]).
+    """
+    drops = sum(epoch > int(m * epochs) for m in recipe.milestones)
+    return recipe.lr * 0.1**drops
+
+
+def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per sample: a random HxW crop of the zero-padded image, then a horizontal flip with p = 0.5.
+
+    (B, 3, H, W) -> (B, 3, H, W), any dtype, on the generator's device. One gather for the whole
+    batch: the crop offsets and the flip become per-sample row and column indices.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (pad, pad, pad, pad))  # (B, 3, H + 2p, W + 2p); zero is black
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
+    flip = torch.rand(b, generator=generator, device=device) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=device)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
+    # Advanced indices split by the channel slice put their broadcast shape first: (B, H, W, 3).
+    out = padded[torch.arange(b, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+
+
+def make_supervised_step(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    pad: int,
+    aug_gen: torch.Generator,
+    device: torch.device,
+    compile: bool = True,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A step function: (B, 3, 32, 32) uint8 images and (B,) labels on `device` -> loss (0-d, fp32).
+
+    Crop and flip run on the uint8 batch (4x less memory traffic than on floats). On CUDA the
+    forward runs in bf16 autocast on channels_last weights and is compiled, as in `vwe.train_step`.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+
+    def forward_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return F.cross_entropy(model(x).float(), labels)
+
+    if cuda and compile:
+        forward_loss = torch.compile(forward_loss)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = to_float(random_crop_flip(images, pad, aug_gen))  # (B, 3, 32, 32) in [0, 1]
+        loss = forward_loss(x, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def train_one_epoch(
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    shuffle_gen: torch.Generator,
+    epoch: int,
+    progress: bool = True,
+) -> float:
+    """One pass over (N, 3, 32, 32) uint8 `images` and (N,) `labels`; returns the mean loss.
+
+    Like `vwe.pretrain.train_one_epoch`, the finiteness check waits for the end of the epoch, so
+    no step waits on a host sync.
+    """
+    steps = len(images) // batch_size
+    if steps == 0:
+        raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}; "
+                         "use more images or a smaller SupervisedRecipe.batch_size")
+    losses = torch.zeros(steps, device=images.device)
+    order = batches(len(images), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True,
+                    device=images.device)
+    for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
+                                 disable=not progress)):
+        losses[i] = step(images[idx], labels[idx])
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteLossError(f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i}; "
+                                 "the last checkpoint is intact. Lower the learning rate.")
+    return losses.mean().item()
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in percent of `model` (eval mode, no augmentation) on (N, 3, 32, 32) uint8."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    for idx in batches(len(images), batch_size, shuffle=False, device=images.device):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            correct += (model(to_float(images[idx])).argmax(1) == labels[idx]).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / len(images)
+
+
+@dataclass
+class SupervisedResult:
+    run_dir: Path
+    checkpoint: Path
+    model: Classifier  # eval mode
+    metrics: list[dict]  # per epoch: epoch, lr, train_loss, test_acc, seconds, images_per_s
+    config: Config
+    dataset: str  # what actually ran
+    test_acc: float  # top-1 on the test split after the last epoch, percent
+
+
+def _run_key(config: dict, recipe: dict) -> dict:
+    """What a checkpoint must share with the current run to be resumed (JSON-plain values)."""
+    return json.loads(json.dumps({"config": {k: config[k] for k in RUN_FIELDS}, "recipe": recipe}))
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    text = "".join(json.dumps(m) + "\n" for m in metrics)
+    atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
+
+
+def _resume(state: dict, path: Path, key: dict, model: Classifier, optimizer: torch.optim.Optimizer,
+            shuffle_gen: torch.Generator, aug_gen: torch.Generator, run_dir: Path) -> None:
+    """Load a checkpoint into a fresh run after checking that it is the same run (as vwe.pretrain)."""
+    saved = _run_key(state["config"], state.get("recipe", {}))
+    if saved != key:
+        diffs = [f"{k}: {saved['config'][k]!r} -> {key['config'][k]!r}" for k in RUN_FIELDS
+                 if saved["config"][k] != key["config"][k]]
+        if saved["recipe"] != key["recipe"]:
+            diffs.append(f"recipe: {saved['recipe']} -> {key['recipe']}")
+        raise ConfigMismatchError(
+            f"{run_dir} holds a supervised run with another config ({path.name}):\n  " + "\n  ".join(diffs)
+            + f"\nUse another run directory, or fresh=True (or delete {run_dir}) to start over."
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit a supervised {key['config']['tower']} "
+                              f"classifier: {e}") from e
+    # map_location moved every tensor to the training device, but generator states live on the CPU.
+    shuffle_gen.set_state(state["rng"]["shuffle"].cpu())
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    try:
+        aug_gen.set_state(state["rng"]["augment"].cpu())
+    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
+        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
+                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
+                      stacklevel=3)
+        aug_gen.manual_seed(key["config"]["seed"] + 1 + state["epoch"])
+
+
+def train_supervised(
+    cfg: Config,
+    run_dir: str | Path,
+    data: Dataset | None = None,
+    recipe: SupervisedRecipe | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> SupervisedResult:
+    """Train `Classifier(cfg.tower)` with `recipe` for `cfg.epochs` epochs; checkpoint every epoch.
+
+    Resumes from the newest checkpoint in `run_dir` and trains nothing when it already holds
+    `cfg.epochs` epochs. The epoch count is part of the run (it places the lr drops), so a checkpoint
+    of another epoch count, like any other change of RUN_FIELDS or the recipe, raises
+    ConfigMismatchError; `fresh=True` discards the directory's checkpoints and starts over.
+    """
+    recipe = recipe or SupervisedRecipe()
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    if data is None:
+        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
+    else:
+        data = data.subset(cfg.n_train, cfg.n_test)
+    cfg = cfg.replace(dataset=data.name)  # record what "auto" resolved to
+    n_train = len(data.train_labels)
+    if recipe.batch_size > n_train:
+        raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
+                         "training images; use more images or a smaller SupervisedRecipe.batch_size")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(run_dir):
+        remove_temp_files(run_dir)
+        if fresh:
+            for p in list_checkpoints(run_dir):
+                p.unlink()
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        data = data.to(device)  # the whole dataset lives on the device as uint8
+
+        torch.manual_seed(cfg.seed)
+        model = Classifier(cfg.tower, data.num_classes).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        key = _run_key(cfg.to_dict(), dataclasses.asdict(recipe))
+        metrics: list[dict] = []
+        start, checkpoint = 0, None
+
+        found = latest_checkpoint(run_dir, map_location=device)
+        if found:
+            checkpoint, state = found
+            _resume(state, checkpoint, key, model, optimizer, shuffle_gen, aug_gen, run_dir)
+            start, metrics = state["epoch"], state["metrics"]
+        step = make_supervised_step(model, optimizer, recipe.pad, aug_gen, device, compile=cfg.compile)
+        _write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+        config_text = json.dumps({**cfg.to_dict(), "supervised_recipe": key["recipe"]}, indent=2) + "\n"
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+
+        epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
+                      desc="supervised", disable=not progress)
+        for epoch in epochs:
+            lr = lr_at(epoch, cfg.epochs, recipe)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            model.train()
+            train_loss = train_one_epoch(step, data.train_images, data.train_labels, recipe.batch_size,
+                                         shuffle_gen, epoch, progress)
+            seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync
+            test_acc = accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)
+            # The last update is in no training loss: never checkpoint non-finite weights.
+            if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
+                raise NonFiniteLossError(f"the weights became non-finite in epoch {epoch}; the last "
+                                         "checkpoint is intact. Lower the learning rate.")
+            seen = (n_train // recipe.batch_size) * recipe.batch_size
+            metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_acc": test_acc,
+                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
+            checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
+            save_checkpoint(checkpoint, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
+                "provenance": provenance(device),
+                "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
+                        "torch": torch.get_rng_state()},
+            })
+            _write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
+            for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
+                old.unlink()
+            epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.1f}",
+                               img_s=f"{metrics[-1]['images_per_s']:.0f}")
+    model.eval()
+    return SupervisedResult(run_dir, checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])
