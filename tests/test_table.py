@@ -125,7 +125,7 @@ def test_random_row_equals_an_independent_evaluation(table, data):
 def test_supervised_row_is_the_checkpoints_test_accuracy(table, data):
     result, out = table
     row = next(r for r in result.rows if r.key == "supervised-resnet32")
-    state = load_checkpoint(out / "supervised-resnet32" / "checkpoint-0001.pt")
+    state = load_checkpoint(out / "supervised-resnet32-1ep" / "checkpoint-0001.pt")
     model = Classifier("resnet32", 10)
     model.load_state_dict(state["model"])
     assert row.mean == accuracy(model, data.test_images, data.test_labels) == state["metrics"][-1]["test_acc"]
@@ -168,6 +168,17 @@ def test_changed_probe_reevaluates_without_retraining(table, data, tmp_path):
     assert [r.key for r in again.rows] == ["context-conv4-aug"] and not again.rows[0].skipped
     assert checkpoint_times(copy) == before
     assert json.loads((copy / "context-conv4-aug" / "linear_eval.json").read_text())["probe_epochs"] == 1
+
+
+def test_more_epochs_train_a_new_supervised_run(table, data, tmp_path):
+    _, out = table
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = checkpoint_times(copy)
+    again = run_table(CFG.replace(epochs=2), copy, rows=["supervised-resnet32"], data=data, progress=False)
+    assert again.rows[0].epochs == 2 and not again.rows[0].skipped
+    assert (copy / "supervised-resnet32-2ep" / "checkpoint-0002.pt").is_file()
+    assert {k: v for k, v in checkpoint_times(copy).items() if k in before} == before  # 1-epoch run kept
 
 
 def test_changed_checkpoint_is_not_reused(table, data, tmp_path):

@@ -48,7 +48,7 @@ PAPER_DATASET = "cifar100"  # the paper's numbers are CIFAR-100 top-1; differenc
 class Row:
     """One line of Table 1: how to produce it and the paper's number."""
 
-    key: str  # --rows name; also the run directory (a pretrained row's is its Config.run_name)
+    key: str  # --rows name; also names the run directory (see `row_dir`)
     method: str
     backbone: str
     augmentation: str
@@ -127,7 +127,12 @@ def row_config(cfg: Config, row: Row) -> Config:
 
 
 def row_dir(out_dir: str | Path, cfg: Config, row: Row) -> Path:
-    return Path(out_dir) / (row_config(cfg, row).run_name if row.kind == "pretrained" else row.key)
+    """Where a row runs. A pretraining run resumes across epoch counts, so its folder is its run name;
+    the supervised lr drops sit at fractions of the epochs, so a table with more epochs trains a new
+    supervised run in a folder of its own (`supervised-resnet32-30ep`) instead of resuming the old."""
+    if row.kind == "pretrained":
+        return Path(out_dir) / row_config(cfg, row).run_name
+    return Path(out_dir) / (f"{row.key}-{cfg.epochs}ep" if row.kind == "supervised" else row.key)
 
 
 def _sha256(path: Path) -> str:
