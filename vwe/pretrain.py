@@ -309,9 +309,42 @@ def _rng_state(shuffle_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
             "torch": torch.get_rng_state()}
 
 
-def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
+    """Rewrite the run's metrics log (one JSON line per epoch) atomically."""
     text = "".join(json.dumps(m) + "\n" for m in metrics)
     atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
+
+
+def discard_run(run_dir: Path) -> None:
+    """What `fresh=True` removes: the run's checkpoints and its metrics log."""
+    for p in list_checkpoints(run_dir):
+        p.unlink()
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def resolve_data(cfg: Config, data: Dataset | None) -> tuple[Config, Dataset]:
+    """`data` cut to cfg's sizes (loaded when None), and cfg with the dataset that "auto" became."""
+    if data is None:
+        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
+    else:
+        data = data.subset(cfg.n_train, cfg.n_test)
+    return cfg.replace(dataset=data.name), data
+
+
+def restore_rng(state: dict, path: Path, seed: int, shuffle_gen: torch.Generator,
+                aug_gen: torch.Generator) -> None:
+    """Put a checkpoint's random streams back (`seed` restarts augmentation across device kinds)."""
+    rng = state["rng"]
+    # map_location moved every tensor to the training device, but generator states live on the CPU.
+    shuffle_gen.set_state(rng["shuffle"].cpu())
+    torch.set_rng_state(rng["torch"].cpu())
+    try:
+        aug_gen.set_state(rng["augment"].cpu())
+    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
+        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
+                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
+                      stacklevel=4)
+        aug_gen.manual_seed(seed + 1 + state["epoch"])
 
 
 def _check_weights(model: Autoencoder, test_loss: float, epoch: int) -> None:
@@ -346,17 +379,7 @@ def _resume(state: dict, path: Path, cfg: Config, model: Autoencoder, optimizer:
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit a {cfg.run_name} model: {e}") from e
-    rng = state["rng"]
-    # map_location moved every tensor to the training device, but generator states live on the CPU.
-    shuffle_gen.set_state(rng["shuffle"].cpu())
-    torch.set_rng_state(rng["torch"].cpu())
-    try:
-        aug_gen.set_state(rng["augment"].cpu())
-    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
-        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
-                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
-                      stacklevel=3)
-        aug_gen.manual_seed(cfg.seed + 1 + state["epoch"])
+    restore_rng(state, path, cfg.seed, shuffle_gen, aug_gen)
 
 
 def pretrain(
@@ -374,11 +397,7 @@ def pretrain(
     """
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-    else:
-        data = data.subset(cfg.n_train, cfg.n_test)
-    cfg = cfg.replace(dataset=data.name)  # record what "auto" resolved to
+    cfg, data = resolve_data(cfg, data)
     n_train = len(data.train_labels)
     if cfg.batch_size > n_train:
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
@@ -387,9 +406,7 @@ def pretrain(
     with lock_run_dir(run_dir):
         remove_temp_files(run_dir)
         if fresh:
-            for p in list_checkpoints(run_dir):
-                p.unlink()
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+            discard_run(run_dir)
         train_images = data.train_images.to(device)
         test_images = data.test_images.to(device)
 
@@ -408,7 +425,7 @@ def pretrain(
             start, metrics = state["epoch"], state["metrics"]
         step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
                                compile=cfg.compile)
-        _write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
         config_text = json.dumps(cfg.to_dict(), indent=2) + "\n"
         atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
@@ -432,7 +449,7 @@ def pretrain(
             })
             # After the checkpoint: the log never lists an epoch that no checkpoint holds, and a
             # kill between the two is repaired by the rewrite from the checkpoint on resume.
-            _write_metrics(run_dir, metrics)
+            write_metrics(run_dir, metrics)
             for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
                 old.unlink()
             epochs.set_postfix(train=f"{train_loss:.4f}", test=f"{test_loss:.4f}",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +25,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vwe.config import Config, resolve_device
-from vwe.data import Dataset, batches, load_dataset, to_float
+from vwe.data import Dataset, batches, to_float
 from vwe.models import Classifier
 from vwe.pretrain import (
     CONFIG_FILE,
     KEEP_CHECKPOINTS,
-    METRICS_FILE,
     CheckpointError,
     ConfigMismatchError,
     NonFiniteLossError,
     atomic_write,
+    discard_run,
     latest_checkpoint,
     list_checkpoints,
     lock_run_dir,
     provenance,
     remove_temp_files,
+    resolve_data,
+    restore_rng,
     save_checkpoint,
+    write_metrics,
 )
 
 # The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
@@ -195,11 +197,6 @@ def _run_key(config: dict, recipe: dict) -> dict:
     return json.loads(json.dumps({"config": {k: config[k] for k in RUN_FIELDS}, "recipe": recipe}))
 
 
-def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    text = "".join(json.dumps(m) + "\n" for m in metrics)
-    atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
-
-
 def _resume(state: dict, path: Path, key: dict, model: Classifier, optimizer: torch.optim.Optimizer,
             shuffle_gen: torch.Generator, aug_gen: torch.Generator, run_dir: Path) -> None:
     """Load a checkpoint into a fresh run after checking that it is the same run (as vwe.pretrain)."""
@@ -219,16 +216,7 @@ def _resume(state: dict, path: Path, key: dict, model: Classifier, optimizer: to
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit a supervised {key['config']['tower']} "
                               f"classifier: {e}") from e
-    # map_location moved every tensor to the training device, but generator states live on the CPU.
-    shuffle_gen.set_state(state["rng"]["shuffle"].cpu())
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    try:
-        aug_gen.set_state(state["rng"]["augment"].cpu())
-    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
-        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
-                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
-                      stacklevel=3)
-        aug_gen.manual_seed(key["config"]["seed"] + 1 + state["epoch"])
+    restore_rng(state, path, key["config"]["seed"], shuffle_gen, aug_gen)
 
 
 def train_supervised(
@@ -249,11 +237,7 @@ def train_supervised(
     recipe = recipe or SupervisedRecipe()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
-    if data is None:
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-    else:
-        data = data.subset(cfg.n_train, cfg.n_test)
-    cfg = cfg.replace(dataset=data.name)  # record what "auto" resolved to
+    cfg, data = resolve_data(cfg, data)
     n_train = len(data.train_labels)
     if recipe.batch_size > n_train:
         raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
@@ -262,9 +246,7 @@ def train_supervised(
     with lock_run_dir(run_dir):
         remove_temp_files(run_dir)
         if fresh:
-            for p in list_checkpoints(run_dir):
-                p.unlink()
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+            discard_run(run_dir)
         data = data.to(device)  # the whole dataset lives on the device as uint8
 
         torch.manual_seed(cfg.seed)
@@ -283,7 +265,7 @@ def train_supervised(
             _resume(state, checkpoint, key, model, optimizer, shuffle_gen, aug_gen, run_dir)
             start, metrics = state["epoch"], state["metrics"]
         step = make_supervised_step(model, optimizer, recipe.pad, aug_gen, device, compile=cfg.compile)
-        _write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
         config_text = json.dumps({**cfg.to_dict(), "supervised_recipe": key["recipe"]}, indent=2) + "\n"
         atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
@@ -314,7 +296,7 @@ def train_supervised(
                 "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
                         "torch": torch.get_rng_state()},
             })
-            _write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
+            write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
             for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
                 old.unlink()
             epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.1f}",

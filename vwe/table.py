@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from vwe.config import Config, resolve_device
-from vwe.data import Dataset, load_dataset
+from vwe.data import Dataset
 from vwe.evaluate import LinearEval, extract_features, linear_eval, random_weights_model
-from vwe.pretrain import CHECKPOINT_RE, atomic_write, list_checkpoints, pretrain, provenance
+from vwe.pretrain import CHECKPOINT_RE, atomic_write, list_checkpoints, pretrain, provenance, resolve_data
 from vwe.supervised import SupervisedRecipe, train_supervised
 from vwe.words import knn_accuracy
 
@@ -298,11 +298,7 @@ def run_table(
     `out_dir` matches `cfg`, so running the rows one at a time still builds the whole table.
     """
     selected = select_rows(rows)
-    if data is None:
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-    else:
-        data = data.subset(cfg.n_train, cfg.n_test)
-    cfg = cfg.replace(dataset=data.name)  # what "auto" resolved to
+    cfg, data = resolve_data(cfg, data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
