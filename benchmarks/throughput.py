@@ -11,8 +11,11 @@ CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resid
     shared-fp32           17 tower passes per image, eager fp32 (the CPU default)
     shared-bf16           + bf16 autocast and channels_last, eager
     shared-bf16-compiled  + torch.compile of augment + forward + loss (CUDA only)
-    fast                  `make_train_step`'s default on the device: on CUDA + the whole step in
-                          one CUDA graph; on the CPU the same step as shared-fp32 (not re-measured)
+    fast-conv             + the whole step in one CUDA graph (CUDA only; the default before dense_convs)
+    fast-dense2x2         + the 2x2-map tower convolutions as matrix products (CUDA only)
+    fast                  `make_train_step`'s default on the device: on CUDA the 4x4- and 2x2-map
+                          convolutions as matrix products (dense_convs 16 px); on the CPU the same
+                          step as shared-fp32 (not re-measured)
     fast-autotune         opt-in: fast with compile mode max-autotune-no-cudagraphs (CUDA only)
 
 Warm-up steps run first and are not timed (compilation and graph capture happen there); each
@@ -40,7 +43,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -84,7 +87,7 @@ DEFAULTS = {
                         eval_train=PAPER_IMAGES, eval_test=10_000, eval_batch_size=1024, probe_epochs=100,
                         threads=None,
                         variants=("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled",
-                                  "fast")),
+                                  "fast-conv", "fast-dense2x2", "fast")),
     # one thread: on a shared 2-core machine two OpenMP threads competing with other processes ran
     # 5-50x slower than one (measured); pass --threads 2 on an idle machine
     "cpu": BenchConfig("cpu", batch_size=16, steps=3, repeats=3, warmup=1, images=1024, eval_train=500,
@@ -101,13 +104,14 @@ def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
         "shared-fp32": ("shared", PLAIN),
         "shared-bf16": ("shared", StepOptions(bf16=True, channels_last=True)),
         "shared-bf16-compiled": ("shared", StepOptions(bf16=True, channels_last=True, compile="default")),
+        "fast-conv": ("shared", replace(default_options(device), dense_convs=0)),
+        "fast-dense2x2": ("shared", replace(default_options(device), dense_convs=4)),
         "fast": ("shared", default_options(device)),
-        "fast-autotune": ("shared", StepOptions(bf16=True, channels_last=True,
-                                                compile="max-autotune-no-cudagraphs", cuda_graph=True)),
+        "fast-autotune": ("shared", replace(default_options(device), compile="max-autotune-no-cudagraphs")),
     }
     if name not in setups:
         raise ValueError(f"unknown variant {name!r}; choose from {tuple(setups)}")
-    if not cuda and name in ("shared-bf16-compiled", "fast-autotune"):
+    if not cuda and name in ("shared-bf16-compiled", "fast-conv", "fast-dense2x2", "fast-autotune"):
         raise ValueError(f"variant {name!r} is CUDA only (torch.compile on a 2-core CPU takes minutes)")
     return setups[name]
 
@@ -419,8 +423,13 @@ def report(results: dict) -> str:
     return "\n".join(out)
 
 
-def bench_variants(cfg: BenchConfig, images: torch.Tensor) -> list[dict]:
-    """Every training-step variant of `cfg`, each against literal-fp32; a failure becomes its row's error."""
+def bench_variants(cfg: BenchConfig, images: torch.Tensor,
+                   done: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Every training-step variant of `cfg`, each against literal-fp32; a failure becomes its row's error.
+
+    Each row is printed as soon as it is measured and passed to `done` with those before it, so a
+    run stopped half-way (a time limit) keeps what it measured.
+    """
     device = images.device
     train = []
     for name in cfg.variants:
@@ -432,6 +441,10 @@ def bench_variants(cfg: BenchConfig, images: torch.Tensor) -> list[dict]:
             error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
             row = {"variant": name, "error": error, "note": error}
         train.append(row)
+        measured = f"{row['images_per_s']:,.0f} images/s, warm-up {row['warmup_s']:.1f} s" \
+            if "images_per_s" in row else row["error"]
+        print(f"{name}: {measured} ({row.get('options', '')})", flush=True)
+        done(train)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -447,7 +460,9 @@ def bench_variants(cfg: BenchConfig, images: torch.Tensor) -> list[dict]:
     return train
 
 
-def run(cfg: BenchConfig, argv: list[str]) -> dict:
+def run(cfg: BenchConfig, argv: list[str], save: Callable[[dict], None] = lambda results: None) -> dict:
+    """Every measurement of `cfg`; `save(results so far)` is called after each part (a partial
+    JSON file survives a run that is stopped)."""
     device = torch.device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -455,10 +470,15 @@ def run(cfg: BenchConfig, argv: list[str]) -> dict:
         torch.backends.cudnn.benchmark = True  # for every variant, so the baseline is fair too
     env = environment(device, argv)  # before the work: the load average of the machine as found
     images = random_images(cfg.images, device)
-    results = {"environment": env, "config": dataclasses.asdict(cfg), "train": bench_variants(cfg, images),
-               "augment": bench_augment(cfg, images), "evaluation": bench_evaluation(cfg, device),
-               "cost": cost_per_image()}
+    results = {"environment": env, "config": dataclasses.asdict(cfg), "complete": False}
+    results["train"] = bench_variants(cfg, images, lambda rows: save({**results, "train": rows}))
+    for part, measure in (("augment", lambda: bench_augment(cfg, images)),
+                          ("evaluation", lambda: bench_evaluation(cfg, device)), ("cost", cost_per_image)):
+        results[part] = measure()
+        save(results)
     results["goals"] = goals(results) if device.type == "cuda" else []
+    results["complete"] = True
+    save(results)
     return results
 
 
@@ -497,11 +517,17 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path | None]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg, json_path = parse_args(argv)
-    results = run(cfg, argv)
-    print(report(results))
+
+    def save(results: dict) -> None:
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+            tmp.replace(json_path)  # atomic: a reader never sees half a file
+
+    results = run(cfg, argv, save)
+    print("\n" + report(results))
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {json_path}")
     return results
 

@@ -90,6 +90,22 @@ def test_tiny_cpu_run_prints_the_tables_and_writes_json(tmp_path, capsys):
     assert env["torch"] == torch.__version__ and env["command"].startswith("python benchmarks/throughput.py")
     assert "--batch-size 2" in env["command"] and env["git"]
     assert saved["goals"] == []  # the goals are about an H100
+    assert saved["complete"] is True
+
+
+def test_a_run_stopped_half_way_keeps_what_it_measured(tmp_path, monkeypatch, capsys):
+    def stopped(cfg, device):
+        raise KeyboardInterrupt  # as a time limit's signal would, after the training rows
+
+    monkeypatch.setattr(throughput, "bench_evaluation", stopped)
+    path = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        throughput.main([*TINY, "--variants", "shared-fp32,fast", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["complete"] is False and "evaluation" not in saved
+    assert [r["variant"] for r in saved["train"]] == ["shared-fp32", "fast"]
+    assert saved["augment"][0]["images_per_s"] > 0
+    assert "shared-fp32: " in capsys.readouterr().out  # printed when measured, not at the end
 
 
 def test_a_failing_variant_is_reported_and_the_others_still_run(monkeypatch):

@@ -6,12 +6,15 @@ import torch
 from vwe.models import (
     Classifier,
     ContextAutoencoder,
+    Conv2d,
     Conv4,
     PatchAutoencoder,
     ResNet32,
+    Upsample2x,
     build_model,
     count_parameters,
     make_tower,
+    use_dense_convs,
 )
 from vwe.patches import gather_context, patchify
 
@@ -102,3 +105,60 @@ def test_classifier_and_bad_names():
         ContextAutoencoder("conv4", "fast")
     with pytest.raises(ValueError, match="context"):
         build_model("vae")
+
+
+# (in, out, kernel, stride, padding, bias, map size): every small-map convolution of the towers
+DENSE_CASES = [(64, 64, 3, 1, 1, False, 2), (32, 32, 3, 1, 1, False, 4), (32, 64, 3, 2, 1, False, 4),
+               (32, 64, 1, 2, 0, False, 4), (32, 64, 3, 1, 1, False, 1), (5, 7, 3, 1, 1, True, 3)]
+
+
+@pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: f"{c[0]}-{c[1]}k{c[2]}s{c[3]}on{c[6]}")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_conv_equals_the_convolution_values_and_gradients(case, channels_last):
+    cin, cout, k, stride, pad, bias, size = case
+    torch.manual_seed(0)
+    conv = Conv2d(cin, cout, k, stride, pad, bias=bias).double()
+    x = torch.randn(6, cin, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for dense in (0, size * size):
+        conv.dense_pixels = dense
+        xi = x.clone().requires_grad_(True)
+        y = conv(xi)
+        w = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad((y * w).sum(), (xi, *conv.parameters()))
+        results.append((y, *grads))
+    for dense, ref in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(dense, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_convs_leave_the_model_the_same_function():
+    torch.manual_seed(0)
+    model = ContextAutoencoder("resnet32").double().train()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    sizes = []
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[-2] * args[0].shape[-1]))
+    out = []
+    for pixels in (0, 16):
+        use_dense_convs(model, pixels)
+        sizes.clear()
+        loss = model.forward_loss(x)
+        out.append((loss, *torch.autograd.grad(loss, list(model.parameters()))))
+    # of the 33 tower convs (stem, 30 in blocks, 2 shortcuts), 20 see a map of <= 4x4 on a patch:
+    # stage 2 after its first conv (9), stage 3's first conv and shortcut (2) and the rest of it (9)
+    assert len(sizes) == 33 and sum(p <= 16 for p in sizes) == 20
+    for dense, ref in zip(out[1], out[0], strict=True):
+        torch.testing.assert_close(dense, ref, rtol=1e-9, atol=1e-12)
+    assert model.state_dict().keys() == ContextAutoencoder("resnet32").state_dict().keys()
+
+
+def test_upsample2x_equals_nearest_interpolation_values_and_gradients():
+    x = torch.randn(3, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 8, 8, dtype=torch.float64)
+    ours, ref = Upsample2x()(x), torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    assert torch.equal(ours, ref)
+    grads = [torch.autograd.grad((y * w).sum(), x)[0] for y in (ours, ref)]
+    torch.testing.assert_close(*grads, rtol=1e-14, atol=1e-14)  # sums of 4 terms, in another order

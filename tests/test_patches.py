@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vwe.patches import OFFSETS, gather_context, neighbour_table, patchify, unpatchify
+from vwe.patches import OFFSETS, gather_context, gather_neighbours, neighbour_table, patchify, unpatchify
 
 
 def test_patchify_unpatchify_round_trip():
@@ -47,6 +47,35 @@ def test_gather_context_matches_loop_reference():
             else:
                 expected = torch.zeros(4, 3, 8, 8)
             assert torch.equal(ctx[:, k, j], expected), (k, j)
+
+
+def indexed_gather(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """The table-indexed gather, written independently: slot -1 reads `fill`."""
+    padded = torch.cat([x, fill.expand(x.shape[0], 1, *fill.shape)], dim=1)
+    index = neighbour_table()
+    return padded[:, torch.where(index < 0, x.shape[1], index)]
+
+
+def test_gather_neighbours_equals_the_table_gather_values_and_gradients():
+    x = torch.randn(3, 16, 5, dtype=torch.float64, requires_grad=True)
+    fill = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 16, 8, 5, dtype=torch.float64)  # a loss that tells every slot apart
+    grads = []
+    for gather in (gather_neighbours, indexed_gather):
+        out = gather(x, fill)
+        assert out.shape == (3, 16, 8, 5)
+        grads.append((out, *torch.autograd.grad((out * weights).sum(), (x, fill))))
+    for ours, ref in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    # the fill's gradient collects all 44 outside slots of the 16 targets (4 corners x 5, 8 edges x 3)
+    assert (neighbour_table() < 0).sum() == 44
+
+
+def test_gather_neighbours_refuses_a_wrong_fill_or_grid():
+    with pytest.raises(ValueError, match="fill has shape"):
+        gather_neighbours(torch.zeros(2, 16, 4), torch.zeros(5))
+    with pytest.raises(ValueError, match="square grid"):
+        gather_neighbours(torch.zeros(2, 15, 4), torch.zeros(4))
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (2, 3, 32, 30), (2, 3, 30, 30)])

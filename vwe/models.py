@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, neighbour_table, patchify
+from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, patchify
 
 TOWERS = ("resnet32", "conv4")
 ENCODINGS = ("shared", "literal")
@@ -34,18 +34,64 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def dense_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(x)` computed as one matrix product: (B, C, H, W) -> (B, O, H', W').
+
+    On a map of a few pixels a convolution is a small dense linear map from the C*H*W inputs to the
+    O*H'*W' outputs. Its matrix is the convolution of the identity basis (row i: the output for an
+    input that is 1 at position i, 0 elsewhere), which is exact and differentiable in the weight; the
+    product with it sums the same weight x input terms as the convolution, plus zeros. Rows and
+    columns are in (H, W, C) order, so a channels_last input and output need no copy.
+    """
+    b, c, h, w = x.shape
+    d = c * h * w
+    basis = torch.eye(d, dtype=x.dtype, device=x.device).view(d, h, w, c).permute(0, 3, 1, 2)
+    matrix = F.conv2d(basis, conv.weight, None, conv.stride, conv.padding, conv.dilation)  # (d, O, H', W')
+    o, h2, w2 = matrix.shape[1:]
+    y = x.permute(0, 2, 3, 1).reshape(b, d) @ matrix.permute(0, 2, 3, 1).reshape(d, o * h2 * w2)
+    y = y.view(b, h2, w2, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last strides
+    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters, same function) that runs on maps of at most `dense_pixels`
+    pixels as one matrix product (`dense_conv2d`). 0, the default, never does.
+
+    Why: the towers run on 8x8 patches, so their later convolutions see 4x4 and 2x2 maps, where
+    convolution kernels keep the tensor cores mostly idle; as a matrix product (B*16 rows of
+    C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md). The fast training step turns
+    this on (`vwe.train_step.StepOptions.dense_convs`); `use_dense_convs` sets it on a model.
+    """
+
+    dense_pixels: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        small = x.shape[-2] * x.shape[-1] <= self.dense_pixels
+        if small and self.groups == 1 and self.padding_mode == "zeros":
+            return dense_conv2d(x, self)
+        return super().forward(x)
+
+
+def use_dense_convs(model: nn.Module, max_pixels: int) -> None:
+    """Run every tower convolution of `model` on maps of at most `max_pixels` pixels as a matrix
+    product (0 turns it off). The function and the parameters stay the same."""
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.dense_pixels = max_pixels
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual; 1x1 conv + BN projection when the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -64,7 +110,7 @@ class ResNet32(nn.Module):
         super().__init__()
         self.normalize = Normalize()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         stages, cin = [], widths[0]
         for i, cout in enumerate(widths):
@@ -97,7 +143,7 @@ class Conv4(nn.Module):
         self.normalize = Normalize()
         layers, cin = [], 3
         for i, cout in enumerate(widths):
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            layers += [Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
             if i < len(widths) - 1:
                 layers.append(nn.AvgPool2d(2))  # 8x8 => 4x4 => 2x2 => 1x1 on a patch
             cin = cout
@@ -117,6 +163,19 @@ def make_tower(name: str) -> nn.Module:
     raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour 2x upsampling, (B, C, H, W) -> (B, C, 2H, 2W), written as a broadcast.
+
+    The same function as `nn.Upsample(scale_factor=2, mode="nearest")`, but its backward is a sum
+    over each 2x2 block; compiled, nn.Upsample's backward is a scatter with atomic adds, which was
+    the largest single fused kernel of the H200 profile of the training step (0.375 ms of 8 ms).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class Decoder(nn.Module):
     """Patch embedding -> 8x8 patch: two linear layers, reshape, nearest upsample, three convs.
 
@@ -130,7 +189,7 @@ class Decoder(nn.Module):
             nn.Linear(512, 64 * 4 * 4), nn.ReLU(),
         )
         self.up = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="nearest"),  # 4x4 => 8x8
+            Upsample2x(),  # 4x4 => 8x8, nearest
             nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
             nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
             nn.Conv2d(32, 3, 3, 1, 1), nn.Sigmoid(),
@@ -217,9 +276,6 @@ class ContextAutoencoder(Autoencoder):
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         super().__init__(tower, N_NEIGHBOURS)
         self.encoding = encoding
-        # On the model's device, so gathering needs no host-to-device copy (CUDA graphs forbid one).
-        # Not persistent: checkpoints stay the same.
-        self.register_buffer("neighbours", neighbour_table(), persistent=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, 8 * D): each target's context features in context order."""
@@ -227,14 +283,14 @@ class ContextAutoencoder(Autoencoder):
         patches = patchify(x)  # (B, 16, 3, 8, 8)
         b, n = patches.shape[:2]
         if self.encoding == "literal":
-            context = gather_context(patches, self.neighbours)  # (B, 16, 8, 3, 8, 8)
+            context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
             feats = self.tower(context.flatten(0, 2))  # (B*16*8, D)
             return feats.view(b, n, -1)  # (B, 16, 8*D)
         # One tower call on the 16*B patches and the zero patch together, so BatchNorm in train mode
         # normalises them as one batch (a separate batch of one zero patch would break Conv4's 1x1 BN).
         flat = torch.cat([patches.flatten(0, 1), patches.new_zeros(1, *patches.shape[2:])])
         feats = self.tower(flat)  # (B*16 + 1, D)
-        context = gather_neighbours(feats[:-1].view(b, n, -1), feats[-1], self.neighbours)  # (B, 16, 8, D)
+        context = gather_neighbours(feats[:-1].view(b, n, -1), feats[-1])  # (B, 16, 8, D)
         return context.flatten(2)  # (B, 16, 8*D)
 
 

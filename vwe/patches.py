@@ -69,16 +69,16 @@ def neighbour_table(grid: int = GRID) -> torch.Tensor:
     return table
 
 
-def gather_neighbours(
-    x: torch.Tensor, fill: torch.Tensor, table: torch.Tensor | None = None
-) -> torch.Tensor:
+def gather_neighbours(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Arrange per-patch items into contexts: (B, N, *S) -> (B, N, K, *S).
 
     `fill` (shape S) stands in for neighbours outside the grid. The same gather serves pixels
     (fill = a zero patch) and tower features (fill = the tower's output on a zero patch), which is
-    what makes the shared encoding equal to the literal one. `table` is `neighbour_table()` already
-    on x's device (a model keeps it as a buffer); without it the table is built and copied here,
-    a host-to-device copy that a CUDA graph cannot capture.
+    what makes the shared encoding equal to the literal one. Context slot j of every target is one
+    shifted window of the grid framed by `fill`, so the gather is 8 slices: slices need no index
+    table (nothing to copy to the device, which a CUDA graph forbids), and their backward adds the
+    windows back into the frame instead of scattering with atomic adds as an indexed gather's does.
+    Equals `x[:, neighbour_table()]` with -1 read as `fill` (tests/test_patches.py).
     """
     b, n = x.shape[:2]
     grid = round(n**0.5)
@@ -86,14 +86,19 @@ def gather_neighbours(
         raise ValueError(f"{n} patches do not form a square grid")
     if fill.shape != x.shape[2:]:
         raise ValueError(f"fill has shape {tuple(fill.shape)}, expected {tuple(x.shape[2:])}")
-    index = (neighbour_table(grid) if table is None else table).to(x.device)
-    index = torch.where(index < 0, n, index)  # slot n of `padded` is the fill
-    padded = torch.cat([x, fill.to(x.dtype).expand(b, 1, *fill.shape)], dim=1)  # (B, N+1, *S)
-    return padded[:, index]  # (B, N, K, *S)
+    s = x.shape[2:]
+    fill = fill.to(x.dtype)
+    cells = x.reshape(b, grid, grid, *s)
+    side = fill.expand(b, grid, 1, *s)
+    cells = torch.cat([side, cells, side], dim=2)  # (B, G, G+2, *S)
+    top = fill.expand(b, 1, grid + 2, *s)
+    framed = torch.cat([top, cells, top], dim=1)  # (B, G+2, G+2, *S): the grid in a frame of fill
+    windows = [framed[:, 1 + dr:1 + dr + grid, 1 + dc:1 + dc + grid] for dr, dc in OFFSETS]
+    return torch.stack(windows, dim=3).reshape(b, n, N_NEIGHBOURS, *s)  # (B, G, G, K, *S) -> (B, N, K, *S)
 
 
-def gather_context(patches: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+def gather_context(patches: torch.Tensor) -> torch.Tensor:
     """Contexts of every target: (B, N, C, P, P) -> (B, N, K, C, P, P), zero patches outside."""
     if patches.dim() != 5:
         raise ValueError(f"expected patches of shape (B, N, C, P, P), got {tuple(patches.shape)}")
-    return gather_neighbours(patches, patches.new_zeros(patches.shape[2:]), table)
+    return gather_neighbours(patches, patches.new_zeros(patches.shape[2:]))

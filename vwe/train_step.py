@@ -10,11 +10,13 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
     channels_last    NHWC weights, the layout cuDNN's tensor-core kernels want
     compile          torch.compile of augment + forward + loss (backward comes with it)
     cuda_graph       capture the whole step (forward, backward, Adam) once and replay it
+    dense_convs      tower convolutions on maps of at most this many pixels (the 4x4 and 2x2 maps
+                     of a patch) run as one matrix product each (`vwe.models.Conv2d`), 0 = never
 
-The CUDA default is all four. Why the graph: a step is hundreds of small kernels (31 convolutions
-on 8x8, 4x4 and 2x2 maps, their BatchNorms, the decoder, the augmentation, and the backward of it
-all), many of which the GPU finishes as fast as Python can launch them; one replay launches them
-all. The graph fixes every address, so:
+The CUDA default is all of them, dense_convs=16 (BENCHMARKS.md measures each). Why the graph: a
+step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their BatchNorms, the
+decoder, the augmentation, and the backward of it all), many of which the GPU finishes as fast as
+Python can launch them; one replay launches them all. The graph fixes every address, so:
 - the augmentation parameters are drawn eagerly with the caller's generator (one small launch)
   and copied into a static buffer that the graph reads; the generator advances exactly as in the
   plain step, so a run is reproducible and resumable the same way on either path;
@@ -37,9 +39,10 @@ from torch.utils._pytree import tree_leaves
 
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.data import to_float
-from vwe.models import Autoencoder
+from vwe.models import Autoencoder, use_dense_convs
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
 WARMUP_STEPS = 3  # before a capture: compile, autotune (cuDNN and Triton), create Adam's state
 # ops that read a device value on the host: each is a sync, and illegal inside a CUDA graph
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique2")
@@ -58,8 +61,12 @@ class StepOptions:
     compile: str | None = None  # a torch.compile mode from COMPILE_MODES, None runs eagerly
     backend: str = "inductor"  # torch.compile backend; "eager" only traces (finds graph breaks fast)
     cuda_graph: bool = False  # capture and replay the whole step (CUDA, Adam only)
+    dense_convs: int = 0  # tower convs on maps of <= this many pixels run as a matrix product
 
     def __post_init__(self) -> None:
+        pixels = self.dense_convs
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+            raise ValueError(f"dense_convs is a number of pixels >= 0 (0: never), got {self.dense_convs!r}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {self.compile!r}; choose None or one of {COMPILE_MODES}")
         if self.cuda_graph and self.compile in ("reduce-overhead", "max-autotune"):
@@ -79,6 +86,8 @@ class StepOptions:
             parts.append(f"compile({self.compile}{backend})")
         if self.cuda_graph:
             parts.append("cuda_graph")
+        if self.dense_convs:
+            parts.append(f"dense_convs({self.dense_convs} px)")
         return " + ".join(parts)
 
 
@@ -90,7 +99,8 @@ def default_options(device: torch.device | str, compile: bool = True) -> StepOpt
     only), the plain fp32 step on the CPU."""
     if torch.device(device).type != "cuda":
         return PLAIN
-    return StepOptions(bf16=True, channels_last=True, compile="default" if compile else None, cuda_graph=True)
+    return StepOptions(bf16=True, channels_last=True, compile="default" if compile else None, cuda_graph=True,
+                       dense_convs=DENSE_PIXELS)
 
 
 def capture_hazards(fn: Callable[[], object]) -> list[str]:
@@ -199,6 +209,7 @@ class TrainStep:
         self.device, self.options = device, options
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
+        use_dense_convs(model, options.dense_convs)
         _match_state_layout(optimizer)
         # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
         # take Adam's ordinary path, and only the captured one needs the step count on the device
@@ -335,7 +346,8 @@ def make_train_step(
 
     `aug=None` trains without augmentation (the paper's ablation). `options` defaults to
     `default_options(device, compile)`: the fast step on CUDA, the plain fp32 step on the CPU
-    (where `compile` is ignored). Side effects: the model may be converted to channels_last,
+    (where `compile` is ignored). Side effects: the model may be converted to channels_last and
+    its small-map convolutions switched to matrix products (`options.dense_convs`),
     Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on
     (the shapes never change, so its search pays off).
     """

@@ -1,0 +1,85 @@
+"""Where the time of one training step goes: the GPU kernels of the compiled step, heaviest first.
+
+    python benchmarks/profile_step.py --device cuda [--batch-size 512] [--steps 10] [--top 30]
+
+The step is `make_train_step` with the CUDA defaults minus the CUDA graph (a replayed graph shows
+up as one opaque launch), on random uint8 images: context autoencoder, ResNet-32 tower, Adam,
+augmentation on, as `benchmarks/throughput.py` times it. Prints torch.profiler's table of device
+time per kernel name over `--steps` steps after warm-up, and the share of the few largest groups
+(convolutions, batch norm and its fused neighbours, Adam, the rest), the figures that say which
+lever to pull next (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from dataclasses import replace
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from vwe.augment import AugmentConfig
+from vwe.models import ContextAutoencoder
+from vwe.train_step import default_options, make_train_step
+
+# kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)
+GROUPS = (("convolution / matmul", r"conv|gemm|xmma|cutlass|sm90|wgrad|dgrad|implicit|winograd|cudnn"),
+          ("optimizer (fused Adam)", r"adam|multi_tensor|foreach"),
+          ("fused elementwise / reductions (triton)", r"triton"),
+          ("copies and layout", r"copy|transpose|nchw|nhwc|memcpy|memset|cat"))
+
+
+def group(name: str) -> str:
+    lowered = name.lower()
+    return next((g for g, pattern in GROUPS if re.search(pattern, lowered)), "other")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--top", type=int, default=30)
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    model = ContextAutoencoder("resnet32").to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    options = replace(default_options(device), cuda_graph=False)
+    step = make_train_step(model, optimizer, AugmentConfig(), torch.Generator(device=device).manual_seed(1),
+                           device, options=options)
+    images = torch.randint(0, 256, (a.batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
+    for i in range(a.warmup):
+        step(images[(i % 4) * a.batch_size:(i % 4 + 1) * a.batch_size])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        for i in range(a.steps):
+            step(images[(i % 4) * a.batch_size:(i % 4 + 1) * a.batch_size])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"{options.describe()} | batch {a.batch_size} | {a.steps} steps | {torch.__version__} | "
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=a.top, max_name_column_width=90))
+    if device.type == "cuda":
+        totals: dict[str, float] = defaultdict(float)
+        for event in prof.key_averages():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                totals[group(event.key)] += event.self_device_time_total
+        whole = sum(totals.values()) or 1.0
+        print(f"\ndevice time per step: {whole / a.steps / 1000:.2f} ms "
+              f"({a.batch_size * a.steps / (whole / 1e6):,.0f} images/s if kernels ran back to back)")
+        for name, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<42} {us / a.steps / 1000:7.3f} ms/step  {100 * us / whole:5.1f} %")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one command, for a machine with one CUDA GPU:
+#   1. benchmarks/throughput.py --device cuda   (BENCHMARKS.md: the training-step variants,
+#      augmentation, features, linear probe, the issue's goals)
+#   2. benchmarks/profile_step.py                (the step's kernels, heaviest first)
+#   3. the CUDA tests of tests/test_train_step.py (the fast step matches plain fp32, the graph)
+#   4. the results table, `paper` profile on Shapes at CIFAR-100 scale (50 000 + 10 000 images),
+#      a reduced number of epochs: its per-row times predict the cost of the full CIFAR-100 run
+# Each part runs under its own time limit and writes its log to $OUT; one failing does not stop
+# the others. Usage (from the repository root):
+#   OUT=runs/gpu bash scripts/gpu-checks.sh
+# Variables: OUT (default runs/gpu), PYTHON (default python3), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS
+# (5), TABLE_ROWS (default: all), and the per-part limits in seconds BENCH_S (330), PROFILE_S (45),
+# TESTS_S (150), TABLE_S (130): about 11 minutes in all. On a fresh machine (no compile cache) the
+# benchmark's 7 variants took more than 210 s on an H200 and the 4 CUDA tests more than 75 s.
+set -u
+OUT=${OUT:-runs/gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export VWE_DATA_DIR=${VWE_DATA_DIR:-/tmp/vwe-data}
+
+part() {  # part NAME LIMIT_S COMMAND...: run COMMAND under a time limit into $OUT/NAME.log
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "=== $name: $*"
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    tail -n "${TAIL:-60}" "$OUT/$name.log"
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    "$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
+    git rev-parse --short HEAD 2>/dev/null
+} 2>&1 | tee "$OUT/env.txt"
+
+part bench "${BENCH_S:-330}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json"
+TAIL=45 part profile "${PROFILE_S:-45}" "$PY" benchmarks/profile_step.py --device cuda
+part tests "${TESTS_S:-150}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
+TABLE_DIR=/tmp/vwe-table
+TABLE_ARGS=(--profile paper --dataset shapes --n-train 50000 --n-test 10000 --epochs "${TABLE_EPOCHS:-2}"
+            --probe-epochs "${TABLE_PROBE_EPOCHS:-5}" --out-dir "$TABLE_DIR" --no-progress)
+if [ -n "${TABLE_ROWS:-}" ]; then  # e.g. TABLE_ROWS="context-resnet32-noaug context-conv4-aug"
+    # shellcheck disable=SC2086
+    part table "${TABLE_S:-130}" "$PY" -m vwe table --rows $TABLE_ROWS "${TABLE_ARGS[@]}"
+else  # the method's own row first (its compiled step is warm from the benchmark), then the rest
+    part table "${TABLE_S:-130}" bash -c '"$0" -m vwe table --rows context-resnet32-aug "${@}" &&
+        "$0" -m vwe table "${@}"' "$PY" "${TABLE_ARGS[@]}"
+fi
+cp "$TABLE_DIR/results.json" "$OUT/table-results.json" 2>/dev/null
+for d in "$TABLE_DIR"/*/; do  # per-epoch seconds of every pretraining run, for the cost projection
+    [ -f "$d/metrics.jsonl" ] && echo "$(basename "$d") $(tr '\n' ' ' <"$d/metrics.jsonl")"
+done | tee "$OUT/table-epochs.txt"
