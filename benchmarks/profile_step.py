@@ -1,6 +1,7 @@
 """Where the time of one training step goes: the GPU kernels of the compiled step, heaviest first.
 
     python benchmarks/profile_step.py --device cuda [--batch-size 512] [--steps 10] [--top 30]
+    python benchmarks/profile_step.py --device cuda --by-shape     (which layer is each kernel)
 
 The step is `make_train_step` with the CUDA defaults minus the CUDA graph (a replayed graph shows
 up as one opaque launch), on random uint8 images: context autoencoder, ResNet-32 tower, Adam,
@@ -8,6 +9,10 @@ augmentation on, as `benchmarks/throughput.py` times it. Prints torch.profiler's
 time per kernel name over `--steps` steps after warm-up, and the share of the few largest groups
 (convolutions, batch norm and its fused neighbours, Adam, the rest), the figures that say which
 lever to pull next (BENCHMARKS.md).
+
+`--by-shape` profiles the eager bf16 step instead (compiled code hides which layer launched a
+kernel) and lists the convolutions and matrix products by input shape, e.g. the decoder's
+[8192, 64, 8, 8] against the tower's [8193, 16, 8, 8]: the way to name the layer behind a kernel.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--by-shape", action="store_true",
+                   help="eager bf16 step, convolutions and matrix products grouped by input shape")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
@@ -52,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     model = ContextAutoencoder("resnet32").to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     options = replace(default_options(device), cuda_graph=False)
+    if a.by_shape:
+        options = replace(options, compile=None)
     step = make_train_step(model, optimizer, AugmentConfig(), torch.Generator(device=device).manual_seed(1),
                            device, options=options)
     images = torch.randint(0, 256, (a.batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=a.by_shape) as prof:
         for i in range(a.steps):
             step(images[(i % 4) * a.batch_size:(i % 4 + 1) * a.batch_size])
         if device.type == "cuda":
@@ -68,6 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{options.describe()} | batch {a.batch_size} | {a.steps} steps | {torch.__version__} | "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    if a.by_shape:
+        events = [e for e in prof.key_averages(group_by_input_shape=True)
+                  if re.fullmatch(r"aten::(convolution|convolution_backward|mm|addmm)", e.key)]
+        events.sort(key=lambda e: -(e.device_time_total if device.type == "cuda" else e.cpu_time_total))
+        print(f"{'op':<34} {'calls':>5} {'ms/step':>8}  input shapes")
+        for e in events[:a.top]:
+            total = e.device_time_total if device.type == "cuda" else e.cpu_time_total
+            print(f"{e.key:<34} {e.count // a.steps:>5} {total / a.steps / 1000:>8.3f}  {e.input_shapes}")
+        return
     print(prof.key_averages().table(sort_by=sort, row_limit=a.top, max_name_column_width=90))
     if device.type == "cuda":
         totals: dict[str, float] = defaultdict(float)

@@ -2,7 +2,7 @@
 # Every GPU measurement of the project in one command, for a machine with one CUDA GPU:
 #   1. benchmarks/throughput.py --device cuda   (BENCHMARKS.md: the training-step variants,
 #      augmentation, features, linear probe, the issue's goals)
-#   2. benchmarks/profile_step.py                (the step's kernels, heaviest first)
+#   2. benchmarks/profile_step.py                (the step's kernels, heaviest first; by layer shape)
 #   3. the CUDA tests of tests/test_train_step.py (the fast step matches plain fp32, the graph)
 #   4. the results table, `paper` profile on Shapes at CIFAR-100 scale (50 000 + 10 000 images),
 #      a reduced number of epochs: its per-row times predict the cost of the full CIFAR-100 run
@@ -10,7 +10,7 @@
 # the others. Usage (from the repository root):
 #   OUT=runs/gpu bash scripts/gpu-checks.sh
 # Variables: OUT (default runs/gpu), PYTHON (default python3), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS
-# (5), TABLE_ROWS (default: all), and the per-part limits in seconds BENCH_S (330), PROFILE_S (45),
+# (5), TABLE_ROWS (default: all), and the per-part limits in seconds BENCH_S (330), PROFILE_S (60),
 # TESTS_S (150), TABLE_S (130): about 11 minutes in all. On a fresh machine (no compile cache) the
 # benchmark's 7 variants took more than 210 s on an H200 and the 4 CUDA tests more than 75 s.
 set -u
@@ -38,7 +38,8 @@ part() {  # part NAME LIMIT_S COMMAND...: run COMMAND under a time limit into $O
 } 2>&1 | tee "$OUT/env.txt"
 
 part bench "${BENCH_S:-330}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json"
-TAIL=45 part profile "${PROFILE_S:-45}" "$PY" benchmarks/profile_step.py --device cuda
+TAIL=70 part profile "${PROFILE_S:-60}" bash -c '"$0" benchmarks/profile_step.py --device cuda &&
+    "$0" benchmarks/profile_step.py --device cuda --by-shape --top 25' "$PY"
 part tests "${TESTS_S:-150}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
 TABLE_DIR=/tmp/vwe-table
 TABLE_ARGS=(--profile paper --dataset shapes --n-train 50000 --n-test 10000 --epochs "${TABLE_EPOCHS:-2}"
