@@ -1,7 +1,7 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test                        set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
-#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N]   the paper's Table 1 into runs/<profile>/results.*
+#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N]   the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -237,6 +237,16 @@ def test_resume_with_another_config_lists_every_difference(tmp_path, reference, 
     assert snapshot(run) == before
 
 
+def test_a_run_is_not_shortened_silently(tmp_path, reference, shapes):
+    # e.g. the course's 4-epoch run pointed at a directory where the table trained 30 epochs
+    run = copy_run(reference, tmp_path / "run")
+    before = snapshot(run)
+    held = load_checkpoint(list_checkpoints(run)[0])["epoch"]
+    with pytest.raises(ConfigMismatchError, match=f"holds {held} epochs.*cannot be shortened.*--fresh"):
+        pretrain(CFG.replace(epochs=held - 1), run, data=shapes, progress=False)
+    assert snapshot(run) == before
+
+
 def test_cli_refuses_another_config_unless_fresh(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
     args = [*CLI_ARGS, "--run-dir", str(run), "--batch-size", "16", "--epochs", "1"]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import vwe.pretrain
 import vwe.supervised
 import vwe.table
-from vwe.__main__ import main
+from vwe.__main__ import default_table_dir, main
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.evaluate import extract_features, linear_eval, random_weights_model
@@ -319,3 +319,10 @@ def test_cli_table(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*args, "nope"])
     assert exit_.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_a_table_with_other_epochs_gets_its_own_folder():
+    # the course trains runs/cpu/<run> for the profile's 4 epochs; a 30-epoch table must not reuse them
+    assert default_table_dir(get_config("cpu")) == Path("runs/cpu")
+    assert default_table_dir(get_config("cpu", epochs=30)) == Path("runs/cpu-30ep")
+    assert default_table_dir(get_config("paper")) == Path("runs/paper")

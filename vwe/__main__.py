@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vwe.config import PROFILES, get_config, resolve_device
+from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import DATASETS, load_dataset
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.pretrain import PretrainError
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, metavar="ROW",
                    help=f"rows to run (default: all): {', '.join(ROW_KEYS)}")
-    p.add_argument("--out-dir", type=Path, help="default: runs/<profile>")
+    p.add_argument("--out-dir", type=Path,
+                   help="default: runs/<profile>; runs/<profile>-<N>ep for another number of epochs")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
     p.add_argument("--no-progress", action="store_true")
     return parser
@@ -122,6 +123,15 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 
+def default_table_dir(cfg: Config) -> Path:
+    """runs/<profile>, where the course's notebooks train the profile's runs; a table with another
+    number of epochs gets a folder of its own (runs/cpu-30ep), or its runs would resume, or refuse
+    to shorten, the course's."""
+    if cfg.epochs == PROFILES[cfg.profile].epochs:
+        return Path("runs") / cfg.profile
+    return Path("runs") / f"{cfg.profile}-{cfg.epochs}ep"
+
+
 def cmd_table(a: argparse.Namespace) -> None:
     from vwe.table import run_table
 
@@ -130,7 +140,7 @@ def cmd_table(a: argparse.Namespace) -> None:
                      data_seed=a.data_seed, probe_epochs=a.probe_epochs,
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)
-    out_dir = a.out_dir or Path("runs") / cfg.profile
+    out_dir = a.out_dir or default_table_dir(cfg)
     table = run_table(cfg, out_dir, rows=a.rows, progress=not a.no_progress)
     print("\n" + table.files["md"].read_text())
     print("results: " + ", ".join(str(p) for p in table.files.values()))

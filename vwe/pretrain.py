@@ -371,6 +371,12 @@ def _resume(state: dict, path: Path, cfg: Config, model: Autoencoder, optimizer:
             f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
             + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
         )
+    if state["epoch"] > cfg.epochs:
+        raise ConfigMismatchError(
+            f"{run_dir} holds {state['epoch']} epochs of this run ({path.name}), more than the "
+            f"{cfg.epochs} asked for, and a run cannot be shortened. Ask for epochs={state['epoch']} (or "
+            "more), use another run directory, or fresh=True (--fresh) to discard it and start over."
+        )
     if "rng" not in state:
         raise CheckpointError(f"checkpoint {path} has no random states, so it cannot be resumed "
                               "exactly; start over with fresh=True (--fresh)")
