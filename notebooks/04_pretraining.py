@@ -28,8 +28,9 @@
 # - a reproducibility check: the reloaded checkpoint gives exactly the logged held-out loss.
 #
 # Time: `smoke` seconds; `cpu` (4 epochs on 4 000 images) about 2 minutes per model on a 2-core CPU
-# (about 120 images/s; seconds on a GPU); `paper` (200 epochs on 50 000 images) hours on one GPU. A second
-# run reuses the checkpoints and takes seconds.
+# (about 120 images/s; seconds on a GPU); `paper` (200 epochs on 50 000 images) about 3 minutes per model
+# on one H200 GPU (63 000 images/s measured, BENCHMARKS.md) plus a minute of compilation. A second run
+# reuses the checkpoints and takes seconds.
 
 # %% tags=["parameters"]
 profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
