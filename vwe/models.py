@@ -265,7 +265,7 @@ class ContextAutoencoder(Autoencoder):
 
     encoding="literal" runs the tower on all B*16*8 context patches, as the paper is written (128
     tower passes per image). encoding="shared" (default) runs it once on the 16 patches plus once on
-    the zero patch and gathers the features with the neighbour table (17 passes per image). The two
+    the zero patch and gathers the features into contexts (17 passes per image). The two
     are equal in eval mode. In train mode BatchNorm's batch statistics differ: the literal form sees
     every patch once per neighbour slot and 44 zero patches per image, the shared form each patch
     once and the zero patch once per batch.
