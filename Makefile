@@ -46,8 +46,9 @@ lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
 paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU)
 	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS))
 
-bench: setup  ## training-step / feature / probe throughput (DEVICE=cpu|cuda)
+bench: setup  ## training-step / feature / probe throughput, then each convolution's forms (DEVICE=cpu|cuda)
 	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json
+	$(PY) benchmarks/conv_forms.py --device $(or $(DEVICE),cpu) --json runs/conv-forms-$(or $(DEVICE),cpu).json
 
 e2e: setup  ## install Debian's Chromium if missing, then the JupyterLab browser tests
 	bash scripts/install-chromium.sh

@@ -17,6 +17,9 @@ CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resid
                           convolutions as matrix products (dense_convs 16 px); on the CPU the same
                           step as shared-fp32 (not re-measured)
     fast-autotune         opt-in: fast with compile mode max-autotune-no-cudagraphs (CUDA only)
+    fast-subpixel         fast + the decoder's upsample and first conv as one conv (`subpixel`)
+    fast-rows             fast + the tower's 8x8-map convolutions down the rows (`row_convs` 64 px)
+    fast-forms            fast + both (on the CPU each is the plain fp32 step + that form)
 
 Warm-up steps run first and are not timed (compilation and graph capture happen there); each
 repeat is timed between device synchronisations, and the median repeat is reported. Also timed:
@@ -56,7 +59,14 @@ from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
 from vwe.models import ContextAutoencoder, Decoder, ResNet32
 from vwe.patches import N_PATCHES, PATCH
-from vwe.train_step import PLAIN, GraphFallbackWarning, StepOptions, default_options, make_train_step
+from vwe.train_step import (
+    PLAIN,
+    ROW_PIXELS,
+    GraphFallbackWarning,
+    StepOptions,
+    default_options,
+    make_train_step,
+)
 
 PAPER_IMAGES, PAPER_EPOCHS = 50_000, 200  # CIFAR-100's training set, the paper's schedule
 BF16_BYTES = 2  # activations in the fast step
@@ -86,14 +96,21 @@ DEFAULTS = {
     "cuda": BenchConfig("cuda", batch_size=512, steps=20, repeats=3, warmup=3, images=PAPER_IMAGES,
                         eval_train=PAPER_IMAGES, eval_test=10_000, eval_batch_size=1024, probe_epochs=100,
                         threads=None,
-                        variants=("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled",
-                                  "fast-conv", "fast-dense2x2", "fast")),
+                        # the issue's four, then the forms not yet measured on a GPU; the variants
+                        # measured in BENCHMARKS.md's run 1 (shared-bf16-compiled, fast-conv) and
+                        # fast-dense2x2 are opt-in: each compilation costs about a minute
+                        variants=("literal-fp32", "shared-fp32", "shared-bf16", "fast", "fast-forms",
+                                  "fast-subpixel", "fast-rows")),
     # one thread: on a shared 2-core machine two OpenMP threads competing with other processes ran
     # 5-50x slower than one (measured); pass --threads 2 on an idle machine
     "cpu": BenchConfig("cpu", batch_size=16, steps=3, repeats=3, warmup=1, images=1024, eval_train=500,
                        eval_test=100, eval_batch_size=100, probe_epochs=2, threads=1,
                        variants=("literal-fp32", "shared-fp32", "shared-bf16", "fast")),
 }
+
+
+VARIANTS = ("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled", "fast-conv",
+            "fast-dense2x2", "fast", "fast-autotune", "fast-subpixel", "fast-rows", "fast-forms")
 
 
 def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
@@ -108,9 +125,12 @@ def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
         "fast-dense2x2": ("shared", replace(default_options(device), dense_convs=4)),
         "fast": ("shared", default_options(device)),
         "fast-autotune": ("shared", replace(default_options(device), compile="max-autotune-no-cudagraphs")),
+        "fast-subpixel": ("shared", replace(default_options(device), subpixel=True)),
+        "fast-rows": ("shared", replace(default_options(device), row_convs=ROW_PIXELS)),
+        "fast-forms": ("shared", replace(default_options(device), row_convs=ROW_PIXELS, subpixel=True)),
     }
     if name not in setups:
-        raise ValueError(f"unknown variant {name!r}; choose from {tuple(setups)}")
+        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
     if not cuda and name in ("shared-bf16-compiled", "fast-conv", "fast-dense2x2", "fast-autotune"):
         raise ValueError(f"variant {name!r} is CUDA only (torch.compile on a 2-core CPU takes minutes)")
     return setups[name]
@@ -490,8 +510,7 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path | None]:
     for name in ("batch-size", "steps", "repeats", "warmup", "images", "eval-train", "eval-test",
                  "eval-batch-size", "probe-epochs", "threads"):
         parser.add_argument(f"--{name}", type=int, help="default: per device, see DEFAULTS")
-    parser.add_argument("--variants", help="comma-separated training-step variants "
-                        "(literal-fp32, shared-fp32, shared-bf16, shared-bf16-compiled, fast, fast-autotune)")
+    parser.add_argument("--variants", help=f"comma-separated training-step variants: {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA GPU here; use --device cpu")

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one command, for a machine with one CUDA GPU:
-#   1. benchmarks/throughput.py --device cuda   (BENCHMARKS.md: the training-step variants,
-#      augmentation, features, linear probe, the issue's goals)
-#   2. benchmarks/profile_step.py                (the step's kernels, heaviest first; by layer shape)
+# Every GPU measurement of the project in one command, for a machine with one CUDA GPU, most
+# informative first (a device session may end before the last part):
+#   1. benchmarks/conv_forms.py --device cuda    (every convolution of the step in each form that
+#      computes the same sums: which form each layer should take; about 30 s)
+#   2. benchmarks/throughput.py --device cuda    (BENCHMARKS.md: the training-step variants,
+#      augmentation, features, linear probe, the issue's goals; prints each row as measured)
 #   3. the CUDA tests of tests/test_train_step.py (the fast step matches plain fp32, the graph)
-#   4. the results table, `paper` profile on Shapes at CIFAR-100 scale (50 000 + 10 000 images),
-#      a reduced number of epochs: its per-row times predict the cost of the full CIFAR-100 run
+#   4. benchmarks/profile_step.py                (the step's kernels, heaviest first; by layer shape)
+#   5. only with TABLE_S > 0: the results table, `paper` profile on Shapes at CIFAR-100 scale
+#      (50 000 + 10 000 images) for a few epochs: its per-row times predict the full CIFAR-100 run
 # Each part runs under its own time limit and writes its log to $OUT; one failing does not stop
 # the others. Usage (from the repository root):
 #   OUT=runs/gpu bash scripts/gpu-checks.sh
-# Variables: OUT (default runs/gpu), PYTHON (default python3), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS
-# (5), TABLE_ROWS (default: all), and the per-part limits in seconds BENCH_S (330), PROFILE_S (60),
-# TESTS_S (150), TABLE_S (130): about 11 minutes in all. On a fresh machine (no compile cache) the
-# benchmark's 7 variants took more than 210 s on an H200 and the 4 CUDA tests more than 75 s.
+# Variables: OUT (default runs/gpu), PYTHON (default python3), BENCH_VARIANTS (default: the
+# benchmark's own list), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS (5), TABLE_ROWS (default: all), and
+# the per-part limits in seconds CONV_S (60), BENCH_S (300), TESTS_S (120), PROFILE_S (60),
+# TABLE_S (0: skipped): 9 minutes in all, inside one 10-minute device call. On a fresh machine (no
+# compile cache) each compiled variant or test costs about a minute of compilation (H200, run 2).
 set -u
 OUT=${OUT:-runs/gpu}
 PY=${PYTHON:-python3}
@@ -37,18 +41,21 @@ part() {  # part NAME LIMIT_S COMMAND...: run COMMAND under a time limit into $O
     git rev-parse --short HEAD 2>/dev/null
 } 2>&1 | tee "$OUT/env.txt"
 
-part bench "${BENCH_S:-330}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json"
+part conv-forms "${CONV_S:-60}" "$PY" benchmarks/conv_forms.py --device cuda --json "$OUT/conv-forms.json"
+part bench "${BENCH_S:-300}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json" \
+    ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
+part tests "${TESTS_S:-120}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
 TAIL=70 part profile "${PROFILE_S:-60}" bash -c '"$0" benchmarks/profile_step.py --device cuda &&
     "$0" benchmarks/profile_step.py --device cuda --by-shape --top 25' "$PY"
-part tests "${TESTS_S:-150}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
+[ "${TABLE_S:-0}" -gt 0 ] || exit 0
 TABLE_DIR=/tmp/vwe-table
 TABLE_ARGS=(--profile paper --dataset shapes --n-train 50000 --n-test 10000 --epochs "${TABLE_EPOCHS:-2}"
             --probe-epochs "${TABLE_PROBE_EPOCHS:-5}" --out-dir "$TABLE_DIR" --no-progress)
 if [ -n "${TABLE_ROWS:-}" ]; then  # e.g. TABLE_ROWS="context-resnet32-noaug context-conv4-aug"
     # shellcheck disable=SC2086
-    part table "${TABLE_S:-130}" "$PY" -m vwe table --rows $TABLE_ROWS "${TABLE_ARGS[@]}"
+    part table "$TABLE_S" "$PY" -m vwe table --rows $TABLE_ROWS "${TABLE_ARGS[@]}"
 else  # the method's own row first (its compiled step is warm from the benchmark), then the rest
-    part table "${TABLE_S:-130}" bash -c '"$0" -m vwe table --rows context-resnet32-aug "${@}" &&
+    part table "$TABLE_S" bash -c '"$0" -m vwe table --rows context-resnet32-aug "${@}" &&
         "$0" -m vwe table "${@}"' "$PY" "${TABLE_ARGS[@]}"
 fi
 cp "$TABLE_DIR/results.json" "$OUT/table-results.json" 2>/dev/null

@@ -1,5 +1,6 @@
 """benchmarks/throughput.py: the FLOP count against a hand count, a tiny CPU run end to end (table and
-JSON), robustness to a failing variant, and argument errors."""
+JSON), robustness to a failing variant, and argument errors. benchmarks/conv_forms.py: it finds every
+convolution of the step, its forms compute the same function, and a tiny CPU run end to end."""
 
 import importlib.util
 import json
@@ -9,11 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from vwe.models import ContextAutoencoder
+
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-throughput = importlib.util.module_from_spec(SPEC)
-sys.modules["throughput"] = throughput  # dataclasses look their module up here
-SPEC.loader.exec_module(throughput)
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput, conv_forms = load_benchmark("throughput"), load_benchmark("conv_forms")
 
 TINY = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1", "--warmup", "1",
         "--images", "8", "--eval-train", "8", "--eval-test", "4", "--eval-batch-size", "4",
@@ -149,3 +159,56 @@ def test_cuda_without_a_gpu_is_refused(capsys):
     with pytest.raises(SystemExit):
         throughput.parse_args(["--device", "cuda"])
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_every_variant_name_has_a_setup():
+    for name in throughput.VARIANTS:
+        encoding, options = throughput.variant_setup(name, torch.device("cuda"))
+        assert encoding in ("literal", "shared")
+    assert set(throughput.DEFAULTS["cuda"].variants) <= set(throughput.VARIANTS)
+    assert throughput.variant_setup("fast-forms", torch.device("cuda"))[1].describe().endswith(
+        "dense_convs(16 px) + row_convs(64 px) + subpixel")
+
+
+# ------------------------------------------------------------------ conv_forms.py
+
+
+def test_conv_forms_finds_every_convolution_of_the_step_and_the_default_forms():
+    model = ContextAutoencoder("resnet32")
+    calls = conv_forms.step_convs(model, 2, torch.device("cpu"))
+    assert sum(len(c.names) for c in calls) == 33 + 3  # the tower's convs and the decoder's
+    assert all(c.shape[0] == 2 * 16 + 1 for c in calls if c.names[0].startswith("tower"))  # + zero patch
+    up = [c for c in calls if c.upsampled]
+    assert len(up) == 1 and up[0].names == ("decoder.up.1",) and up[0].shape == (32, 64, 8, 8)
+    by_label = {c.label: c for c in calls}
+    assert len(by_label["tower 16->16 3x3/1 on 8x8"].names) == 10  # stage 1
+    assert len(by_label["tower 64->64 3x3/1 on 2x2"].names) == 9  # stage 3 after its first conv
+    cuda = {c.label: conv_forms.default_form(c, torch.device("cuda")) for c in calls}
+    assert cuda["tower 32->32 3x3/1 on 4x4"] == "dense" and cuda["tower 16->16 3x3/1 on 8x8"] == "conv"
+    assert {conv_forms.default_form(c, torch.device("cpu")) for c in calls} == {"conv"}
+
+
+def test_every_form_of_every_convolution_computes_the_same_output():
+    model = ContextAutoencoder("resnet32").double()
+    for call in conv_forms.step_convs(model, 1, torch.device("cpu")):
+        n, c, h, w = call.shape
+        x = torch.randn(2, c, h // 2, w // 2) if call.upsampled else torch.randn(2, c, h, w)
+        forms = conv_forms.forms_of(call)
+        assert set(forms) == ({"conv", "subpixel"} if call.upsampled else {"conv", "rows", "dense"}
+                              if c * h * w * call.conv.out_channels * h * w <= 1 << 21 else {"conv", "rows"})
+        expected = forms["conv"](x.double())
+        for name, fn in forms.items():
+            torch.testing.assert_close(fn(x.double()), expected, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_conv_forms_runs_on_the_cpu_and_writes_its_table(tmp_path, capsys):
+    path = tmp_path / "forms.json"
+    rows = conv_forms.main(["--device", "cpu", "--batch-size", "1", "--iters", "1", "--repeats", "1",
+                            "--json", str(path)])
+    out = capsys.readouterr().out
+    assert "| layer | calls/step |" in out and "ms less)" in out
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and len(rows) == 11
+    for r in rows:
+        assert r["best"] in r["ms_per_call"] and r["best_ms_per_step"] <= r["default_ms_per_step"]
+        assert all(ms > 0 for ms in r["ms_per_call"].values())

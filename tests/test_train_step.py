@@ -139,6 +139,24 @@ def test_compiled_step_traces_as_one_graph_and_matches_eager():
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
 
 
+def test_every_conv_form_trains_like_the_plain_step_and_traces_as_one_graph():
+    # row_convs and subpixel compute the same sums in another order: in fp32 two steps of the
+    # tower and decoder land where the plain step does; the eager backend checks fullgraph tracing
+    images = batch()
+    forms = StepOptions(dense_convs=16, row_convs=64, subpixel=True)
+    results = []
+    for options in (PLAIN, forms, replace(forms, bf16=True, channels_last=True, compile="default",
+                                          backend="eager")):
+        model, opt = fresh()
+        losses, _ = run(options, model, opt, images, steps=2)
+        results.append((torch.stack(losses), flat(model.parameters())))
+        if options is not PLAIN:
+            assert model.decoder.subpixel and model.tower.features[0].row_pixels == 64  # Conv4
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[2][0], results[0][0], rtol=2e-2, atol=0)  # bf16
+
+
 def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
     images = batch(8)
     grads = {}
@@ -275,11 +293,14 @@ def test_default_options_per_device():
     assert default_options("cuda").describe() == ("bf16 + channels_last + compile(default) + cuda_graph + "
                                                   "dense_convs(16 px)")
     assert PLAIN.describe() == "fp32"
+    assert StepOptions(row_convs=64, subpixel=True).describe() == "fp32 + row_convs(64 px) + subpixel"
 
 
 def test_bad_options_and_inputs_are_refused():
     with pytest.raises(ValueError, match="unknown compile mode"):
         StepOptions(compile="fast")
+    with pytest.raises(ValueError, match="row_convs is a number of pixels"):
+        StepOptions(row_convs=-1)
     with pytest.raises(ValueError, match="makes its own CUDA graphs"):
         StepOptions(compile="reduce-overhead", cuda_graph=True)
     model, opt = fresh()
@@ -302,13 +323,15 @@ def test_bad_options_and_inputs_are_refused():
 
 
 @cuda
-def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance():
+@pytest.mark.parametrize("forms", [{}, {"row_convs": 64, "subpixel": True}], ids=["default", "rows+subpixel"])
+def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance(forms):
     images = batch(64, device="cuda")
     start, _ = fresh("resnet32", device="cuda")
     w0 = flat(start.parameters())
     out = {}
     eager_bf16 = StepOptions(bf16=True, channels_last=True)  # bf16 alone: its error is the yardstick
-    for name, options in (("plain", PLAIN), ("bf16", eager_bf16), ("fast", default_options("cuda"))):
+    fast = replace(default_options("cuda"), **forms)  # the default, or it with the unmeasured forms
+    for name, options in (("plain", PLAIN), ("bf16", eager_bf16), ("fast", fast)):
         model = copy.deepcopy(start)
         opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=True)
         losses, gen = run(options, model, opt, images)

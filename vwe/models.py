@@ -53,31 +53,67 @@ def dense_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
 
 
-class Conv2d(nn.Conv2d):
-    """`nn.Conv2d` (same parameters, same function) that runs on maps of at most `dense_pixels`
-    pixels as one matrix product (`dense_conv2d`). 0, the default, never does.
+def row_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(x)` computed as a convolution down the rows only: (B, C, H, W) -> (B, O, H', W').
 
-    Why: the towers run on 8x8 patches, so their later convolutions see 4x4 and 2x2 maps, where
-    convolution kernels keep the tensor cores mostly idle; as a matrix product (B*16 rows of
-    C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md). The fast training step turns
-    this on (`vwe.train_step.StepOptions.dense_convs`); `use_dense_convs` sets it on a model.
+    A row of W pixels x C channels is one vector of W*C features (in channels_last memory it already
+    is: (B, H, W, C)). The 2-d convolution is then a 1-d convolution over the H rows, from W*C to
+    W'*O channels, whose kh taps are banded matrices holding the original kernel's kw taps along
+    their diagonals (zero-padded columns simply have no entry). Exact, differentiable in the weight.
+    Why: a tower convolution on an 8x8 patch with 16 channels is a matrix product with 16 output
+    columns, which keeps the tensor cores mostly idle; here it has 128 (2.7x the multiply-adds,
+    most of them by zero).
+    """
+    b, c, h, w = x.shape
+    o, _, kh, kw = conv.weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    # the input column each output column reads through each tap: (kw, W'); outside 0..W-1 is padding
+    reads = torch.arange(kw, device=x.device)[:, None] * dw + torch.arange(w_out, device=x.device) * sw - pw
+    shift = (reads[:, :, None] == torch.arange(w, device=x.device)).to(conv.weight.dtype)  # (kw, W', W)
+    weight = torch.einsum("jvu,ocij->vouci", shift, conv.weight).reshape(w_out * o, w * c, kh, 1)
+    rows = x.permute(0, 2, 3, 1).reshape(b, h, 1, w * c).permute(0, 3, 1, 2)  # (B, W*C, H, 1)
+    y = F.conv2d(rows, weight, None, (sh, 1), (ph, 0), (dh, 1))  # (B, W'*O, H', 1)
+    y = y.permute(0, 2, 3, 1).reshape(b, -1, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W')
+    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters, same function) that can run in another form by map size: on
+    maps of at most `dense_pixels` pixels as one matrix product (`dense_conv2d`), else on maps of at
+    most `row_pixels` pixels as a convolution down the rows (`row_conv2d`). 0, the default, never.
+
+    Why: the towers run on 8x8 patches, so their convolutions see 8x8, 4x4 and 2x2 maps with 16 to
+    64 channels, where convolution kernels keep the tensor cores mostly idle; as a matrix product
+    (B*16 rows of C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md). The fast
+    training step chooses (`vwe.train_step.StepOptions`); `use_conv_forms` sets it on a model.
     """
 
     dense_pixels: int = 0
+    row_pixels: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = x.shape[-2] * x.shape[-1] <= self.dense_pixels
-        if small and self.groups == 1 and self.padding_mode == "zeros":
-            return dense_conv2d(x, self)
+        pixels = x.shape[-2] * x.shape[-1]
+        if self.groups == 1 and self.padding_mode == "zeros":
+            if pixels <= self.dense_pixels:
+                return dense_conv2d(x, self)
+            if pixels <= self.row_pixels:
+                return row_conv2d(x, self)
         return super().forward(x)
 
 
-def use_dense_convs(model: nn.Module, max_pixels: int) -> None:
-    """Run every tower convolution of `model` on maps of at most `max_pixels` pixels as a matrix
-    product (0 turns it off). The function and the parameters stay the same."""
+def use_conv_forms(model: nn.Module, dense_pixels: int, row_pixels: int = 0, subpixel: bool = False) -> None:
+    """Choose the form of `model`'s convolutions; the function and the parameters stay the same.
+
+    Tower convolutions on maps of at most `dense_pixels` pixels run as a matrix product, the others
+    on maps of at most `row_pixels` as a convolution down the rows (0 turns either off); `subpixel`
+    runs the decoder's upsample + first convolution as one convolution on the small map.
+    """
     for m in model.modules():
         if isinstance(m, Conv2d):
-            m.dense_pixels = max_pixels
+            m.dense_pixels, m.row_pixels = dense_pixels, row_pixels
+        elif isinstance(m, Decoder):
+            m.subpixel = subpixel
 
 
 class BasicBlock(nn.Module):
@@ -176,11 +212,39 @@ class Upsample2x(nn.Module):
         return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
 
+# Nearest 2x upsampling then a 3x3 convolution: output row 2i + a reads upsampled rows 2i + a - 1,
+# 2i + a, 2i + a + 1, which are input rows i - 1, i, i for a = 0 and i, i, i + 1 for a = 1. So each
+# output phase (a, b) is a 3x3 convolution of the small map whose taps are sums of the original's:
+# SUBPIXEL_TAPS[a][offset + 1][tap] = 1 where the original tap reads input row i + offset.
+SUBPIXEL_TAPS = torch.tensor([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+                              [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=torch.float64)  # (2, 3, 3)
+
+
+def subpixel_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(Upsample2x()(x))` for a 3x3, stride 1, padding 1 `conv`, without the upsampled map:
+    (B, C, H, W) -> (B, O, 2H, 2W).
+
+    One convolution of the small map with 4*O output channels, one per output phase, then a pixel
+    shuffle that puts phase (a, b) of channel o at pixel (2i + a, 2j + b). Exact; the upsampled map
+    (4x the input) is neither written nor read, and its backward (a sum over 2x2 blocks) is gone.
+    """
+    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
+        raise ValueError(f"subpixel_conv2d needs a 3x3 convolution with stride 1 and padding 1, got {conv}")
+    o, c = conv.weight.shape[:2]
+    taps = SUBPIXEL_TAPS.to(conv.weight.device, conv.weight.dtype)
+    weight = torch.einsum("aip,bjq,ocpq->oabcij", taps, taps, conv.weight).reshape(4 * o, c, 3, 3)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(x, weight, bias, 1, 1), 2)  # (B, 4*O, H, W) -> (B, O, 2H, 2W)
+
+
 class Decoder(nn.Module):
     """Patch embedding -> 8x8 patch: two linear layers, reshape, nearest upsample, three convs.
 
-    (B, E) -> (B, 3, 8, 8) in [0, 1].
+    (B, E) -> (B, 3, 8, 8) in [0, 1]. `subpixel` (off by default; `use_conv_forms`) computes the
+    upsample and the first convolution together (`subpixel_conv2d`): the same function.
     """
+
+    subpixel: bool = False
 
     def __init__(self, in_features: int):
         super().__init__()
@@ -197,6 +261,8 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(-1, 64, 4, 4)  # (B, 64, 4, 4)
+        if self.subpixel:
+            return self.up[2:](subpixel_conv2d(x, self.up[1]))  # (B, 3, 8, 8)
         return self.up(x)  # (B, 3, 8, 8)
 
 

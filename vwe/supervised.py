@@ -112,11 +112,15 @@ def make_supervised_step(
     """A step function: (B, 3, 32, 32) uint8 images and (B,) labels on `device` -> loss (0-d, fp32).
 
     Crop and flip run on the uint8 batch (4x less memory traffic than on floats). On CUDA the
-    forward runs in bf16 autocast on channels_last weights and is compiled, as in `vwe.train_step`.
+    forward runs in bf16 autocast on channels_last weights and is compiled, and cuDNN searches for
+    its fastest kernels (the batch shape never changes), as in `vwe.train_step`.
     """
     cuda = device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
+        # without the search cuDNN's heuristics pick the kernels; a supervised row run before any
+        # autoencoder step in the same process would otherwise never have it on
+        torch.backends.cudnn.benchmark = True
 
     def forward_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
