@@ -388,6 +388,26 @@ def _resume(state: dict, path: Path, cfg: Config, model: Autoencoder, optimizer:
     restore_rng(state, path, cfg.seed, shuffle_gen, aug_gen)
 
 
+def resume_run(run_dir: Path, device: torch.device, load: Callable[[dict, Path], None],
+               config: dict) -> tuple[int, list[dict], Path | None]:
+    """Pick up a run directory (locked by the caller): the epochs done, their metrics, the checkpoint.
+
+    `load(state, path)` checks the newest checkpoint against the run and loads it into the fresh
+    model, optimizer and generators (or raises). Then metrics.jsonl is cut back to that checkpoint's
+    epochs and config.json rewritten with `config`. (0, [], None) for a directory without one.
+    """
+    start, metrics, checkpoint = 0, [], None
+    found = latest_checkpoint(run_dir, map_location=device)
+    if found:
+        checkpoint, state = found
+        load(state, checkpoint)
+        start, metrics = state["epoch"], state["metrics"]
+    write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+    config_text = json.dumps(config, indent=2) + "\n"
+    atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+    return start, metrics, checkpoint
+
+
 def pretrain(
     cfg: Config,
     run_dir: str | Path,
@@ -421,19 +441,11 @@ def pretrain(
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        metrics: list[dict] = []
-        start, checkpoint = 0, None
-
-        found = latest_checkpoint(run_dir, map_location=device)
-        if found:
-            checkpoint, state = found
-            _resume(state, checkpoint, cfg, model, optimizer, shuffle_gen, aug_gen, run_dir)
-            start, metrics = state["epoch"], state["metrics"]
+        start, metrics, checkpoint = resume_run(
+            run_dir, device, lambda state, path: _resume(state, path, cfg, model, optimizer, shuffle_gen,
+                                                         aug_gen, run_dir), cfg.to_dict())
         step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
                                compile=cfg.compile)
-        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-        config_text = json.dumps(cfg.to_dict(), indent=2) + "\n"
-        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
         epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
                       desc=cfg.run_name, disable=not progress)

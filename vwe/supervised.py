@@ -28,20 +28,18 @@ from vwe.config import Config, resolve_device
 from vwe.data import Dataset, batches, to_float
 from vwe.models import Classifier
 from vwe.pretrain import (
-    CONFIG_FILE,
     KEEP_CHECKPOINTS,
     CheckpointError,
     ConfigMismatchError,
     NonFiniteLossError,
-    atomic_write,
     discard_run,
-    latest_checkpoint,
     list_checkpoints,
     lock_run_dir,
     provenance,
     remove_temp_files,
     resolve_data,
     restore_rng,
+    resume_run,
     save_checkpoint,
     write_metrics,
 )
@@ -260,18 +258,11 @@ def train_supervised(
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         key = _run_key(cfg.to_dict(), dataclasses.asdict(recipe))
-        metrics: list[dict] = []
-        start, checkpoint = 0, None
-
-        found = latest_checkpoint(run_dir, map_location=device)
-        if found:
-            checkpoint, state = found
-            _resume(state, checkpoint, key, model, optimizer, shuffle_gen, aug_gen, run_dir)
-            start, metrics = state["epoch"], state["metrics"]
+        start, metrics, checkpoint = resume_run(
+            run_dir, device, lambda state, path: _resume(state, path, key, model, optimizer, shuffle_gen,
+                                                         aug_gen, run_dir),
+            {**cfg.to_dict(), "supervised_recipe": key["recipe"]})
         step = make_supervised_step(model, optimizer, recipe.pad, aug_gen, device, compile=cfg.compile)
-        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-        config_text = json.dumps({**cfg.to_dict(), "supervised_recipe": key["recipe"]}, indent=2) + "\n"
-        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
         epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
                       desc="supervised", disable=not progress)
