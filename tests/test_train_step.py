@@ -10,7 +10,7 @@ import torch
 
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
-from vwe.models import build_model
+from vwe.models import build_model, use_conv_forms
 from vwe.train_step import (
     PLAIN,
     GraphFallbackWarning,
@@ -275,9 +275,11 @@ def test_augmentation_makes_nothing_on_the_host():
     assert capture_hazards(lambda: apply_params(to_float(images), meta, AugmentConfig())) == []
 
 
-@pytest.mark.parametrize("encoding", ["shared", "literal"])
-def test_model_forward_and_backward_make_nothing_on_the_host(encoding):
+@pytest.mark.parametrize("encoding, forms", [("shared", (0, 0, False)), ("literal", (0, 0, False)),
+                                             ("shared", (16, 64, True))], ids=["shared", "literal", "forms"])
+def test_model_forward_and_backward_make_nothing_on_the_host(encoding, forms):
     model = build_model("context", "resnet32", encoding).to("meta")
+    use_conv_forms(model, *forms)  # every form of the convolutions builds its matrices on the device
     images = torch.empty(2, 3, 32, 32, device="meta")
     assert capture_hazards(lambda: model.forward_loss(images).backward()) == []
 

@@ -212,12 +212,18 @@ class Upsample2x(nn.Module):
         return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
 
-# Nearest 2x upsampling then a 3x3 convolution: output row 2i + a reads upsampled rows 2i + a - 1,
-# 2i + a, 2i + a + 1, which are input rows i - 1, i, i for a = 0 and i, i, i + 1 for a = 1. So each
-# output phase (a, b) is a 3x3 convolution of the small map whose taps are sums of the original's:
-# SUBPIXEL_TAPS[a][offset + 1][tap] = 1 where the original tap reads input row i + offset.
-SUBPIXEL_TAPS = torch.tensor([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
-                              [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=torch.float64)  # (2, 3, 3)
+def _subpixel_taps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(2, 3, 3) 0/1: [a, i, p] = 1 where, in output phase a, the 3x3 kernel's tap p reads input
+    row offset i - 1 of the small map.
+
+    Nearest 2x upsampling then a 3x3 convolution: output row 2r + a reads upsampled rows 2r + a - 1,
+    2r + a, 2r + a + 1, which are input rows r + floor((a + p - 1) / 2) for p = 0, 1, 2: rows
+    r - 1, r, r for a = 0 and r, r, r + 1 for a = 1. Made on `device` (no host-to-device copy,
+    which a CUDA graph could not capture).
+    """
+    a, i, p = (torch.arange(n, device=device) for n in (2, 3, 3))
+    reads = torch.div(a[:, None] + p[None, :] - 1, 2, rounding_mode="floor") + 1  # (2, 3): the row i
+    return (reads[:, None, :] == i[None, :, None]).to(dtype)
 
 
 def subpixel_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -231,7 +237,7 @@ def subpixel_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
         raise ValueError(f"subpixel_conv2d needs a 3x3 convolution with stride 1 and padding 1, got {conv}")
     o, c = conv.weight.shape[:2]
-    taps = SUBPIXEL_TAPS.to(conv.weight.device, conv.weight.dtype)
+    taps = _subpixel_taps(conv.weight.device, conv.weight.dtype)
     weight = torch.einsum("aip,bjq,ocpq->oabcij", taps, taps, conv.weight).reshape(4 * o, c, 3, 3)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
     return F.pixel_shuffle(F.conv2d(x, weight, bias, 1, 1), 2)  # (B, 4*O, H, W) -> (B, O, 2H, 2W)
