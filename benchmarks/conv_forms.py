@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.models import ContextAutoencoder, Conv2d, Upsample2x, dense_conv2d, row_conv2d, subpixel_conv2d
+from vwe.models import (
+    ContextAutoencoder,
+    Conv2d,
+    Upsample2x,
+    dense_conv2d,
+    row_conv2d,
+    subpixel_conv2d,
+    use_conv_forms,
+)
 from vwe.train_step import default_options
 
 FORMS = ("conv", "dense", "rows", "subpixel")
@@ -93,17 +101,13 @@ def forms_of(call: ConvCall) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
     return forms
 
 
-def default_form(call: ConvCall, device: torch.device) -> str:
-    """The form the training step runs by default on `device` (`default_options`)."""
-    options = default_options(device)
-    pixels = call.shape[2] * call.shape[3] * (4 if call.upsampled else 1)
+def default_form(call: ConvCall, model: ContextAutoencoder) -> str:
+    """The form `model` runs `call` in (after `use_conv_forms`, as the training step sets it)."""
     if call.upsampled:
-        return "subpixel" if options.subpixel else "conv"
-    if not isinstance(call.conv, Conv2d):  # the decoder's other convs are plain nn.Conv2d
-        return "conv"
-    if pixels <= options.dense_convs:
-        return "dense"
-    return "rows" if pixels <= options.row_convs else "conv"
+        return "subpixel" if model.decoder.subpixel else "conv"
+    if isinstance(call.conv, Conv2d):  # the tower's; the decoder's other convs are plain nn.Conv2d
+        return call.conv.form(call.shape[2] * call.shape[3])
+    return "conv"
 
 
 def time_form(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, conv: nn.Conv2d,
@@ -155,6 +159,8 @@ def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> 
     model = ContextAutoencoder("resnet32").to(device).train()
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=layout)
+    options = default_options(device)
+    use_conv_forms(model, options.dense_convs, options.row_convs, options.subpixel)
     rows = []
     for call in step_convs(model, batch_size, device):
         n, c, h, w = call.shape
@@ -163,7 +169,7 @@ def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> 
         ms = {name: 1000 * statistics.median(time_form(fn, x, call.conv, repeats, iters))
               for name, fn in forms_of(call).items()}
         best = min(ms, key=ms.get)
-        default = default_form(call, device)
+        default = default_form(call, model)
         count = len(call.names)
         rows.append({"layer": call.label, "input": list(shape), "calls_per_step": count,
                      "modules": list(call.names), "ms_per_call": ms, "default": default, "best": best,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vwe.models import ContextAutoencoder
+from vwe.models import ContextAutoencoder, use_conv_forms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,9 +183,12 @@ def test_conv_forms_finds_every_convolution_of_the_step_and_the_default_forms():
     by_label = {c.label: c for c in calls}
     assert len(by_label["tower 16->16 3x3/1 on 8x8"].names) == 10  # stage 1
     assert len(by_label["tower 64->64 3x3/1 on 2x2"].names) == 9  # stage 3 after its first conv
-    cuda = {c.label: conv_forms.default_form(c, torch.device("cuda")) for c in calls}
-    assert cuda["tower 32->32 3x3/1 on 4x4"] == "dense" and cuda["tower 16->16 3x3/1 on 8x8"] == "conv"
-    assert {conv_forms.default_form(c, torch.device("cpu")) for c in calls} == {"conv"}
+    assert {conv_forms.default_form(c, model) for c in calls} == {"conv"}  # the CPU default
+    use_conv_forms(model, 16, 64, True)  # the forms only: the hooks saw the shapes already
+    forms = {c.label: conv_forms.default_form(c, model) for c in calls}
+    assert forms["tower 32->32 3x3/1 on 4x4"] == "dense" and forms["tower 16->16 3x3/1 on 8x8"] == "rows"
+    assert forms["decoder 64->64 3x3/1 on 8x8 after 2x upsample"] == "subpixel"
+    assert forms["decoder 64->32 3x3/1 on 8x8"] == "conv"
 
 
 def test_every_form_of_every_convolution_computes_the_same_output():

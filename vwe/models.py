@@ -92,13 +92,21 @@ class Conv2d(nn.Conv2d):
     dense_pixels: int = 0
     row_pixels: int = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels = x.shape[-2] * x.shape[-1]
+    def form(self, pixels: int) -> str:
+        """How `forward` computes a map of `pixels` pixels: "dense", "rows" or "conv" (the library's)."""
         if self.groups == 1 and self.padding_mode == "zeros":
             if pixels <= self.dense_pixels:
-                return dense_conv2d(x, self)
+                return "dense"
             if pixels <= self.row_pixels:
-                return row_conv2d(x, self)
+                return "rows"
+        return "conv"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        form = self.form(x.shape[-2] * x.shape[-1])
+        if form == "dense":
+            return dense_conv2d(x, self)
+        if form == "rows":
+            return row_conv2d(x, self)
         return super().forward(x)
 
 

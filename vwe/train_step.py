@@ -19,10 +19,10 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
 
 The last three change only how the same sums are computed. The CUDA default is the first five
 with dense_convs=16; row_convs and subpixel are off until a GPU measures them (BENCHMARKS.md
-measures each). Why the graph: a
-step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their BatchNorms, the
-decoder, the augmentation, and the backward of it all), many of which the GPU finishes as fast as
-Python can launch them; one replay launches them all. The graph fixes every address, so:
+measures each). Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4
+and 2x2 maps, their BatchNorms, the decoder, the augmentation, and the backward of it all), many of
+which the GPU finishes as fast as Python can launch them; one replay launches them all. The graph
+fixes every address, so:
 - the augmentation parameters are drawn eagerly with the caller's generator (one small launch)
   and copied into a static buffer that the graph reads; the generator advances exactly as in the
   plain step, so a run is reproducible and resumable the same way on either path;
