@@ -46,6 +46,7 @@ from vwe.models import (
     subpixel_conv2d,
     use_conv_forms,
 )
+from vwe.pretrain import atomic_write
 from vwe.train_step import default_options
 
 FORMS = ("conv", "dense", "rows", "subpixel")
@@ -219,11 +220,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n" + report(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json.with_name(a.json.name + ".tmp")
-        tmp.write_text(json.dumps({"device": what, "torch": torch.__version__, "batch_size": batch_size,
-                                   "argv": argv if argv is not None else sys.argv[1:], "rows": rows},
-                                  indent=2) + "\n")
-        tmp.replace(a.json)  # atomic
+        text = json.dumps({"device": what, "torch": torch.__version__, "batch_size": batch_size,
+                           "argv": argv if argv is not None else sys.argv[1:], "rows": rows}, indent=2) + "\n"
+        atomic_write(a.json, lambda tmp: tmp.write_text(text))
         print(f"wrote {a.json}")
     return rows
 

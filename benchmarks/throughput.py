@@ -59,6 +59,7 @@ from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
 from vwe.models import ContextAutoencoder, Decoder, ResNet32
 from vwe.patches import N_PATCHES, PATCH
+from vwe.pretrain import atomic_write
 from vwe.train_step import (
     PLAIN,
     ROW_PIXELS,
@@ -540,9 +541,8 @@ def main(argv: list[str] | None = None) -> dict:
     def save(results: dict) -> None:
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = json_path.with_name(json_path.name + ".tmp")
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
-            tmp.replace(json_path)  # atomic: a reader never sees half a file
+            text = json.dumps(results, indent=2) + "\n"
+            atomic_write(json_path, lambda tmp: tmp.write_text(text))  # a reader never sees half a file
 
     results = run(cfg, argv, save)
     print("\n" + report(results))
