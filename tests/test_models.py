@@ -161,6 +161,10 @@ def test_each_conv_form_applies_by_map_size_dense_first(monkeypatch):
     for size in (2, 4, 8, 16):
         conv(torch.randn(1, 4, size, size))
     assert calls == ["dense_conv2d", "dense_conv2d", "row_conv2d"]  # 16x16 stays a plain convolution
+    assert [conv.form(p) for p in (4, 16, 64, 256)] == ["dense", "dense", "rows", "conv"]
+    grouped = Conv2d(4, 4, 3, 1, 1, groups=2)  # neither form handles groups: the library's conv
+    grouped.dense_pixels = grouped.row_pixels = 64
+    assert grouped.form(4) == "conv"
 
 
 def test_subpixel_conv_equals_upsample_then_conv_values_and_gradients():
