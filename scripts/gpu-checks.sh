@@ -58,7 +58,9 @@ else  # the method's own row first (its compiled step is warm from the benchmark
     part table "$TABLE_S" bash -c '"$0" -m vwe table --rows context-resnet32-aug "${@}" &&
         "$0" -m vwe table "${@}"' "$PY" "${TABLE_ARGS[@]}"
 fi
-cp "$TABLE_DIR/results.json" "$OUT/table-results.json" 2>/dev/null
-for d in "$TABLE_DIR"/*/; do  # per-epoch seconds of every pretraining run, for the cost projection
+# per-epoch seconds of every pretraining run, for the cost projection, and the table's JSON: into
+# table.log, since a device call brings back at most 8 files (7 without the table, 8 with it)
+for d in "$TABLE_DIR"/*/; do
     [ -f "$d/metrics.jsonl" ] && echo "$(basename "$d") $(tr '\n' ' ' <"$d/metrics.jsonl")"
-done | tee "$OUT/table-epochs.txt"
+done | tee -a "$OUT/table.log"
+cat "$TABLE_DIR/results.json" >>"$OUT/table.log" 2>/dev/null
