@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py --device cuda [--batch-size 512] [--steps 10] [--top 30]
     python benchmarks/profile_step.py --device cuda --by-shape     (which layer is each kernel)
+    python benchmarks/profile_step.py --device cuda --supervised   (the supervised baseline's step)
 
 The step is `make_train_step` with the CUDA defaults minus the CUDA graph (a replayed graph shows
 up as one opaque launch), on random uint8 images: context autoencoder, ResNet-32 tower, Adam,
@@ -13,6 +14,11 @@ lever to pull next (BENCHMARKS.md).
 `--by-shape` profiles the eager bf16 step instead (compiled code hides which layer launched a
 kernel) and lists the convolutions and matrix products by input shape, e.g. the decoder's
 [8192, 64, 8, 8] against the tower's [8193, 16, 8, 8]: the way to name the layer behind a kernel.
+
+`--supervised` profiles the supervised baseline's step instead (`vwe.supervised`, batch 128 unless
+`--batch-size` says otherwise, compiled, no CUDA graph). Both modes first time `--steps` steps
+without the profiler: wall time per step against the kernels' time per step says whether the step
+waits on the host (launches, Python) or on the GPU.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vwe.augment import AugmentConfig
-from vwe.models import ContextAutoencoder
+from vwe.models import Classifier, ContextAutoencoder
+from vwe.supervised import SupervisedRecipe, make_supervised_step
 from vwe.train_step import default_options, make_train_step
 
 # kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)
@@ -42,41 +51,71 @@ def group(name: str) -> str:
     return next((g for g, pattern in GROUPS if re.search(pattern, lowered)), "other")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--top", type=int, default=30)
-    p.add_argument("--by-shape", action="store_true",
-                   help="eager bf16 step, convolutions and matrix products grouped by input shape")
-    a = p.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
-    device = torch.device(a.device)
+def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[int], object], str]:
+    """A function of the step number that runs one training step on random data, and its label."""
     torch.manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(1)
+    images = torch.randint(0, 256, (a.batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
+    batch = lambda i: slice((i % 4) * a.batch_size, (i % 4 + 1) * a.batch_size)  # noqa: E731
+    if a.supervised:
+        recipe = SupervisedRecipe()
+        model = Classifier("resnet32", 100).to(device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+        labels = torch.randint(0, 100, (len(images),), device=device)
+        step = make_supervised_step(model, optimizer, recipe.pad, gen, device, compile=not a.by_shape)
+        cuda = device.type == "cuda"  # the supervised step compiles and autocasts on CUDA only
+        label = (f"supervised ResNet-32, SGD, {'compiled' if cuda and not a.by_shape else 'eager'} "
+                 f"{'bf16' if cuda else 'fp32'}")
+        return (lambda i: step(images[batch(i)], labels[batch(i)])), label
     model = ContextAutoencoder("resnet32").to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     options = replace(default_options(device), cuda_graph=False)
     if a.by_shape:
         options = replace(options, compile=None)
-    step = make_train_step(model, optimizer, AugmentConfig(), torch.Generator(device=device).manual_seed(1),
-                           device, options=options)
-    images = torch.randint(0, 256, (a.batch_size * 4, 3, 32, 32), dtype=torch.uint8, device=device)
+    step = make_train_step(model, optimizer, AugmentConfig(), gen, device, options=options)
+    return (lambda i: step(images[batch(i)])), options.describe()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--batch-size", type=int, help="default: 512, or 128 with --supervised")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--by-shape", action="store_true",
+                   help="eager bf16 step, convolutions and matrix products grouped by input shape")
+    p.add_argument("--supervised", action="store_true", help="the supervised baseline's step instead")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
+    a.batch_size = a.batch_size or (SupervisedRecipe().batch_size if a.supervised else 512)
+    if min(a.batch_size, a.steps) < 1 or a.warmup < 0:
+        p.error("--batch-size and --steps must be >= 1, --warmup >= 0")
+    device = torch.device(a.device)
+    run, label = make_step(a, device)
     for i in range(a.warmup):
-        step(images[(i % 4) * a.batch_size:(i % 4 + 1) * a.batch_size])
+        run(i)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for i in range(a.steps):
+        run(i)
+    sync()
+    wall_ms = (time.perf_counter() - start) / a.steps * 1000
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type == "cuda":
         torch.cuda.synchronize()
     with profile(activities=activities, record_shapes=a.by_shape) as prof:
         for i in range(a.steps):
-            step(images[(i % 4) * a.batch_size:(i % 4 + 1) * a.batch_size])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            run(i)
+        sync()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"{options.describe()} | batch {a.batch_size} | {a.steps} steps | {torch.__version__} | "
+    print(f"{label} | batch {a.batch_size} | {a.steps} steps | {torch.__version__} | "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    print(f"wall time per step, without the profiler: {wall_ms:.2f} ms "
+          f"({a.batch_size / wall_ms * 1000:,.0f} images/s)")
     if a.by_shape:
         events = [e for e in prof.key_averages(group_by_input_shape=True)
                   if re.fullmatch(r"aten::(convolution|convolution_backward|mm|addmm)", e.key)]
@@ -93,8 +132,12 @@ def main(argv: list[str] | None = None) -> None:
             if event.device_type == torch.autograd.DeviceType.CUDA:
                 totals[group(event.key)] += event.self_device_time_total
         whole = sum(totals.values()) or 1.0
-        print(f"\ndevice time per step: {whole / a.steps / 1000:.2f} ms "
-              f"({a.batch_size * a.steps / (whole / 1e6):,.0f} images/s if kernels ran back to back)")
+        kernel_ms = whole / a.steps / 1000
+        print(f"\ndevice time per step: {kernel_ms:.2f} ms "
+              f"({a.batch_size * a.steps / (whole / 1e6):,.0f} images/s if kernels ran back to back); "
+              f"the GPU is busy {100 * min(1.0, kernel_ms / wall_ms):.0f} % of the wall time"
+              + (": the step waits on the host (launches, Python), which a CUDA graph removes"
+                 if kernel_ms < 0.7 * wall_ms else ""))
         for name, us in sorted(totals.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<42} {us / a.steps / 1000:7.3f} ms/step  {100 * us / whole:5.1f} %")
 

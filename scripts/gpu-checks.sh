@@ -6,7 +6,8 @@
 #   2. benchmarks/throughput.py --device cuda    (BENCHMARKS.md: the training-step variants,
 #      augmentation, features, linear probe, the issue's goals; prints each row as measured)
 #   3. the CUDA tests of tests/test_train_step.py (the fast step matches plain fp32, the graph)
-#   4. benchmarks/profile_step.py                (the step's kernels, heaviest first; by layer shape)
+#   4. benchmarks/profile_step.py                (the step's kernels, heaviest first, and wall time
+#      against kernel time; then the same for the supervised baseline's step, 23 min of the table)
 #   5. only with TABLE_S > 0: the results table, `paper` profile on Shapes at CIFAR-100 scale
 #      (50 000 + 10 000 images) for a few epochs: its per-row times predict the full CIFAR-100 run
 # Each part runs under its own time limit and writes its log to $OUT; one failing does not stop
@@ -14,9 +15,10 @@
 #   OUT=runs/gpu bash scripts/gpu-checks.sh
 # Variables: OUT (default runs/gpu), PYTHON (default python3), BENCH_VARIANTS (default: the
 # benchmark's own list), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS (5), TABLE_ROWS (default: all), and
-# the per-part limits in seconds CONV_S (60), BENCH_S (300), TESTS_S (120), PROFILE_S (60),
-# TABLE_S (0: skipped): 9 minutes in all, inside one 10-minute device call. On a fresh machine (no
+# the per-part limits in seconds CONV_S (60), BENCH_S (280), TESTS_S (120), PROFILE_S (90),
+# TABLE_S (0: skipped): 9 min 10 s in all, inside one 10-minute device call. On a fresh machine (no
 # compile cache) each compiled variant or test costs about a minute of compilation (H200, run 2).
+# $OUT gets 7 files (8 with the table): a device call brings back at most 8.
 set -u
 OUT=${OUT:-runs/gpu}
 PY=${PYTHON:-python3}
@@ -42,11 +44,11 @@ part() {  # part NAME LIMIT_S COMMAND...: run COMMAND under a time limit into $O
 } 2>&1 | tee "$OUT/env.txt"
 
 part conv-forms "${CONV_S:-60}" "$PY" benchmarks/conv_forms.py --device cuda --json "$OUT/conv-forms.json"
-part bench "${BENCH_S:-300}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json" \
+part bench "${BENCH_S:-280}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json" \
     ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
 part tests "${TESTS_S:-120}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
-TAIL=70 part profile "${PROFILE_S:-60}" bash -c '"$0" benchmarks/profile_step.py --device cuda &&
-    "$0" benchmarks/profile_step.py --device cuda --by-shape --top 25' "$PY"
+TAIL=90 part profile "${PROFILE_S:-90}" bash -c '"$0" benchmarks/profile_step.py --device cuda --top 20;
+    "$0" benchmarks/profile_step.py --device cuda --supervised --top 20' "$PY"
 [ "${TABLE_S:-0}" -gt 0 ] || exit 0
 TABLE_DIR=/tmp/vwe-table
 TABLE_ARGS=(--profile paper --dataset shapes --n-train 50000 --n-test 10000 --epochs "${TABLE_EPOCHS:-2}"

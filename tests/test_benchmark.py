@@ -1,6 +1,7 @@
 """benchmarks/throughput.py: the FLOP count against a hand count, a tiny CPU run end to end (table and
 JSON), robustness to a failing variant, and argument errors. benchmarks/conv_forms.py: it finds every
-convolution of the step, its forms compute the same function, and a tiny CPU run end to end."""
+convolution of the step, its forms compute the same function, and a tiny CPU run end to end.
+benchmarks/profile_step.py: a tiny CPU run of each of its modes."""
 
 import importlib.util
 import json
@@ -24,6 +25,7 @@ def load_benchmark(name: str):
 
 
 throughput, conv_forms = load_benchmark("throughput"), load_benchmark("conv_forms")
+profile_step = load_benchmark("profile_step")
 
 TINY = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1", "--warmup", "1",
         "--images", "8", "--eval-train", "8", "--eval-test", "4", "--eval-batch-size", "4",
@@ -215,3 +217,21 @@ def test_conv_forms_runs_on_the_cpu_and_writes_its_table(tmp_path, capsys):
     for r in rows:
         assert r["best"] in r["ms_per_call"] and r["best_ms_per_step"] <= r["default_ms_per_step"]
         assert all(ms > 0 for ms in r["ms_per_call"].values())
+
+
+# ------------------------------------------------------------------ profile_step.py
+
+
+@pytest.mark.parametrize("mode, label", [
+    ([], "fp32 | batch 2"),
+    (["--supervised"], "supervised ResNet-32, SGD, eager fp32 | batch 2"),
+    (["--supervised", "--by-shape"], "eager fp32 | batch 2"),
+])
+def test_profile_step_runs_each_mode_on_the_cpu(mode, label, capsys):
+    profile_step.main(["--device", "cpu", "--batch-size", "2", "--steps", "1", "--warmup", "1", "--top", "3",
+                       *mode])
+    out = capsys.readouterr().out
+    assert label in out and "wall time per step, without the profiler:" in out
+    assert ("input shapes" in out) == ("--by-shape" in mode)
+    if "--supervised" in mode and "--by-shape" in mode:
+        assert "[2, 16, 32, 32]" in out  # whole images: the supervised tower's stage-1 maps
