@@ -60,8 +60,7 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
     if a.supervised:
         recipe = SupervisedRecipe()
         model = Classifier("resnet32", 100).to(device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay)
+        optimizer = recipe.optimizer(model.parameters())  # as train_supervised makes it
         labels = torch.randint(0, 100, (len(images),), device=device)
         step = make_supervised_step(model, optimizer, recipe.pad, gen, device, compile=not a.by_shape)
         cuda = device.type == "cuda"  # the supervised step compiles and autocasts on CUDA only

@@ -60,6 +60,10 @@ class SupervisedRecipe:
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs after which lr drops / 10
     pad: int = 4  # random-crop padding, pixels
 
+    def optimizer(self, params) -> torch.optim.SGD:
+        """SGD with this recipe's lr, momentum and weight decay over `params`."""
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
     def __post_init__(self) -> None:
         for name in ("batch_size", "lr"):
             if not getattr(self, name) > 0:
@@ -253,8 +257,7 @@ def train_supervised(
 
         torch.manual_seed(cfg.seed)
         model = Classifier(cfg.tower, data.num_classes).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay)
+        optimizer = recipe.optimizer(model.parameters())
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         key = _run_key(cfg.to_dict(), dataclasses.asdict(recipe))
