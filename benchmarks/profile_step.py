@@ -104,8 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     sync()
     wall_ms = (time.perf_counter() - start) / a.steps * 1000
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     with profile(activities=activities, record_shapes=a.by_shape) as prof:
         for i in range(a.steps):
             run(i)
