@@ -167,9 +167,37 @@ def test_subset_to_and_describe(tmp_path):
     on_meta = small.to("meta")
     assert on_meta.train_images.device.type == "meta"
     assert on_meta.test_coarse.device.type == "meta" and on_meta.train_labels.dtype == torch.int64
+    # The fixture's archive is not the official file: every description says so, with its md5.
     assert on_meta.describe() == (
-        "cifar100: 5 train / 10 test images 3x32x32 uint8, 100 classes (20 coarse), on meta"
+        "cifar100: 5 train / 10 test images 3x32x32 uint8, 100 classes (20 coarse), on meta, "
+        f"archive md5 {fx['md5']} (not the official archive)"
     )
+    assert small.provenance() == {"dataset": "cifar100", "n_train": 5, "n_test": 10,
+                                  "archive_md5": fx["md5"], "official_archive": False}
+
+
+def test_a_verified_copy_is_read_only_when_its_md5_is_named(tmp_path, monkeypatch):
+    fx = write_fake_cifar100(tmp_path)
+    monkeypatch.delenv(data.CIFAR100_MD5_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"has md5 {fx['md5']}, not the official") as err:
+        load_cifar100(tmp_path)
+    assert f"{data.CIFAR100_MD5_ENV}={fx['md5']}" in str(err.value)  # the way out, spelled out
+    assert not (tmp_path / data.CIFAR100_CACHE).exists()
+    monkeypatch.setenv(data.CIFAR100_MD5_ENV, "0" * 32)  # another copy's md5 is refused too
+    with pytest.raises(ValueError, match=f"not \\${data.CIFAR100_MD5_ENV}'s"):
+        load_cifar100(tmp_path)
+    monkeypatch.setenv(data.CIFAR100_MD5_ENV, fx["md5"].upper())
+    ds = load_cifar100(tmp_path)
+    assert ds.archive_md5 == fx["md5"] and ds.official is False
+    assert ds.train_images[0].flatten().tolist() == fx["train_data"][0].tolist()
+    monkeypatch.setenv(data.CIFAR100_MD5_ENV, "not-an-md5")
+    with pytest.raises(ValueError, match="not an md5"):
+        load_cifar100(tmp_path)
+
+
+def test_shapes_has_no_archive_md5():
+    ds = data.make_shapes(4, 2)
+    assert ds.archive_md5 is None and ds.official is None and "archive" not in ds.describe()
 
 
 @pytest.mark.parametrize("n_train, error", [(0, ValueError), (21, ValueError), (2.0, TypeError)])
