@@ -35,6 +35,17 @@ def test_pretrain_then_linear_eval(tmp_path):
     result = json.loads((run / "linear_eval.json").read_text())
     assert result["dataset"] == "shapes" and result["seeds"] == [0, 1, 2]
     assert len(result["accs"]) == 3 and 0 <= result["mean"] <= 100
+    assert result["probe_norm"] == "standard" and len(result["probe"]["epochs"]) == 2
+    assert result["data"]["n_train"] == 256 and result["data"]["archive_md5"] is None
+    # without --profile, the checkpoint's own config decides: the smoke run's 5 probe epochs and its
+    # data; the raw probe and a validation split carved from the training images on request
+    out = vwe("linear-eval", "--checkpoint", str(run), "--probe-norm", "raw", "--validation", "56",
+              "--seeds", "0", "--features", "tower", "--out", str(tmp_path / "raw.json"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "256 train / 56 validation (held-out training) images" in out.stdout  # Shapes: drawn on top
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["probe_norm"] == "raw" and raw["features"] == "tower" and raw["probe_epochs"] == 5
+    assert raw["data"]["evaluated_on"] == "validation" and raw["profile"] == "smoke"
 
 
 def test_bad_input_gives_a_clear_error(tmp_path):

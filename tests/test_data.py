@@ -172,7 +172,7 @@ def test_subset_to_and_describe(tmp_path):
         "cifar100: 5 train / 10 test images 3x32x32 uint8, 100 classes (20 coarse), on meta, "
         f"archive md5 {fx['md5']} (not the official archive)"
     )
-    assert small.provenance() == {"dataset": "cifar100", "n_train": 5, "n_test": 10,
+    assert small.provenance() == {"dataset": "cifar100", "n_train": 5, "n_test": 10, "evaluated_on": "test",
                                   "archive_md5": fx["md5"], "official_archive": False}
 
 
@@ -384,3 +384,28 @@ def test_to_float():
     assert torch.allclose(y.flatten(), torch.tensor([0.0, 0.2, 1.0]), atol=1e-7)
     with pytest.raises(TypeError, match="uint8"):
         to_float(y)
+
+
+def test_validation_split_is_carved_from_the_training_images():
+    ds = data.make_shapes(30, 7)
+    val = ds.validation_split(10)
+    assert torch.equal(val.train_images, ds.train_images[:20])
+    assert torch.equal(val.test_images, ds.train_images[20:])
+    assert torch.equal(val.test_labels, ds.train_labels[20:]) and val.validation == 10
+    assert val.validation_split(10) is val  # idempotent for one n: a second resolve changes nothing
+    assert "20 train / 10 validation (held-out training) images" in val.describe()
+    assert val.provenance()["evaluated_on"] == "validation"
+    with pytest.raises(ValueError, match="already a validation split"):
+        val.validation_split(5)
+    for bad in (0, 30, -1):
+        with pytest.raises(ValueError, match="0 < n < 30"):
+            ds.validation_split(bad)
+    cut = ds.cut(12, 99, validation=10)  # n_test counts validation images, capped at their number
+    assert len(cut.train_labels) == 12 and torch.equal(cut.test_images, ds.train_images[20:])
+
+
+def test_load_dataset_with_validation_never_touches_the_test_split():
+    ds = load_dataset("shapes", n_train=40, n_test=8, validation=16)
+    full = data.make_shapes(56, 8)  # Shapes draws the validation images on top of n_train
+    assert torch.equal(ds.train_images, full.train_images[:40])
+    assert torch.equal(ds.test_images, full.train_images[40:]) and ds.validation == 16

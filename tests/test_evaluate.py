@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from vwe.evaluate import extract_features, linear_eval, linear_probe, random_weights_model
+from vwe.evaluate import (
+    extract_features,
+    linear_eval,
+    linear_probe,
+    pixel_features,
+    random_image_model,
+    random_weights_model,
+    standardize,
+)
 from vwe.models import ContextAutoencoder
 
 
@@ -65,3 +73,77 @@ def test_probe_refuses_mismatched_inputs():
         linear_probe(x, y[:10], x, y)
     with pytest.raises(ValueError, match="dim"):
         linear_probe(x, y, x[:, :3], y)
+
+
+# ----------------------------------------------------------------------------- standardised probe
+
+
+def test_standardize_is_batchnorm_without_affine_on_the_training_features():
+    g = torch.Generator().manual_seed(0)
+    train = 200 * torch.randn(500, 16, generator=g) + 7
+    train[:, 3] = 2.5  # a constant feature (a border target's zero-patch slot)
+    test = 200 * torch.randn(100, 16, generator=g)
+    bn = torch.nn.BatchNorm1d(16, affine=False, eps=1e-6, momentum=None)  # momentum None: exact average
+    bn.train()
+    bn(train)
+    bn.eval()
+    with torch.no_grad():
+        expected_train, expected_test = bn(train), bn(test)
+    got_train, got_test = standardize(train, test)
+    assert torch.allclose(got_train, expected_train, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(got_test, expected_test, atol=1e-4, rtol=1e-4)
+    assert got_train[:, 3].abs().max() < 1e-2  # constant: near zero, never inf or nan
+    # the test features never inform the statistics
+    assert torch.equal(standardize(train, 10 * test)[0], got_train)
+
+
+def test_standardised_probe_trains_where_the_raw_one_stalls():
+    # Features with row norms in the hundreds (like the 8192-d context embedding): Adam at 1e-3 on the
+    # raw features overshoots; the standardised probe learns the same linear rule.
+    x, y = _separable(n=1200, dim=64, classes=10)
+    x = 300 * x + 500
+    std = linear_probe(x[:900], y[:900], x[900:], y[900:], epochs=10, norm="standard")
+    raw = linear_probe(x[:900], y[:900], x[900:], y[900:], epochs=10, norm="raw")
+    assert std.norm == "standard" and raw.norm == "raw"
+    assert std.test_acc > 95 and std.test_acc > raw.test_acc + 10
+    assert std.losses[-1] < raw.losses[-1]
+
+
+def test_probe_records_its_training_curve():
+    x, y = _separable(n=400)
+    res = linear_probe(x[:300], y[:300], x[300:], y[300:], seed=0, epochs=40)
+    assert len(res.losses) == len(res.train_accs) == 40
+    assert res.train_accs[-1] > res.train_accs[0] and res.losses[-1] < res.losses[0]
+    assert all(0 <= a <= 100 for a in res.train_accs)
+    with pytest.raises(ValueError, match="unknown probe norm 'bn'"):
+        linear_probe(x, y, x, y, norm="bn")
+
+
+def test_pixel_features_are_the_pixels_in_zero_one():
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    feats = pixel_features(images, batch_size=2)
+    assert feats.shape == (5, 3072) and feats.dtype == torch.float32
+    assert torch.equal(feats, images.reshape(5, -1).float() / 255)
+
+
+def test_random_image_model_is_the_whole_image_tower():
+    a, b = random_image_model("resnet32", seed=4), random_image_model("resnet32", seed=4)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    fa = extract_features(a.forward_features, images)
+    assert fa.shape == (3, 64) and torch.equal(fa, extract_features(b.forward_features, images))
+    assert not a.training
+
+
+def test_tower_embedding_is_the_patch_features_the_context_embedding_repeats():
+    torch.manual_seed(0)
+    model = ContextAutoencoder("conv4").eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    tower = extract_features(model, images, features="tower").view(4, 16, 64)  # (B, 16, D)
+    context = extract_features(model, images).view(4, 16, 8, 64)  # (B, 16, K, D)
+    # target 5 = (row 1, col 1): its context slot 0 is (-1, -1) = patch 0, slot 7 is (1, 1) = patch 10
+    assert torch.allclose(context[:, 5, 0], tower[:, 0], atol=1e-5)
+    assert torch.allclose(context[:, 5, 7], tower[:, 10], atol=1e-5)
+    patch = random_weights_model("conv4", seed=0)
+    assert torch.equal(extract_features(patch, images, features="tower"), extract_features(patch, images))
+    with pytest.raises(ValueError, match="unknown features"):
+        extract_features(model, images, features="pixels")

@@ -24,11 +24,16 @@ from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, 
 from vwe.table import CSV_COLUMNS, ROW_KEYS, ROWS, data_fingerprint, row_config, run_table, select_rows
 from vwe.words import knn_accuracy
 
-# Paper Table 1 (linear evaluation on CIFAR-100, percent), typed in from the paper.
+# Paper Table 1 (linear evaluation on CIFAR-100, percent), typed in from the paper; None: our extra rows.
 PAPER = {
-    "supervised-resnet32": 65.32, "random-resnet32": 7.65, "patch-resnet32-aug": 17.81,
-    "context-resnet32-noaug": 30.46, "context-resnet32-aug": 34.08, "context-conv4-aug": 24.55,
+    "supervised-resnet32": 65.32, "random-resnet32": 7.65, "random-resnet32-patches": None, "pixels": None,
+    "patch-resnet32-aug": 17.81, "context-resnet32-noaug": 30.46, "context-resnet32-aug": 34.08,
+    "context-conv4-aug": 24.55,
 }
+UNTRAINED = ("random-resnet32", "random-resnet32-patches", "pixels")
+DIMS = {"supervised-resnet32": 64, "random-resnet32": 64, "random-resnet32-patches": 1024, "pixels": 3072,
+        "patch-resnet32-aug": 1024, "context-resnet32-noaug": 8192, "context-resnet32-aug": 8192,
+        "context-conv4-aug": 8192}
 BY_KEY = {r.key: r for r in ROWS}
 N_TRAIN, N_TEST = 128, 64
 CFG = get_config("smoke", n_train=N_TRAIN, n_test=N_TEST, epochs=1, batch_size=64, probe_epochs=2,
@@ -87,12 +92,14 @@ def test_files_and_columns(table):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS
     for r, s in zip(rows, saved["rows"], strict=True):
-        assert r["key"] == s["key"] and float(r["paper"]) == PAPER[s["key"]]
+        assert r["key"] == s["key"] and (float(r["paper"]) if r["paper"] else None) == PAPER[s["key"]]
         assert float(r["mean"]) == pytest.approx(s["mean"])
+        assert float(r["raw_mean"]) == pytest.approx(s["probes"]["embedding/raw"]["mean"])
+        assert (r["tower_mean"] != "") == s["key"].startswith("context")
     md = result.files["md"].read_text()
     for row in ROWS:
         assert f"| {row.method} | {row.backbone} | {row.augmentation} |" in md
-        assert f"{row.paper:.2f}" in md
+        assert row.paper is None or f"{row.paper:.2f}" in md
     assert "shapes" in md and torch.__version__ in md
 
 
@@ -102,24 +109,49 @@ def test_numbers_paper_and_difference(table):
         assert r.paper == PAPER[r.key]
         assert r.difference is None  # Shapes: the paper's CIFAR-100 numbers are not comparable
         assert 0 <= r.mean <= 100 and 0 <= r.knn <= 100 and not r.skipped
+        assert r.dim == DIMS[r.key]
+        # every row is probed on standardised and on raw features; context rows also on their tower
+        kinds = {"embedding/standard", "embedding/raw"}
+        tower = {"tower/standard", "tower/raw"} if r.key.startswith("context") else set()
+        assert set(r.probes) == kinds | tower
+        for probe in r.probes.values():  # the probe's training curve is kept, one entry per epoch
+            assert [e["epoch"] for e in probe["epochs"]] == [1, 2] and 0 <= probe["train_acc"] <= 100
+            assert probe["final_loss"] == pytest.approx(probe["epochs"][-1]["loss"])
         if r.key == "supervised-resnet32":
             assert r.std is None and r.accs == [r.mean] and r.epochs == 1
         else:
             assert len(r.accs) == 2 and r.mean == pytest.approx(statistics.fmean(r.accs))
             assert r.std == pytest.approx(statistics.stdev(r.accs))
-            assert r.epochs == (0 if r.key == "random-resnet32" else 1)
+            assert r.accs == r.probes["embedding/standard"]["accs"]  # the headline is the default probe
+            assert r.epochs == (0 if r.key in UNTRAINED else 1)
 
 
-def test_random_row_equals_an_independent_evaluation(table, data):
+def _whole_image_features(images: torch.Tensor) -> torch.Tensor:
+    """[24]'s random baseline, built here from its parts: an untrained ResNet-32 seeded like the
+    table's, in eval mode, on whole images normalised to [0, 1]."""
+    torch.manual_seed(CFG.seed)
+    tower = Classifier("resnet32").eval().tower
+    with torch.no_grad():
+        return tower(images.float() / 255)
+
+
+@pytest.mark.parametrize("key", ["random-resnet32", "random-resnet32-patches", "pixels"])
+def test_untrained_rows_equal_an_independent_evaluation(table, data, key):
     result, _ = table
-    row = next(r for r in result.rows if r.key == "random-resnet32")
-    model = random_weights_model("resnet32", CFG.seed)
-    train, test = (extract_features(model, x, 128) for x in (data.train_images, data.test_images))
-    ev = linear_eval(train, data.train_labels, test, data.test_labels, seeds=(0, 1), epochs=2,
-                     num_classes=10)
-    assert row.accs == ev.accs
-    assert row.knn == knn_accuracy(train, data.train_labels, test, data.test_labels, k=20,
-                                   temperature=0.07)
+    row = next(r for r in result.rows if r.key == key)
+    if key == "random-resnet32":
+        train, test = (_whole_image_features(x) for x in (data.train_images, data.test_images))
+    elif key == "pixels":
+        train, test = (x.float().flatten(1) / 255 for x in (data.train_images, data.test_images))
+    else:
+        model = random_weights_model("resnet32", CFG.seed)
+        train, test = (extract_features(model, x, 128) for x in (data.train_images, data.test_images))
+    for norm in ("standard", "raw"):
+        ev = linear_eval(train, data.train_labels, test, data.test_labels, seeds=(0, 1), epochs=2,
+                         num_classes=10, norm=norm)
+        assert row.probes[f"embedding/{norm}"]["accs"] == pytest.approx(ev.accs, abs=1e-9)
+    assert row.knn == pytest.approx(knn_accuracy(train, data.train_labels, test, data.test_labels, k=20,
+                                                 temperature=0.07))
 
 
 def test_supervised_row_is_the_checkpoints_test_accuracy(table, data):
@@ -133,9 +165,10 @@ def test_supervised_row_is_the_checkpoints_test_accuracy(table, data):
 
 def test_difference_is_computed_on_cifar100():
     saved = {"config": {"dataset": "cifar100"}, "epochs": 200, "mean": 40.0, "std": 0.5,
-             "accs": [40.0], "knn": 30.0, "seconds": 1.0}
+             "accs": [40.0], "knn": 30.0, "seconds": 1.0, "dim": 8192, "probes": {}}
     r = vwe.table._result(BY_KEY["context-resnet32-aug"], saved, False, Path("x"))
     assert r.difference == pytest.approx(40.0 - 34.08)
+    assert vwe.table._result(BY_KEY["pixels"], saved, False, Path("x")).difference is None  # no paper row
 
 
 # ----------------------------------------------------------------------------- reuse and resume

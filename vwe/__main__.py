@@ -10,17 +10,22 @@ from pathlib import Path
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import CIFAR100_MD5_ENV, DATASETS, load_dataset
+from vwe.evaluate import FEATURES, PROBE_NORMS
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.pretrain import PretrainError
 from vwe.table import ROW_KEYS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", choices=tuple(PROFILES),
-                   help="named settings (default: cpu); the options below override them")
+    p.add_argument("--profile", choices=tuple(PROFILES),
+                   help="named settings (default: cpu; linear-eval: the checkpoint's config); the "
+                        "options below override them")
     p.add_argument("--dataset", choices=DATASETS, help="auto: CIFAR-100 when present, else Shapes")
     p.add_argument("--n-train", type=int, help="training images used")
     p.add_argument("--n-test", type=int, help="test images used")
+    p.add_argument("--validation", type=int, metavar="N",
+                   help="evaluate on the last N training images instead of the test split (choose "
+                        "settings there, never on the test split)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--cifar100-md5", metavar="MD5",
@@ -54,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--random-weights", choices=TOWERS, metavar="TOWER",
                      help="the lower bound: an untrained tower (resnet32 or conv4)")
     p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--probe-norm", choices=PROBE_NORMS,
+                   help="standard: features standardised with the training set's statistics "
+                        "(default); raw: the paper's probe")
+    p.add_argument("--features", choices=FEATURES, default="embedding",
+                   help="embedding: the model's image embedding (default); tower: its tower on the "
+                        "16 patches (16 x 64)")
     p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
     p.add_argument("--out", type=Path, help="results JSON (default: beside the checkpoint)")
     p.add_argument("--no-progress", action="store_true")
@@ -66,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="pretraining Adam lr")
     p.add_argument("--data-seed", type=int, help="Shapes generation seed")
     p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--probe-norm", choices=PROBE_NORMS,
+                   help="the headline probe (both are run and reported): standard (default) or raw")
+    p.add_argument("--encoding", choices=ENCODINGS, help="the context rows' encoder (default shared)")
     p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, metavar="ROW",
                    help=f"rows to run (default: all): {', '.join(ROW_KEYS)}")
@@ -79,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_pretrain(a: argparse.Namespace) -> None:
     from vwe.pretrain import pretrain
 
-    cfg = get_config(a.profile, dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
-                     device=a.device, seed=a.seed, model=a.model, tower=a.tower,
+    cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
+                     validation=a.validation, device=a.device, seed=a.seed, model=a.model, tower=a.tower,
                      encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                      augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
@@ -97,33 +111,38 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
-    from vwe.pretrain import load_pretrained
+    from vwe.pretrain import atomic_write, load_pretrained, provenance
 
-    overrides = dict(device=a.device, probe_epochs=a.probe_epochs,
-                     probe_seeds=tuple(a.seeds) if a.seeds else None)
+    overrides = dict(device=a.device, probe_epochs=a.probe_epochs, probe_norm=a.probe_norm,
+                     probe_seeds=tuple(a.seeds) if a.seeds else None, dataset=a.dataset,
+                     n_train=a.n_train, n_test=a.n_test, validation=a.validation)
     if a.checkpoint:
         model, trained, state = load_pretrained(a.checkpoint, a.device or "auto")
-        # Evaluate on the data the model was pretrained on unless told otherwise.
-        data_kw = {k: getattr(trained, k) for k in ("dataset", "n_train", "n_test", "data_seed")}
-        cfg = get_config(a.profile, **data_kw, **overrides)
-        name = trained.run_name
+        # The checkpoint's own config (its data, its profile's probe) unless told otherwise.
+        name, cfg = trained.run_name, trained
+        if a.profile:
+            data_kw = {k: getattr(trained, k) for k in ("dataset", "n_train", "n_test", "data_seed")}
+            cfg = get_config(a.profile, **data_kw)
+        cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         out_dir = a.checkpoint if a.checkpoint.is_dir() else a.checkpoint.parent
     else:
-        cfg = get_config(a.profile, **overrides)
+        cfg = get_config(a.profile or "cpu", **overrides)
         model = random_weights_model(a.random_weights, a.seed or 0).to(resolve_device(cfg.device))
         name = f"random-{a.random_weights}"
         out_dir = Path("runs") / cfg.profile / name
-    cfg = cfg.replace(**{k: v for k, v in dict(dataset=a.dataset, n_train=a.n_train,
-                                                 n_test=a.n_test).items() if v is not None})
-    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-    print(f"linear evaluation of {name} on {data.describe()}")
-    result = evaluate_model(model, data, cfg, progress=not a.no_progress)
+    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
+                        validation=cfg.validation)
+    print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on {data.describe()}")
+    result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
     out = a.out or out_dir / "linear_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "dataset": data.name, "profile": cfg.profile,
-                               "mean": result.mean, "std": result.std, "accs": result.accs,
-                               "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs},
-                              indent=2) + "\n")
+    text = json.dumps({"model": name, "dataset": data.name, "data": data.provenance(),
+                       "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
+                       "mean": result.mean, "std": result.std, "accs": result.accs,
+                       "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
+                       "probe": result.summary(), "provenance": provenance(resolve_device(cfg.device))},
+                      indent=2) + "\n"
+    atomic_write(out, lambda tmp: tmp.write_text(text))
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 
@@ -139,8 +158,9 @@ def default_table_dir(cfg: Config) -> Path:
 def cmd_table(a: argparse.Namespace) -> None:
     from vwe.table import run_table
 
-    cfg = get_config(a.profile, dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
-                     device=a.device, seed=a.seed, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+    cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
+                     validation=a.validation, device=a.device, seed=a.seed, epochs=a.epochs,
+                     batch_size=a.batch_size, lr=a.lr, encoding=a.encoding, probe_norm=a.probe_norm,
                      data_seed=a.data_seed, probe_epochs=a.probe_epochs,
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)

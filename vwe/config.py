@@ -16,6 +16,7 @@ import torch
 
 from vwe.augment import AugmentConfig
 from vwe.data import DATASETS
+from vwe.evaluate import PROBE_NORMS
 from vwe.models import ENCODINGS, MODELS, TOWERS
 
 
@@ -52,6 +53,7 @@ class Config:
     dataset: str = "auto"  # "auto" | "cifar100" | "shapes"
     n_train: int | None = None  # training images used (None: all)
     n_test: int | None = None  # test images used (None: all)
+    validation: int = 0  # > 0: evaluate on the last `validation` training images instead of the test split
     data_seed: int = 0  # Shapes generation seed
     # model
     model: str = "context"  # "context" (the method) | "patch" (the simple autoencoder)
@@ -71,16 +73,18 @@ class Config:
     probe_batch_size: int = 128
     probe_lr: float = 1e-3  # Adam's default
     probe_seeds: tuple[int, ...] = (0, 1, 2)
+    probe_norm: str = "standard"  # "standard": features standardised with training statistics | "raw"
     eval_batch_size: int = 1024  # images per step when extracting features
 
     def __post_init__(self) -> None:
-        choices = {"dataset": DATASETS, "model": MODELS, "tower": TOWERS, "encoding": ENCODINGS}
+        choices = {"dataset": DATASETS, "model": MODELS, "tower": TOWERS, "encoding": ENCODINGS,
+                   "probe_norm": PROBE_NORMS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")
         # Types first: "3" > 0 would raise a bare TypeError, True would pass as 1, 2.5 as a count.
         for name in ("epochs", "batch_size", "probe_epochs", "probe_batch_size", "eval_batch_size",
-                     "seed", "data_seed"):
+                     "seed", "data_seed", "validation"):
             _require(name, getattr(self, name), _is_int, "an int")
         for name in ("n_train", "n_test"):
             _require(name, getattr(self, name), lambda v: v is None or _is_int(v), "an int or None")
@@ -102,6 +106,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive number of images or None, got {value!r}")
+        if self.validation < 0:
+            raise ValueError(f"validation must be >= 0 images (0: the test split), got {self.validation}")
         if not self.probe_seeds:
             raise ValueError("probe_seeds must name at least one seed")
         if not isinstance(self.device, str):

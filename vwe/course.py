@@ -56,7 +56,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     cfg = get_config(profile, dataset=dataset, device=device, **overrides)
     root = None if os.environ.get("VWE_DATA_DIR") else project_dir() / "data"
     data = load_dataset(cfg.dataset, root=root, n_train=cfg.n_train, n_test=cfg.n_test,
-                        seed=cfg.data_seed)
+                        seed=cfg.data_seed, validation=cfg.validation)
     cfg = cfg.replace(dataset=data.name)  # what "auto" resolved to
     dev = resolve_device(cfg.device)
     run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile

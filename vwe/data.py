@@ -62,6 +62,7 @@ class Dataset:
     test_coarse: torch.Tensor | None = None  # (M,) int64
     coarse_classes: list[str] | None = None
     archive_md5: str | None = None  # md5 of the archive the images were read from (None: generated)
+    validation: int = 0  # > 0: the "test" split is the last `validation` training images (validation_split)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -96,6 +97,7 @@ class Dataset:
     def provenance(self) -> dict:
         """What a results file, config or checkpoint records about the data (JSON-plain values)."""
         return {"dataset": self.name, "n_train": len(self.train_labels), "n_test": len(self.test_labels),
+                "evaluated_on": "validation" if self.validation else "test",
                 "archive_md5": self.archive_md5, "official_archive": self.official}
 
     def to(self, device: torch.device | str) -> Dataset:
@@ -107,6 +109,33 @@ class Dataset:
             if getattr(self, field) is not None
         }
         return replace(self, **moved)
+
+    def validation_split(self, n: int) -> Dataset:
+        """The last `n` training images as the evaluation split, the rest as training; the test split
+        is set aside. Settings are chosen on this split, never on the test split. Idempotent for one n.
+        """
+        if n == self.validation:
+            return self
+        if self.validation:
+            raise ValueError(f"this dataset is already a validation split of {self.validation} images")
+        size = len(self.train_labels)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < size:
+            raise ValueError(f"a validation split needs 0 < n < {size} training images, got {n!r}")
+        coarse = self.train_coarse
+        return replace(
+            self, train_images=self.train_images[:-n], train_labels=self.train_labels[:-n],
+            test_images=self.train_images[-n:], test_labels=self.train_labels[-n:],
+            train_coarse=None if coarse is None else coarse[:-n],
+            test_coarse=None if coarse is None else coarse[-n:], validation=n,
+        )
+
+    def cut(self, n_train: int | None, n_test: int | None, validation: int = 0) -> Dataset:
+        """`validation_split(validation)` when > 0, then `subset`; with a validation split, `n_test`
+        counts validation images and is capped at their number."""
+        if validation:
+            data = self.validation_split(validation)
+            return data.subset(n_train, None if n_test is None else min(n_test, validation))
+        return self.subset(n_train, n_test)
 
     def subset(self, n_train: int | None, n_test: int | None) -> Dataset:
         """The first `n_train` training and `n_test` test images (None keeps a split whole)."""
@@ -125,8 +154,9 @@ class Dataset:
     def describe(self) -> str:
         coarse = "" if self.coarse_classes is None else f" ({len(self.coarse_classes)} coarse)"
         archive = "" if self.archive_md5 is None else f", {self.source()}"
+        held_out = "validation (held-out training)" if self.validation else "test"
         return (
-            f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} test images "
+            f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} {held_out} images "
             f"3x32x32 uint8, {self.num_classes} classes{coarse}, on {self.train_images.device}{archive}"
         )
 
@@ -613,7 +643,21 @@ def make_shapes(n_train: int, n_test: int, seed: int = 0) -> Dataset:
 # Entry points used by the notebooks and the training loops
 
 def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: int | None = None,
-                 n_test: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
+                 n_test: int | None = None, seed: int = 0, download: bool = True,
+                 validation: int = 0) -> Dataset:
+    """`_load_dataset`, then (with `validation` > 0) its `validation_split(validation)`, cut to
+    `n_train`/`n_test`."""
+    if not validation:
+        return _load_dataset(name, root, n_train, n_test, seed, download)
+    # The validation images are the last of the whole training split (fixed whatever n_train is);
+    # Shapes draws its split at the size asked, so ask for them on top of n_train.
+    n_full = n_train + validation if name == "shapes" and n_train else None
+    full = _load_dataset(name, root, n_full, None, seed, download)
+    return full.cut(n_train, n_test, validation)
+
+
+def _load_dataset(name: str, root: str | Path | None, n_train: int | None, n_test: int | None,
+                  seed: int, download: bool) -> Dataset:
     """Load `name` in ("auto", "cifar100", "shapes"), on the CPU; read `.name` for what ran.
 
     "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when

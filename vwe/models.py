@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.patches import N_NEIGHBOURS, PATCH, gather_context, gather_neighbours, patchify
+from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_neighbours, patchify
 
 TOWERS = ("resnet32", "conv4")
 ENCODINGS = ("shared", "literal")
@@ -339,6 +339,16 @@ class Autoencoder(nn.Module):
         """The 16 patch embeddings concatenated in patch order: (B, 3, 32, 32) -> (B, 16 * E)."""
         return self.encode(x).flatten(1)
 
+    def tower_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The tower's features of the 16 patches themselves, in patch order: (B, 3, 32, 32) -> (B, 16 * D).
+
+        The simple autoencoder's image embedding. For the context autoencoder these are the 1024
+        features that its 8192-d embedding repeats into contexts (less the zero patch's).
+        """
+        check_images(x)
+        patches = patchify(x)  # (B, 16, 3, 8, 8)
+        return self.tower(patches.flatten(0, 1)).view(len(x), -1)  # (B*16, D) -> (B, 16*D)
+
 
 class ContextAutoencoder(Autoencoder):
     """The context patch autoencoder: each patch is rebuilt from the tower features of its 8 neighbours.
@@ -382,10 +392,7 @@ class PatchAutoencoder(Autoencoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, D)."""
-        check_images(x)
-        patches = patchify(x)  # (B, 16, 3, 8, 8)
-        b, n = patches.shape[:2]
-        return self.tower(patches.flatten(0, 1)).view(b, n, -1)
+        return self.tower_embedding(x).view(len(x), N_PATCHES, -1)
 
 
 MODELS = ("context", "patch")

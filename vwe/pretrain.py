@@ -49,7 +49,7 @@ FOOTER_SIZE = len(FOOTER_MAGIC) + 32
 KEEP_CHECKPOINTS = 2  # the newest and one to fall back on if the newest is damaged
 # Fields that may change between a run and its resume: how long, where, how fast, how it is judged.
 RESUMABLE_FIELDS = {"profile", "epochs", "device", "compile", "eval_batch_size"} | {
-    "probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds",
+    "probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm",
 }
 
 
@@ -325,9 +325,10 @@ def discard_run(run_dir: Path) -> None:
 def resolve_data(cfg: Config, data: Dataset | None) -> tuple[Config, Dataset]:
     """`data` cut to cfg's sizes (loaded when None), and cfg with the dataset that "auto" became."""
     if data is None:
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
+        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
+                            validation=cfg.validation)
     else:
-        data = data.subset(cfg.n_train, cfg.n_test)
+        data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
     return cfg.replace(dataset=data.name), data
 
 
