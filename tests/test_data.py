@@ -397,7 +397,8 @@ def test_validation_split_is_carved_from_the_training_images():
     assert val.provenance()["evaluated_on"] == "validation"
     with pytest.raises(ValueError, match="already a validation split"):
         val.validation_split(5)
-    for bad in (0, 30, -1):
+    assert ds.validation_split(0) is ds  # 0: no validation split, the test split is used
+    for bad in (30, -1):
         with pytest.raises(ValueError, match="0 < n < 30"):
             ds.validation_split(bad)
     cut = ds.cut(12, 99, validation=10)  # n_test counts validation images, capped at their number
@@ -408,4 +409,4 @@ def test_load_dataset_with_validation_never_touches_the_test_split():
     ds = load_dataset("shapes", n_train=40, n_test=8, validation=16)
     full = data.make_shapes(56, 8)  # Shapes draws the validation images on top of n_train
     assert torch.equal(ds.train_images, full.train_images[:40])
-    assert torch.equal(ds.test_images, full.train_images[40:]) and ds.validation == 16
+    assert torch.equal(ds.test_images, full.train_images[40:48]) and ds.validation == 16  # n_test of them
