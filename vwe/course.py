@@ -1,5 +1,11 @@
-"""The course's two entry points: `start` (what every notebook does first) and `run_all` (every
-notebook executed in order by papermill, which is `make run-all`).
+"""The course's entry points: `start` (what every notebook does first), `load_models` (the two
+pretrained autoencoders notebooks 05-07 study) and `run_all` (every notebook executed in order by
+papermill, which is `make run-all`).
+
+The repository ships compact weights of both autoencoders pretrained on real CIFAR-100
+(`checkpoints/`, listed with their sha256, data and scale in `checkpoints/manifest.json`): on
+CIFAR-100 notebooks 05-07 study those by default, since the few minutes of pretraining a 2-core CPU
+affords in notebook 04 are too little for the method to show (README, Results).
 
     python -m vwe.course --profile cpu --dataset auto     # notebooks -> runs/cpu/NN_name.ipynb
 """
@@ -7,6 +13,9 @@ notebook executed in order by papermill, which is `make run-all`).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import os
 import sys
 import time
@@ -18,6 +27,8 @@ import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import DATASETS, Dataset, load_dataset
+from vwe.models import Autoencoder, build_model
+from vwe.pretrain import atomic_write, latest_checkpoint, load_pretrained
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 
@@ -61,8 +72,128 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     dev = resolve_device(cfg.device)
     run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile
     run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
+    # The data line names the archive's md5 and says when it is not the official one.
+    print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}\n"
+          f"data: {data.describe()}")
     return Session(cfg, dev, run_dir, data)
+
+
+# ----------------------------------------------------------------------------- the pretrained models
+
+MODEL_NAMES = {"simple AE": "patch", "context AE": "context"}  # notebook name -> Config.model
+SHIPPED_DIR = "checkpoints"  # in the repository: compact CIFAR-100 weights and their manifest
+MANIFEST = "manifest.json"
+MODEL_SOURCES = ("auto", "shipped", "run")
+
+
+@dataclass
+class Pretrained:
+    """One pretrained autoencoder as the notebooks use it."""
+
+    model: Autoencoder  # eval mode, on the session's device
+    config: Config  # the config it was trained with
+    metrics: list[dict]  # per epoch, as pretrain logged them (held-out loss on the data it ran on)
+    source: str  # where it came from, in words (file, data, scale)
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def shipped_manifest(folder: str | Path | None = None) -> dict:
+    """checkpoints/manifest.json: {"models": {model: {"file", "sha256", "config", "metrics", ...}}, ...}."""
+    path = Path(folder or project_dir() / SHIPPED_DIR) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped checkpoints: {path} is missing (a clone of the repository "
+                                "has it); use models='run' to study notebook 04's runs instead")
+    return json.loads(path.read_text())
+
+
+def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | Path | None = None
+                 ) -> Pretrained:
+    """A shipped autoencoder ("context" or "patch"): its file's sha256 checked against the manifest,
+    loaded with `weights_only=True`, its fp16 weights back in fp32, in eval mode."""
+    folder = Path(folder or project_dir() / SHIPPED_DIR)
+    manifest = shipped_manifest(folder)
+    entry = manifest["models"].get(model)
+    if entry is None:
+        raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
+    blob = (folder / entry["file"]).read_bytes()
+    if _sha256(blob) != entry["sha256"]:
+        raise ValueError(f"{folder / entry['file']} does not match the sha256 in {MANIFEST}: the file is "
+                         "damaged or was replaced; restore it with git (git checkout -- checkpoints)")
+    cfg = Config.from_dict(entry["config"])
+    net = build_model(cfg.model, cfg.tower, cfg.encoding)
+    weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    data = entry["data"]
+    source = (f"shipped {entry['file']}: {cfg.run_name} pretrained on {data['dataset']} ({data['n_train']} "
+              f"training images, archive md5 {data['archive_md5']}), {cfg.epochs} epochs, batch "
+              f"{cfg.batch_size}, lr {cfg.lr}")
+    return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
+
+
+def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: dict | None = None) -> dict:
+    """Write the newest checkpoint of `run_dir` as compact weights for the repository: the model's
+    state in fp16 (half the bytes; the notebooks load it back in fp32), no optimizer, plus its
+    manifest entry (sha256, config, data, metrics, provenance). `data` is the run's
+    `Dataset.provenance()` where its checkpoint predates recording it. Returns the entry."""
+    folder = Path(folder or project_dir() / SHIPPED_DIR)
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir} to export")
+    path, state = found
+    cfg = Config.from_dict(state["config"])
+    buf = io.BytesIO()
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}, buf)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{cfg.dataset}-{cfg.run_name}.pt"
+    atomic_write(folder / name, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    entry = {"file": name, "sha256": _sha256(buf.getvalue()), "config": state["config"],
+             "data": data or state.get("data") or {"dataset": cfg.dataset, "n_train": cfg.n_train,
+                                                   "archive_md5": None},
+             "metrics": state["metrics"], "provenance": state.get("provenance"), "from": path.name}
+    try:
+        manifest = shipped_manifest(folder)
+    except FileNotFoundError:
+        manifest = {"about": "compact weights of the course's autoencoders (fp16 state dicts), "
+                             "loaded by vwe.course.load_shipped", "models": {}}
+    manifest["models"][cfg.model] = entry
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+    return entry
+
+
+def load_models(s: Session, models: str = "auto") -> dict[str, Pretrained]:
+    """The two autoencoders notebooks 05-07 study, {"simple AE": ..., "context AE": ...}, in eval mode.
+
+    models="shipped": the CIFAR-100 weights committed in checkpoints/; "run": notebook 04's runs in
+    the session's run dir (a clear error naming what makes them when one is missing: nothing is
+    trained behind the reader's back); "auto": shipped when the session's data is CIFAR-100, else run.
+    """
+    if models not in MODEL_SOURCES:
+        raise ValueError(f"unknown models {models!r}; choose one of {MODEL_SOURCES}")
+    if models == "auto":
+        models = "shipped" if s.data.name == "cifar100" else "run"
+    if models == "shipped" and s.data.name != "cifar100":
+        raise ValueError(f"the shipped models were pretrained on CIFAR-100, this session's data is "
+                         f"{s.data.name}: use models='run' (notebook 04's runs) or dataset='cifar100'")
+    loaded = {}
+    for name, model in MODEL_NAMES.items():
+        if models == "shipped":
+            loaded[name] = load_shipped(model, s.device)
+            continue
+        cfg = s.cfg.replace(model=model)
+        run_dir = s.run_dir / cfg.run_name
+        if latest_checkpoint(run_dir) is None:
+            raise FileNotFoundError(
+                f"no pretrained {name} in {run_dir}: run notebook 04 first with the same parameters "
+                f"(or `make run-all PROFILE={s.cfg.profile}`, or `python -m vwe pretrain --profile "
+                f"{s.cfg.profile} --model {model} --run-dir {run_dir}`)")
+        net, trained, state = load_pretrained(run_dir, str(s.device))
+        loaded[name] = Pretrained(net, trained, state["metrics"],
+                                  f"notebook 04's run {run_dir.name} ({len(state['metrics'])} epochs)")
+    return loaded
 
 
 # ----------------------------------------------------------------------------- run_all

@@ -444,7 +444,8 @@ def pretrain(
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         start, metrics, checkpoint = resume_run(
             run_dir, device, lambda state, path: _resume(state, path, cfg, model, optimizer, shuffle_gen,
-                                                         aug_gen, run_dir), cfg.to_dict())
+                                                         aug_gen, run_dir),
+            {**cfg.to_dict(), "data": data.provenance()})
         step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
                                compile=cfg.compile)
 
@@ -463,7 +464,7 @@ def pretrain(
             checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
             save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics,
+                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics, "data": data.provenance(),
                 "rng": _rng_state(shuffle_gen, aug_gen), "provenance": provenance(device),
             })
             # After the checkpoint: the log never lists an epoch that no checkpoint holds, and a

@@ -264,7 +264,7 @@ def train_supervised(
         start, metrics, checkpoint = resume_run(
             run_dir, device, lambda state, path: _resume(state, path, key, model, optimizer, shuffle_gen,
                                                          aug_gen, run_dir),
-            {**cfg.to_dict(), "supervised_recipe": key["recipe"]})
+            {**cfg.to_dict(), "supervised_recipe": key["recipe"], "data": data.provenance()})
         step = make_supervised_step(model, optimizer, recipe.pad, aug_gen, device, compile=cfg.compile)
 
         epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
@@ -290,7 +290,7 @@ def train_supervised(
             save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
-                "provenance": provenance(device),
+                "provenance": provenance(device), "data": data.provenance(),
                 "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
                         "torch": torch.get_rng_state()},
             })

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import time
 from collections.abc import Sequence
@@ -193,14 +194,22 @@ def _spec(row: Row, cfg_row: Config, checkpoint: Path | None, fingerprint: str) 
     return json.loads(json.dumps(spec))
 
 
-def _result(row: Row, saved: dict, skipped: bool, run_dir: Path) -> RowResult:
-    compared = saved["config"]["dataset"] == PAPER_DATASET and row.paper is not None
+def row_result(row: Row, evaluation: dict, dataset: str, epochs: int, seconds: float, run_dir: str | Path,
+               skipped: bool = False) -> RowResult:
+    """A table line from `evaluate_features`' output: the paper's number beside it, and their
+    difference where the data is the paper's (CIFAR-100) and the paper has the row."""
+    compared = dataset == PAPER_DATASET and row.paper is not None
+    e = evaluation
     return RowResult(
-        row.key, row.method, row.backbone, row.augmentation, saved["epochs"], saved["mean"],
-        saved["std"], saved["accs"], saved["knn"], row.paper,
-        round(saved["mean"] - row.paper, 2) if compared else None,
-        saved["seconds"], skipped, str(run_dir), saved["dim"], saved["probes"],
+        row.key, row.method, row.backbone, row.augmentation, epochs, e["mean"], e["std"], e["accs"],
+        e["knn"], row.paper, round(e["mean"] - row.paper, 2) if compared else None, seconds, skipped,
+        str(run_dir), e["dim"], e["probes"],
     )
+
+
+def _result(row: Row, saved: dict, skipped: bool, run_dir: Path) -> RowResult:
+    return row_result(row, saved, saved["config"]["dataset"], saved["epochs"], saved["seconds"], run_dir,
+                      skipped)
 
 
 def finished_row(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult | None:
@@ -237,6 +246,22 @@ def _probes(train: torch.Tensor, test: torch.Tensor, data: Dataset, cfg: Config,
             for norm in PROBE_NORMS}
 
 
+def evaluate_features(row: Row, features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset,
+                      cfg: Config, test_acc: float | None = None) -> dict:
+    """A row's evaluation on features extracted once, `features[kind] = (train (N, dim), test (M, dim))`
+    with kind "embedding" (the headline's) and optionally "tower": every probe (each norm, seeds of
+    `cfg`), the kNN column, and the headline (`test_acc` for the supervised row's own head)."""
+    probes = {}
+    for kind, (train, test) in features.items():
+        probes.update(_probes(train, test, data, cfg, kind))
+    train, test = features["embedding"]
+    headline = probes[f"embedding/{cfg.probe_norm}"]
+    mean, std, accs = ((test_acc, None, [test_acc]) if test_acc is not None
+                       else (headline["mean"], headline["std"], headline["accs"]))
+    return {"mean": mean, "std": std, "accs": accs, "dim": train.shape[1], "probes": probes,
+            "knn": _knn(train, test, data)}
+
+
 def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress: bool = True,
             fingerprint: str | None = None) -> RowResult:
     """Produce one row: reuse its finished result, or train (resuming) and evaluate it.
@@ -261,10 +286,10 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
         return tuple(extract_features(source, x.to(device), cfg.eval_batch_size, device, progress, kind)
                      for x in images)  # (N, dim), (M, dim)
 
-    checkpoint, epochs, probes = None, 0, {}
+    checkpoint, epochs, extra, test_acc = None, 0, {}, None
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, progress=progress)
-        checkpoint, epochs = res.checkpoint, len(res.metrics)
+        checkpoint, epochs, test_acc = res.checkpoint, len(res.metrics), res.test_acc
         train, test = features(res.model.forward_features)  # (N, 64), (M, 64)
     elif row.kind == "pixels":
         train, test = (pixel_features(x) for x in images)  # (N, 3072), (M, 3072)
@@ -279,22 +304,16 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
             raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
                              "use another output directory or ask for that many epochs")
         if row.model == "context":  # the 16 patches' own tower features, beside the 8192-d contexts
-            probes.update(_probes(*features(res.model, "tower"), data, cfg_row, "tower"))
+            extra["tower"] = features(res.model, "tower")
         train, test = features(res.model)
-    probes.update(_probes(train, test, data, cfg_row, "embedding"))
-    headline = probes[f"embedding/{cfg.probe_norm}"]
-    if row.kind == "supervised":  # its own head's test accuracy, one run
-        mean, std, accs = res.test_acc, None, [res.test_acc]
-    else:
-        mean, std, accs = headline["mean"], headline["std"], headline["accs"]
+    evaluation = evaluate_features(row, {"embedding": (train, test), **extra}, data, cfg_row, test_acc)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         **_spec(row, cfg_row, checkpoint, fingerprint),
         # the keys `python -m vwe linear-eval` writes, so both files read alike
         "model": row.key, "dataset": data.name, "data": data.provenance(), "profile": cfg.profile,
         "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs, "probe_norm": cfg.probe_norm,
-        "epochs": epochs, "mean": mean, "std": std, "accs": accs, "dim": train.shape[1],
-        "probes": probes, "knn": _knn(train, test, data), "seconds": round(time.perf_counter() - t0, 1),
+        "epochs": epochs, **evaluation, "seconds": round(time.perf_counter() - t0, 1),
         "provenance": provenance(device),
     }
     text = json.dumps(saved, indent=2) + "\n"
@@ -385,6 +404,56 @@ def run_table(
     return Table(header, ordered, write_results(header, ordered, out_dir))
 
 
+# ----------------------------------------------------------------------------- the paper's claims
+
+# (the claim, the row that should be lower, the row that should be higher)
+CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("random weights < simple autoencoder", "random-resnet32", "patch-resnet32-aug"),
+    ("random weights < context autoencoder", "random-resnet32", "context-resnet32-aug"),
+    ("random 16-patch tower < context autoencoder (extra)", "random-resnet32-patches",
+     "context-resnet32-aug"),
+    ("raw pixels < context autoencoder (extra)", "pixels", "context-resnet32-aug"),
+    ("simple autoencoder < context autoencoder", "patch-resnet32-aug", "context-resnet32-aug"),
+    ("augmentation helps the context autoencoder", "context-resnet32-noaug", "context-resnet32-aug"),
+    ("ResNet-32 beats Conv4 as the tower", "context-conv4-aug", "context-resnet32-aug"),
+)
+
+
+def claims(rows: Sequence[RowResult], probe: str = "embedding/standard") -> list[dict]:
+    """Each claim whose two rows are in `rows`, measured with `probe`: the gap (higher - lower, points),
+    the gap over the larger of the two seed standard deviations, and a verdict: "yes" when the gap is
+    positive and over 3 standard deviations, "same direction, within noise" when positive but not, else
+    "no"."""
+    by_key = {r.key: r for r in rows}
+    out = []
+    for claim, low, high in CLAIMS:
+        if low not in by_key or high not in by_key:
+            continue
+        lo, hi = by_key[low].probes.get(probe), by_key[high].probes.get(probe)
+        if lo is None or hi is None:
+            continue
+        gap, spread = hi["mean"] - lo["mean"], max(lo["std"], hi["std"])
+        ratio = gap / spread if spread > 0 else math.copysign(math.inf, gap)
+        verdict = "yes" if gap > 0 and ratio > 3 else "same direction, within noise" if gap > 0 else "no"
+        out.append({"claim": claim, "lower": low, "higher": high, "gap": gap, "gap_over_std": ratio,
+                    "holds": verdict})
+    return out
+
+
+def claims_markdown(rows: Sequence[RowResult]) -> list[str]:
+    """The claims as Markdown table lines, with the standardised and the raw-feature probe."""
+    std, raw = claims(rows), {c["claim"]: c for c in claims(rows, "embedding/raw")}
+    if not std:
+        return []
+    lines = ["| Claim | Gap, standardised probe (points) | Gap / larger std | Holds? | Gap, raw probe | "
+             "Holds (raw)? |", "|---|---:|---:|---|---:|---|"]
+    for c in std:
+        r = raw.get(c["claim"], {})
+        lines.append(f"| {c['claim']} | {c['gap']:+.2f} | {c['gap_over_std']:.1f} | {c['holds']} | "
+                     f"{r.get('gap', math.nan):+.2f} | {r.get('holds', '—')} |")
+    return lines
+
+
 # ----------------------------------------------------------------------------- results files
 
 
@@ -449,6 +518,10 @@ def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
         "the headline features. Rows marked (extra) are not in the paper. No setting was chosen on "
         "the test split.",
     ]
+    claim_lines = claims_markdown(rows)
+    if claim_lines:
+        lines += ["", "The paper's claims on these rows (the gap over the larger of the two rows' seed "
+                  "standard deviations; 'yes' needs a positive gap over 3 of them):", "", *claim_lines]
     if h["dataset"] != PAPER_DATASET:
         lines.append(f"The paper's numbers are CIFAR-100 accuracies, shown for reference: on "
                      f"{h['dataset']} no difference is computed.")
@@ -461,7 +534,8 @@ def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) 
         raise ValueError("no row has a result to write; run at least one row")
     out_dir = Path(out_dir)
     files = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
-    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows]}
+    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows], "claims": claims(rows),
+               "claims_raw_probe": claims(rows, "embedding/raw")}
     text = json.dumps(payload, indent=2) + "\n"
     atomic_write(files["json"], lambda tmp: tmp.write_text(text))
 
