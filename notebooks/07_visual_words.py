@@ -39,6 +39,7 @@ profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100
 dataset = None  # None: the profile's; or "auto" | "cifar100" | "shapes"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there
+models = "auto"  # "auto": shipped on CIFAR-100, else notebook 04's | "shipped" | "run"
 
 # %%
 import pandas as pd
@@ -46,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
-from vwe.course import start
+from vwe.course import load_models, start
 from vwe.data import to_float
 from vwe.evaluate import linear_eval, random_weights_model
 from vwe.patches import gather_neighbours, patchify
 from vwe.plots import save
-from vwe.pretrain import pretrain
 from vwe.words import (
     assign,
     bag_of_words,
@@ -71,14 +71,15 @@ cfg, data = s.cfg, s.data
 # ## 1. The three encoders
 #
 # The same three models as notebook 05: an untrained ResNet-32 tower (**random weights**, the floor), the
-# **simple autoencoder** and the **context autoencoder**. `pretrain` loads notebook 04's finished
-# checkpoints from the same run directories (and trains them first if 04 has not run).
+# **simple autoencoder** and the **context autoencoder**, loaded by `load_models` (on CIFAR-100 the
+# ones shipped with the repository, else notebook 04's runs; it never trains).
 
 # %% tags=["nbval-ignore-output"]
-configs = {"simple AE": cfg.replace(model="patch"), "context AE": cfg.replace(model="context")}
+pretrained = load_models(s, models)
 models = {"random weights": random_weights_model(cfg.tower, seed=cfg.seed).to(s.device)}
-for name, c in configs.items():
-    models[name] = pretrain(c, s.run_dir / c.run_name, data=data).model
+for name, p in pretrained.items():
+    models[name] = p.model
+    print(f"{name:<10}: {p.source}")
 
 # %% [markdown]
 # ## 2. A patch is a word, its tower feature a word vector

@@ -523,6 +523,7 @@ def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
         lines += ["", "The paper's claims on these rows (the gap over the larger of the two rows' seed "
                   "standard deviations; 'yes' needs a positive gap over 3 of them):", "", *claim_lines]
     if h["dataset"] != PAPER_DATASET:
+        lines.append("")
         lines.append(f"The paper's numbers are CIFAR-100 accuracies, shown for reference: on "
                      f"{h['dataset']} no difference is computed.")
     return "\n".join(lines) + "\n"
@@ -533,6 +534,7 @@ def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) 
     if not rows:
         raise ValueError("no row has a result to write; run at least one row")
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
     payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows], "claims": claims(rows),
                "claims_raw_probe": claims(rows, "embedding/raw")}
