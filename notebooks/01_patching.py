@@ -105,7 +105,7 @@ path = plots.save(fig, s.figures / "01_patches.png")
 # ## 3. Augmentations, one at a time
 #
 # The paper augments each image with random cropping, random rotation and colour jitter *before* cutting
-# it into patches, but gives no strengths. Ours (`AugmentConfig`, DESIGN.md) are the usual ones:
+# it into patches, but gives no strengths. Ours (`AugmentConfig`, docs/design.md §4) are the usual ones:
 # resized crops keeping 50–100 % of the area, rotations within ±15°, and colour jitter (brightness,
 # contrast and saturation ±40 %, hue ±0.1 turn) applied to 80 % of the images. Turning augmentation off
 # is a setting (`augment=False`), the paper's ablation.

@@ -46,7 +46,7 @@ def conv_flops(cin: int, cout: int, k: int, pixels: int) -> int:
 
 
 def resnet32_patch_flops() -> int:
-    """ResNet-32 forward on one 8x8 patch, layer by layer (DESIGN.md 5)."""
+    """ResNet-32 forward on one 8x8 patch, layer by layer (docs/design.md §5)."""
     total = conv_flops(3, 16, 3, 64)  # stem
     total += 10 * conv_flops(16, 16, 3, 64)  # stage 1: 5 blocks x 2 convs at 8x8
     for cin, cout, pixels in ((16, 32, 16), (32, 64, 4)):  # stages 2 and 3 start with stride 2
@@ -57,7 +57,7 @@ def resnet32_patch_flops() -> int:
 
 
 def decoder_patch_flops() -> int:
-    """Decoder forward on one 512-d patch embedding (DESIGN.md 7)."""
+    """Decoder forward on one 512-d patch embedding (docs/design.md §7)."""
     linears = 2 * 512 * 512 + 2 * 512 * 64 * 16
     return linears + conv_flops(64, 64, 3, 64) + conv_flops(64, 32, 3, 64) + conv_flops(32, 3, 3, 64)
 

@@ -30,7 +30,7 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Strengths of the pretraining augmentations (DESIGN.md, the method point 4).
+    """Strengths of the pretraining augmentations (docs/design.md §4).
 
     The identity config `AugmentConfig(crop_scale=(1, 1), crop_ratio=(1, 1), rotation=0,
     jitter_p=0)` returns a square image bit for bit; callers that want no augmentation at all may

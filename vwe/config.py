@@ -157,7 +157,7 @@ PROFILES: dict[str, Config] = {
     # paper's 20 k steps).
     "cpu": Config(profile="cpu", dataset="auto", n_train=4000, n_test=1000, epochs=4,
                   batch_size=128, lr=1e-3, probe_epochs=30, eval_batch_size=256),
-    # The paper's protocol on one GPU (DESIGN.md 9 and 12).
+    # The paper's protocol on one GPU (docs/design.md §9 and §12).
     "paper": Config(profile="paper", dataset="cifar100"),
 }
 

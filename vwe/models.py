@@ -1,7 +1,7 @@
 """Towers (ResNet-32, Conv4), the context encoder, the decoder and the two autoencoders.
 
 Read from the top: the small parts first (blocks, towers, decoder), then the two whole models.
-Letters (DESIGN.md): B batch, N = 16 patches, K = 8 neighbours, D = 64 tower features.
+Letters (docs/design.md, Notation): B batch, N = 16 patches, K = 8 neighbours, D = 64 tower features.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ ENCODINGS = ("shared", "literal")
 FEATURES = 64  # D, the tower's output size
 
 # Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
-# input. A zero patch stays all-zero in [0, 1] pixel space (DESIGN.md 1); only the tower sees it shifted.
+# input. A zero patch stays all-zero in [0, 1] pixel space (docs/design.md §1); only the tower sees it shifted.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 

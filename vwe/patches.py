@@ -1,6 +1,6 @@
 """The 4x4 patch grid: patchify/unpatchify, the neighbour table and context gathering.
 
-Letters (DESIGN.md): B batch, N = 16 patches, K = 8 neighbours, P = 8 patch size, C channels.
+Letters (docs/design.md, Notation): B batch, N = 16 patches, K = 8 neighbours, P = 8 patch size, C channels.
 Patch k sits at row k // 4, column k % 4 (row-major). The context of a target is its eight
 neighbours in the fixed order of `OFFSETS`; a neighbour outside the grid is a zero patch.
 """

@@ -1,6 +1,6 @@
 """The paper's Table 1, reproduced: every row's run, its evaluation, and the results files.
 
-Rows (DESIGN.md 13): the supervised ResNet-32 (upper bound), random weights (lower bound, as [24]
+Rows (docs/design.md §13): the supervised ResNet-32 (upper bound), random weights (lower bound, as [24]
 measures it: an untrained ResNet-32 on the whole image, 64-d), the simple autoencoder, the context
 autoencoder with ResNet-32 without and with augmentation, and with Conv4; and two rows the paper
 does not have: random weights on the 16 patches (1024-d, the same features as the simple
@@ -87,7 +87,7 @@ ROWS: tuple[Row, ...] = (
     Row("random-resnet32-patches", "Random weights, 16 patches (extra)", "ResNet-32", "none", None,
         "random", augment=False),
     Row("pixels", "Raw pixels (extra)", "-", "none", None, "pixels", augment=False),
-    # The paper's table gives the simple AE no backbone; ours is the same ResNet-32 tower (DESIGN.md 10).
+    # The paper's table gives the simple AE no backbone; ours is the same ResNet-32 tower (docs/design.md §10).
     Row("patch-resnet32-aug", "Simple autoencoder", "ResNet-32", "aug", 17.81, "pretrained",
         model="patch"),
     Row("context-resnet32-noaug", "Context patch autoencoder", "ResNet-32", "no aug", 30.46,

@@ -38,7 +38,7 @@ from vwe.widgets import ContextExplorer, ReconstructionExplorer
 pytestmark = pytest.mark.e2e
 
 N_EXPLORED = 64  # both notebooks explore data.test_images[:64]
-# Known facts of the 4x4 grid (DESIGN.md "Context"), written out rather than asked of vwe.
+# Known facts of the 4x4 grid (docs/design.md §3), written out rather than asked of vwe.
 TARGET_FACTS = {0: "(corner): 3 real neighbours, 5 zero patches",
                 1: "(edge): 5 real neighbours, 3 zero patches",
                 5: "(interior): 8 real neighbours, 0 zero patches"}
