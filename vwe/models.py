@@ -17,7 +17,8 @@ ENCODINGS = ("shared", "literal")
 FEATURES = 64  # D, the tower's output size
 
 # Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
-# input. A zero patch stays all-zero in [0, 1] pixel space (docs/design.md §1); only the tower sees it shifted.
+# input. A zero patch stays all-zero in [0, 1] pixel space (docs/design.md §1); only the tower sees it
+# shifted.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 

@@ -1,9 +1,9 @@
 """The supervised upper bound of Table 1: a ResNet-32 trained with labels on whole 32x32 images.
 
 The recipe is the supervised baseline of Patacchiola & Storkey (2020), the paper's [24]
-(docs/design.md §13): SGD with lr 0.1 and momentum 0.9, lr / 10 at 50 % and 75 % of the epochs, batch 128, random
-crop with 4-pixel zero padding and a horizontal flip, and no weight decay (its SGD is built without
-one). The row's number is the test top-1 accuracy of
+(docs/design.md §13): SGD with lr 0.1 and momentum 0.9, lr / 10 at 50 % and 75 % of the epochs,
+batch 128, random crop with 4-pixel zero padding and a horizontal flip, and no weight decay (its SGD
+is built without one). The row's number is the test top-1 accuracy of
 one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
 Checkpoints, the run directory's lock, resume and provenance are `vwe.pretrain`'s: a run directory

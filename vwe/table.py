@@ -87,7 +87,8 @@ ROWS: tuple[Row, ...] = (
     Row("random-resnet32-patches", "Random weights, 16 patches (extra)", "ResNet-32", "none", None,
         "random", augment=False),
     Row("pixels", "Raw pixels (extra)", "-", "none", None, "pixels", augment=False),
-    # The paper's table gives the simple AE no backbone; ours is the same ResNet-32 tower (docs/design.md §10).
+    # The paper's table gives the simple AE no backbone; ours is the same ResNet-32 tower
+    # (docs/design.md §10).
     Row("patch-resnet32-aug", "Simple autoencoder", "ResNet-32", "aug", 17.81, "pretrained",
         model="patch"),
     Row("context-resnet32-noaug", "Context patch autoencoder", "ResNet-32", "no aug", 30.46,

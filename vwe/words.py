@@ -5,7 +5,8 @@ word2vec users look at their embeddings through nearest neighbours and a vocabul
 does the same for patches. Every patch of every image is one row: row i*16 + k is patch k of
 image i. All functions are batched, chunked so that memory stays bounded for a million rows, and
 run on whatever device their inputs live on.
-Letters (docs/design.md, Notation): N images (N*16 patch rows), D feature size, Q queries, k neighbours or words.
+Letters (docs/design.md, Notation): N images (N*16 patch rows), D feature size, Q queries, k neighbours
+or words.
 """
 
 from __future__ import annotations
