@@ -68,7 +68,7 @@ def test_load_models_reads_runs_and_never_trains(run, tmp_path):
     runs, folder, data = run
     session = Session(CFG.replace(dataset="shapes"), torch.device("cpu"), folder, data)
     # the session's run dir holds `<run name>` folders: link the module's runs under those names
-    for model, res in runs.items():
+    for res in runs.values():
         (folder / res.config.run_name).symlink_to(res.run_dir)
     loaded = load_models(session)  # auto: Shapes -> notebook 04's runs
     assert set(loaded) == {"simple AE", "context AE"}
