@@ -1,7 +1,8 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test                        set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
-#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N]   the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
+#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...]
+#                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -44,7 +45,8 @@ lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
 		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU)
-	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS))
+	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) \
+		$(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST)) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
 
 bench: setup  ## training-step / feature / probe throughput, then each convolution's forms (DEVICE=cpu|cuda)
 	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json
