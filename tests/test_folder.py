@@ -166,5 +166,7 @@ def test_load_dataset_and_config_take_folder_paths(tmp_path):
     ds = load_dataset(cfg.dataset, root=tmp_path, n_train=5, n_test=2)
     assert len(ds.train_files) == 5 and len(ds.test_labels) == 2
     assert set(ds.train_labels.tolist()) == {0, 1}  # shuffled: the first five are not one class
+    whole = load_dataset(cfg.dataset, root=tmp_path, n_train=1000, n_test=1000)  # a cap, not a demand
+    assert (len(whole.train_labels), len(whole.test_labels)) == (10, 2)
     with pytest.raises(ValueError, match="folder:PATH"):
         get_config("smoke", dataset="folder:")

@@ -736,15 +736,18 @@ def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: in
     "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when
     the server answers and the download succeeds; otherwise Shapes. "cifar10" and "cifar100" never
     fall back. "folder:PATH" reads your own images (`vwe.folder.load_folder`; a relative PATH is
-    relative to the current directory). `n_train`/`n_test` keep the first n images of CIFAR or of
-    a folder, or set the Shapes sizes (default 10 000 / 2 000); `seed` generates Shapes and splits
-    and shuffles a folder.
+    relative to the current directory). `n_train`/`n_test` keep the first n images of CIFAR or
+    of a folder (all of a folder's when it has fewer), or set the Shapes sizes (default 10 000 /
+    2 000); `seed` generates Shapes and splits and shuffles a folder.
     """
     check_dataset_name(name)
     if name.startswith(FOLDER_PREFIX):
         from vwe.folder import load_folder  # torchvision's decoders: imported only when needed
 
-        return load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed).subset(n_train, n_test)
+        ds = load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed)
+        # A profile's sizes are a cap for your own images: a small folder is used whole.
+        return ds.subset(*(None if n is None else min(n, len(labels))
+                           for n, labels in ((n_train, ds.train_labels), (n_test, ds.test_labels))))
     shapes = (SHAPES_TRAIN if n_train is None else n_train,
               SHAPES_TEST if n_test is None else n_test, seed)
     if name == "shapes":
