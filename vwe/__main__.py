@@ -158,7 +158,8 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     result = evaluate_model(model, data, cfg, progress=not a.no_progress)
     out = a.out or out_dir / "linear_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "dataset": data.name, "profile": cfg.profile,
+    out.write_text(json.dumps({"model": name, "dataset": data.name, "data": data.provenance(),
+                               "profile": cfg.profile,
                                "mean": result.mean, "std": result.std, "accs": result.accs,
                                "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs},
                               indent=2) + "\n")

@@ -276,7 +276,7 @@ def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: 
     prov = provenance(device)
     return {
         "dataset": data.name, "n_train": len(data.train_labels), "n_test": len(data.test_labels),
-        "data_sha256": fingerprint,
+        "data_sha256": fingerprint, "data_source": data.source(),  # the archive's md5 or folder's sha256
         "classes": data.num_classes, "profile": cfg.profile, "device": prov["device"],
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
         "probe_epochs": cfg.probe_epochs, "probe_seeds": list(cfg.probe_seeds), "knn": KNN,
@@ -359,7 +359,8 @@ def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
         f"# Table 1, reproduced: linear evaluation on {h['dataset']}",
         "",
         f"dataset **{h['dataset']}** ({h['n_train']} train / {h['n_test']} test images, "
-        f"{h['classes']} classes, sha256 `{h['data_sha256'][:12]}`) · profile `{h['profile']}` · "
+        f"{h['classes']} classes, sha256 `{h['data_sha256'][:12]}`, "
+        f"{h.get('data_source', 'source not recorded')}) · profile `{h['profile']}` · "
         f"device {h['device']} · "
         f"{h['epochs']} pretraining epochs (batch {h['batch_size']}, lr {h['lr']}) · linear probe "
         f"{h['probe_epochs']} epochs, seeds {', '.join(map(str, h['probe_seeds']))} · "
