@@ -136,7 +136,7 @@ def save_embeddings(path: str | Path, result: dict) -> list[Path]:
         patches_path.unlink(missing_ok=True)  # a stale one from an earlier run would be misread
     rest = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()
             if k not in ("embeddings", "patch_embeddings")}
-    json_path.write_text(json.dumps(rest, indent=1) + "\n")
+    json_path.write_text(json.dumps(rest) + "\n")
     return written + [json_path]
 
 
