@@ -13,7 +13,7 @@ from torchvision.io import write_png
 
 from vwe import folder as vwe_folder
 from vwe.config import get_config
-from vwe.data import load_dataset
+from vwe.data import absolute_dataset_name, load_dataset
 from vwe.folder import SKIP_BAD_ENV, load_folder
 
 # torchvision 0.29 deprecates torchvision.io's encoders (write_png, here) in favour of TorchCodec.
@@ -170,3 +170,11 @@ def test_load_dataset_and_config_take_folder_paths(tmp_path):
     assert (len(whole.train_labels), len(whole.test_labels)) == (10, 2)
     with pytest.raises(ValueError, match="folder:PATH"):
         get_config("smoke", dataset="folder:")
+
+
+def test_a_relative_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    make_tree(tmp_path / "imgs", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path)
+    assert absolute_dataset_name("folder:imgs") == f"folder:{tmp_path.resolve() / 'imgs'}"
+    assert absolute_dataset_name("shapes") == "shapes"
+    assert load_dataset("folder:imgs", root=tmp_path).name == absolute_dataset_name("folder:imgs")

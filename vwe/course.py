@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import FOLDER_PREFIX, Dataset, load_dataset
+from vwe.data import Dataset, absolute_dataset_name, load_dataset
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -129,8 +129,8 @@ def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None
     import papermill  # the notebooks extra; imported here so that `start` does not need it
 
     get_config(profile, dataset=dataset, device=device)  # bad parameters fail before any kernel starts
-    if dataset is not None and dataset.startswith(FOLDER_PREFIX):  # the kernels run in notebooks/
-        dataset = FOLDER_PREFIX + str(Path(dataset[len(FOLDER_PREFIX):]).expanduser().resolve())
+    if dataset is not None:
+        dataset = absolute_dataset_name(dataset)  # the kernels run in notebooks/
     paths = find_notebooks(names=notebooks)
     out_dir = Path(out_dir) if out_dir is not None else project_dir() / "runs" / profile
     out_dir = out_dir.resolve()  # the kernels run in notebooks/, so a relative path would move

@@ -67,6 +67,13 @@ def check_dataset_name(name: object) -> None:
                      "folder of your own images (one sub-folder per class)")
 
 
+def absolute_dataset_name(name: str) -> str:
+    """`name` with a folder's PATH made absolute (a notebook kernel runs elsewhere); others unchanged."""
+    if not name.startswith(FOLDER_PREFIX):
+        return name
+    return FOLDER_PREFIX + str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve())
+
+
 @dataclass(frozen=True)
 class CifarFormat:
     """What tells the two CIFAR archives apart; one reader (`load_cifar`) handles both."""

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vwe.data import DATASETS, FOLDER_PREFIX, batches, load_dataset, to_float
+from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, batches, load_dataset, to_float
 from vwe.folder import bad_files_message, decode_files, list_files
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
@@ -171,7 +171,7 @@ def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path,
     model, cfg, state = load_pretrained(checkpoint, device)
     if isinstance(images, str):
         same = dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
-        sizes = same if images == cfg.dataset else {}
+        sizes = same if absolute_dataset_name(images) == cfg.dataset else {}
         images = load_images(images, split, skip_bad=skip_bad, progress=progress, **sizes)
     result = embed(model, images.images, batch_size, patches, progress)
     if images.labels is not None:
