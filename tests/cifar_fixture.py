@@ -1,4 +1,4 @@
-"""A tiny CIFAR-100 archive in the official format, for offline tests of `vwe.data`.
+"""Tiny CIFAR-100 and CIFAR-10 archives in the official formats, for offline tests of `vwe.data`.
 
 The official `cifar-100-python.tar.gz` holds Python 2 pickles (protocol 2): dict keys and strings
 are Python 2 byte strings, arrays are rebuilt by `numpy.core.multiarray._reconstruct`, and the
@@ -52,11 +52,11 @@ def py2_pickle(obj: object, numpy_module: str = "numpy.core.multiarray") -> byte
     )
 
 
-def write_archive(path: str | Path, members: dict[str, bytes]) -> str:
-    """Write `members` (name -> bytes) into a tar.gz at `path`, return the archive's md5."""
+def write_archive(path: str | Path, members: dict[str, bytes], top: str = "cifar-100-python") -> str:
+    """Write `members` (name -> bytes) under the folder `top` into a tar.gz at `path`, return its md5."""
     path = Path(path)
     with tarfile.open(path, "w:gz") as tar:
-        folder = tarfile.TarInfo("cifar-100-python")
+        folder = tarfile.TarInfo(top)
         folder.type = tarfile.DIRTYPE
         tar.addfile(folder)
         for name, data in members.items():
@@ -106,7 +106,46 @@ def write_fake_cifar100(root: str | Path, n_train: int = 20, n_test: int = 10, s
 
 def rewrite(fx: dict, root: str | Path, replace: dict[str, object] | None = None,
             drop: str | None = None) -> str:
-    """Re-write `fx`'s archive with some members replaced (objects) or dropped; return its md5."""
+    """Re-write `fx`'s archive (CIFAR-100 or CIFAR-10) with some members replaced (objects) or dropped;
+    return its md5."""
     objs = {**fx["members"], **(replace or {})}
     blobs = {name: py2_pickle(obj) for name, obj in objs.items() if name != drop}
-    return write_archive(Path(root) / ARCHIVE, blobs)
+    return write_archive(Path(root) / fx["path"].name, blobs, top=fx.get("top", "cifar-100-python"))
+
+
+# --- CIFAR-10: cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta; labels under `labels`
+
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+C10 = "cifar-10-batches-py"
+C10_TRAIN = tuple(f"{C10}/data_batch_{i}" for i in range(1, 6))
+C10_TEST, C10_META = f"{C10}/test_batch", f"{C10}/batches.meta"
+
+
+def write_fake_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
+    """Write `<root>/cifar-10-python.tar.gz` with random images; return what was written.
+
+    Keys: path, md5, members ({member name: the pickled dict}), `train_data` (5 * per_batch, 3072)
+    uint8 (the five batches in order) and `train_labels`, `test_data` and `test_labels`,
+    `label_names` (10).
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    members, rows, labels = {}, {"train": [], "test": []}, {"train": [], "test": []}
+    for i, member in enumerate((*C10_TRAIN, C10_TEST)):
+        split, n = ("test", n_test) if member == C10_TEST else ("train", per_batch)
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        y = [int(x) for x in rng.integers(0, 10, size=n)]
+        members[member] = {"batch_label": f"batch {i + 1}", "labels": y, "data": data,
+                           "filenames": [f"img_{i}_{j}.png" for j in range(n)]}
+        rows[split].append(data)
+        labels[split] += y
+    names = [f"class_{i}" for i in range(10)]
+    members[C10_META] = {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072}
+    path = root / CIFAR10_ARCHIVE
+    blobs = {name: py2_pickle(obj) for name, obj in members.items()}
+    blobs[f"{C10}/readme.html"] = b"<html></html>"  # the official archive carries one too
+    return {"path": path, "md5": write_archive(path, blobs, top=C10), "members": members, "top": C10,
+            "train_data": np.concatenate(rows["train"]), "train_labels": labels["train"],
+            "test_data": rows["test"][0], "test_labels": labels["test"], "label_names": names}
+

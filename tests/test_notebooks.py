@@ -134,6 +134,28 @@ def test_run_all_injects_parameters_and_stops_at_a_failing_notebook(tmp_path, ca
     assert "FAILED" in capsys.readouterr().out.splitlines()[-3]  # the summary names the failure
 
 
+@pytest.mark.notebooks
+def test_run_all_output_is_progress_times_and_real_errors_only(tmp_path, capfd):
+    """The kernels' own log (a warning about TCP without encryption at every start, "KeyboardInterrupt
+    caught in kernel" at every shutdown) stays out of run-all's output, which the kernels share; a failing
+    notebook's cell and error still show."""
+    nbs = []
+    for name, code in (("01_ok", "print('fine')"), ("02_bad", "raise ValueError('boom')")):
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell("profile = 'cpu'\ndataset = None\ndevice = None\nrun_dir = None",
+                                      metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(code)])
+        nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+        nbs.append(str(tmp_path / f"{name}.ipynb"))
+    out_dir = tmp_path / "out"
+    assert main(["--profile", "smoke", "--out-dir", str(out_dir), "--notebooks", *nbs]) == 1
+    out, err = capfd.readouterr()
+    assert [line.split()[0] for line in out.splitlines() if line] == [
+        "running", "01_ok", "notebook", "-" * 27, "01_ok", "02_bad", "total", "executed"]
+    assert err == (f"run-all stopped: {out_dir / '02_bad.ipynb'}: cell [3] raised ValueError: boom\n")
+
+
 # ----------------------------------------------------------------------------- execution
 
 

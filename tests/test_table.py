@@ -88,6 +88,7 @@ def test_files_and_columns(table):
     assert header["epochs"] == 1 and header["n_train"] == N_TRAIN and header["n_test"] == N_TEST
     assert header["torch"] == torch.__version__ and header["python"].count(".") == 2
     assert header["git"] and header["data_sha256"] == data_fingerprint(make_shapes(N_TRAIN, N_TEST, seed=0))
+    assert header["data_source"] == "shapes (generated)"
     with open(result.files["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS

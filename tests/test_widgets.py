@@ -129,6 +129,8 @@ def test_reconstruction_explorer_mse_and_caching(data, models):
     assert len(set(pngs[1:])) == 5 and pngs[0] == pngs[1]  # (0, 5) is where it started
     assert ex.patch_picker is ex.target_picker
     assert "vwe-reconstruction-explorer" in ex.widget._dom_classes
+    # The title is shown once: as the widget's text, not also as the figure's title.
+    assert ex.title in ex.title_html.value and ex.figure._suptitle is None
 
 
 def test_reconstruction_explorer_refuses_bad_input(data, models):

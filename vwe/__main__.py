@@ -1,4 +1,4 @@
-"""Command line: `python -m vwe pretrain | linear-eval | table ...` (`--help` on each)."""
+"""Command line: `python -m vwe pretrain | linear-eval | table | embed ...` (`--help` on each)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,41 @@ import sys
 from pathlib import Path
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import CIFAR100_MD5_ENV, DATASETS, load_dataset
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, check_dataset_name, load_dataset
 from vwe.evaluate import FEATURES, PROBE_NORMS
+from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.pretrain import PretrainError
 from vwe.table import ROW_KEYS
+
+
+def dataset_type(text: str) -> str:
+    """argparse type of --dataset: one of DATASETS or folder:PATH, refused with the choices listed."""
+    try:
+        check_dataset_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """Options that every loader reads through the environment (notebook kernels included)."""
+    p.add_argument("--cifar100-md5", metavar="MD5",
+                   help="accept a CIFAR-100 archive you verified whose md5 is not the official one "
+                        "(same as $VWE_CIFAR100_MD5); the md5 is recorded in every result")
+    p.add_argument("--cifar10-md5", metavar="MD5", help="the same for CIFAR-10 ($VWE_CIFAR10_MD5)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help=f"leave out files of an image folder that do not decode, with a warning that "
+                        f"counts them, instead of stopping (same as {SKIP_BAD_ENV}=1)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=tuple(PROFILES),
                    help="named settings (default: cpu; linear-eval: the checkpoint's config); the "
                         "options below override them")
-    p.add_argument("--dataset", choices=DATASETS, help="auto: CIFAR-100 when present, else Shapes")
+    p.add_argument("--dataset", type=dataset_type, metavar="DATASET",
+                   help="auto | cifar10 | cifar100 | shapes | folder:PATH (your images, one sub-folder "
+                        "per class); auto: CIFAR-100 when present, else Shapes")
     p.add_argument("--n-train", type=int, help="training images used")
     p.add_argument("--n-test", type=int, help="test images used")
     p.add_argument("--validation", type=int, metavar="N",
@@ -28,9 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "settings there, never on the test split)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--cifar100-md5", metavar="MD5",
-                   help="accept a CIFAR-100 archive you verified whose md5 is not the official one "
-                        "(same as $VWE_CIFAR100_MD5); the md5 is recorded in every result")
+    _data_options(p)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +108,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: runs/<profile>; runs/<profile>-<N>ep for another number of epochs")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("embed", help="write a checkpoint's image embeddings (and patch embeddings) of "
+                       "any images to a .npy or .pt file")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint file or a run directory")
+    p.add_argument("--images", required=True, metavar="SOURCE",
+                   help="a dataset (auto, cifar10, cifar100, shapes, folder:PATH: labels included), a "
+                        "folder of images in any layout, or one image file")
+    p.add_argument("--out", type=Path, required=True,
+                   help="FILE.pt (one dict) or FILE.npy (+ FILE.json with labels, files and provenance, "
+                        "FILE.patches.npy with --patches)")
+    p.add_argument("--patches", action="store_true", help="also the 16x64 patch embeddings (tower outputs)")
+    p.add_argument("--split", choices=("all", "train", "test"), default="all",
+                   help="a dataset's split (default: all, train first)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step (default: 256)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    _data_options(p)
     return parser
 
 
@@ -170,12 +208,31 @@ def cmd_table(a: argparse.Namespace) -> None:
     print("results: " + ", ".join(str(p) for p in table.files.values()))
 
 
+def cmd_embed(a: argparse.Namespace) -> None:
+    from vwe.embed import embed_to_file
+
+    result, files = embed_to_file(a.checkpoint, a.images, a.out, patches=a.patches, split=a.split,
+                                  batch_size=a.batch_size, device=a.device,
+                                  skip_bad=a.skip_bad_images, progress=not a.no_progress)
+    shapes = ", ".join(f"{k} {tuple(result[k].shape)}" for k in ("embeddings", "patch_embeddings")
+                       if k in result)
+    extras = [k for k in ("labels", "files") if k in result]
+    print(f"{result['meta']['model']} on {a.images}: {shapes}" + (f", with {' and '.join(extras)}" if extras
+                                                                   else ""))
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
-    if a.cifar100_md5:  # one place that every loader reads, the notebooks' kernels included
-        os.environ[CIFAR100_MD5_ENV] = a.cifar100_md5
+    # One place that every loader reads, the notebooks' kernels included.
+    for value, env in ((a.cifar100_md5, CIFAR100_MD5_ENV), (a.cifar10_md5, CIFAR10_MD5_ENV),
+                       (a.skip_bad_images and "1", SKIP_BAD_ENV)):
+        if value:
+            os.environ[env] = value
     try:
-        {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table}[a.command](a)
+        commands = {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table,
+                    "embed": cmd_embed}
+        commands[a.command](a)
     except (ValueError, FileNotFoundError, PretrainError) as e:  # errors with a message for the user
         sys.exit(f"error: {e}")
 

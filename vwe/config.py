@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vwe.augment import AugmentConfig
-from vwe.data import DATASETS
+from vwe.data import check_dataset_name
 from vwe.evaluate import PROBE_NORMS
 from vwe.models import ENCODINGS, MODELS, TOWERS
 
@@ -50,11 +50,11 @@ def _require(name: str, value: object, ok: Callable[[object], bool], what: str) 
 class Config:
     profile: str = "custom"
     # data
-    dataset: str = "auto"  # "auto" | "cifar100" | "shapes"
+    dataset: str = "auto"  # "auto" | "cifar10" | "cifar100" | "shapes" | "folder:PATH"
     n_train: int | None = None  # training images used (None: all)
     n_test: int | None = None  # test images used (None: all)
     validation: int = 0  # > 0: evaluate on the last `validation` training images instead of the test split
-    data_seed: int = 0  # Shapes generation seed
+    data_seed: int = 0  # Shapes generation seed; an image folder's split and order
     # model
     model: str = "context"  # "context" (the method) | "patch" (the simple autoencoder)
     tower: str = "resnet32"  # "resnet32" | "conv4"
@@ -77,8 +77,8 @@ class Config:
     eval_batch_size: int = 1024  # images per step when extracting features
 
     def __post_init__(self) -> None:
-        choices = {"dataset": DATASETS, "model": MODELS, "tower": TOWERS, "encoding": ENCODINGS,
-                   "probe_norm": PROBE_NORMS}
+        check_dataset_name(self.dataset)
+        choices = {"model": MODELS, "tower": TOWERS, "encoding": ENCODINGS, "probe_norm": PROBE_NORMS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")

@@ -26,11 +26,17 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import DATASETS, Dataset, load_dataset
+from vwe.data import Dataset, absolute_dataset_name, load_dataset
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import atomic_write, latest_checkpoint, load_pretrained
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
+# A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
+# sockets on 127.0.0.1 are not encrypted, and at shutdown jupyter_client sends SIGINT before the
+# shutdown request, which ipykernel can log as "KeyboardInterrupt caught in kernel" at ERROR. Neither
+# is a problem of the notebook. A cell's errors, warnings and prints reach the executed notebook (and
+# papermill raises on an error) whatever this level: only the kernel application's own log goes.
+QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 def project_dir() -> Path:
@@ -72,9 +78,10 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     dev = resolve_device(cfg.device)
     run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The data line names the archive's md5 and says when it is not the official one.
-    print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}\n"
-          f"data: {data.describe()}")
+    print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
+    # Which images, how many, and their archive md5 (flagged when not the official archive) or folder
+    # fingerprint: every notebook's header.
+    print(f"data: {data.describe()}")
     return Session(cfg, dev, run_dir, data)
 
 
@@ -252,6 +259,8 @@ def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None
     import papermill  # the notebooks extra; imported here so that `start` does not need it
 
     get_config(profile, dataset=dataset, device=device)  # bad parameters fail before any kernel starts
+    if dataset is not None:
+        dataset = absolute_dataset_name(dataset)  # the kernels run in notebooks/
     paths = find_notebooks(names=notebooks)
     out_dir = Path(out_dir) if out_dir is not None else project_dir() / "runs" / profile
     out_dir = out_dir.resolve()  # the kernels run in notebooks/, so a relative path would move
@@ -267,7 +276,7 @@ def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None
             papermill.execute_notebook(
                 str(path), str(output), parameters=params, kernel_name="python3",
                 cwd=str(path.parent),  # where JupyterLab would start the kernel
-                progress_bar=progress, log_output=False,
+                progress_bar=progress, log_output=False, extra_arguments=QUIET_KERNEL,
             )
         except papermill.PapermillExecutionError as e:
             timings.append({"notebook": path.stem, "seconds": round(time.perf_counter() - t0, 1),
@@ -292,14 +301,17 @@ def _print_summary(timings: list[dict], out_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vwe.__main__ import dataset_type
+
     parser = argparse.ArgumentParser(
         prog="python -m vwe.course",
         description="Execute the course notebooks in order with papermill (make run-all).",
     )
     parser.add_argument("--profile", default="cpu", choices=tuple(PROFILES),
                         help="smoke (seconds), cpu (a laptop, default) or paper (CIFAR-100, one GPU)")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="default: the profile's; auto is CIFAR-100 when present, else Shapes")
+    parser.add_argument("--dataset", type=dataset_type, metavar="DATASET",
+                        help="auto | cifar10 | cifar100 | shapes | folder:PATH (default: the profile's); "
+                             "auto is CIFAR-100 when present, else Shapes")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the profile's)")
     parser.add_argument("--out-dir", type=Path,
                         help="executed notebooks, checkpoints, figures, results (default: runs/<profile>)")

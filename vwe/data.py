@@ -1,9 +1,12 @@
 """Datasets as whole uint8 tensors, and index batches to slice them on the training device.
 
-Two datasets, both returned as a `Dataset` of (N, 3, 32, 32) uint8 images and int64 labels:
+Every dataset is returned as a `Dataset` of (N, 3, 32, 32) uint8 images and int64 labels:
 
-- CIFAR-100 (the paper's data), read from the official `cifar-100-python.tar.gz` with a
-  restricted unpickler and cached as `cifar100_uint8.pt` next to the archive;
+- CIFAR-100 (the paper's data) and CIFAR-10, read from their official archives
+  (`cifar-100-python.tar.gz`, `cifar-10-python.tar.gz`) by one reader with a restricted unpickler,
+  and cached as `cifar100_uint8.pt` / `cifar10_uint8.pt` next to the archive;
+- your own images, `folder:PATH` in torchvision's ImageFolder layout, decoded once and cached
+  (`vwe.folder`);
 - Shapes, generated procedurally in seconds from a seed: the offline dataset of tests and CI.
 
 The whole dataset is moved to the device once (`Dataset.to`); a training loop draws index
@@ -40,12 +43,71 @@ CIFAR100_CACHE = "cifar100_uint8.pt"
 # A verified copy of CIFAR-100 whose bytes differ from the official archive (rebuilt offline, say) is
 # read only when the user names the md5 it must have here; nothing else relaxes the md5 check.
 CIFAR100_MD5_ENV = "VWE_CIFAR100_MD5"
-DATASETS = ("auto", "cifar100", "shapes")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_CACHE = "cifar10_uint8.pt"
+CIFAR10_MD5_ENV = "VWE_CIFAR10_MD5"  # as CIFAR100_MD5_ENV, for CIFAR-10
+DATASETS = ("auto", "cifar10", "cifar100", "shapes")
+FOLDER_PREFIX = "folder:"  # "folder:PATH" names an image folder of your own
 
 SHAPE_CLASSES = (
     "disk", "ring", "square", "frame", "triangle", "cross", "star", "crescent", "bars", "dots",
 )
 SHAPES_TRAIN, SHAPES_TEST = 10_000, 2_000  # default split sizes (images)
+
+
+def check_dataset_name(name: object) -> None:
+    """Refuse anything but one of DATASETS or "folder:PATH", listing the choices."""
+    if name in DATASETS:
+        return
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX) and name[len(FOLDER_PREFIX):].strip():
+        return
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}, or {FOLDER_PREFIX}PATH for a "
+                     "folder of your own images (one sub-folder per class)")
+
+
+def absolute_dataset_name(name: str) -> str:
+    """`name` with a folder's PATH made absolute (a notebook kernel runs elsewhere); others unchanged."""
+    if not name.startswith(FOLDER_PREFIX):
+        return name
+    return FOLDER_PREFIX + str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """What tells the two CIFAR archives apart; one reader (`load_cifar`) handles both."""
+
+    name: str  # the Dataset's name: "cifar10" | "cifar100"
+    title: str  # for messages: "CIFAR-10" | "CIFAR-100"
+    url: str
+    archive: str  # file name in the data dir
+    cache: str  # file name of the uint8 cache beside it
+    md5_env: str  # names the md5 of a verified copy
+    md5_flag: str  # the command-line option that sets md5_env
+    train_members: tuple[str, ...]  # pickles concatenated, in order, into the training split
+    test_member: str
+    meta_member: str
+    # (labels key, names key in the meta pickle, number of classes): the labels first, then any
+    # coarser labels (CIFAR-100's 20 superclasses).
+    labels: tuple[tuple[str, str, int], ...]
+
+    def official_md5(self) -> str:
+        # The module constant, looked up at call time, so that tests can substitute it.
+        return CIFAR100_MD5 if self.name == "cifar100" else CIFAR10_MD5
+
+
+CIFAR100 = CifarFormat(
+    "cifar100", "CIFAR-100", CIFAR100_URL, CIFAR100_ARCHIVE, CIFAR100_CACHE, CIFAR100_MD5_ENV,
+    "--cifar100-md5", ("cifar-100-python/train",), "cifar-100-python/test", "cifar-100-python/meta",
+    (("fine_labels", "fine_label_names", 100), ("coarse_labels", "coarse_label_names", 20)),
+)
+CIFAR10 = CifarFormat(
+    "cifar10", "CIFAR-10", CIFAR10_URL, CIFAR10_ARCHIVE, CIFAR10_CACHE, CIFAR10_MD5_ENV, "--cifar10-md5",
+    tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)), "cifar-10-batches-py/test_batch",
+    "cifar-10-batches-py/batches.meta", (("labels", "label_names", 10),),
+)
+CIFAR_FORMATS = {f.name: f for f in (CIFAR10, CIFAR100)}
 
 
 @dataclass
@@ -61,8 +123,14 @@ class Dataset:
     train_coarse: torch.Tensor | None = None  # (N,) int64, CIFAR-100 superclasses
     test_coarse: torch.Tensor | None = None  # (M,) int64
     coarse_classes: list[str] | None = None
-    archive_md5: str | None = None  # md5 of the archive the images were read from (None: generated)
+    archive_md5: str | None = None  # md5 of the archive the images were read from (None: not an archive)
     validation: int = 0  # > 0: the "test" split is the last `validation` training images (validation_split)
+    # An image folder: sha256 of its listing (each file's path, size and mtime), how it was split
+    # into train and test, and each image's path relative to the folder.
+    content_sha256: str | None = None
+    split: str | None = None
+    train_files: list[str] | None = None  # (N,)
+    test_files: list[str] | None = None  # (M,)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -77,6 +145,9 @@ class Dataset:
                     f"{split}_labels must be int64 of shape ({len(images)},), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
                 )
+            files = getattr(self, f"{split}_files")
+            if files is not None and len(files) != len(images):
+                raise ValueError(f"{split}_files names {len(files)} files for {len(images)} images")
 
     @property
     def num_classes(self) -> int:
@@ -84,11 +155,17 @@ class Dataset:
 
     @property
     def official(self) -> bool | None:
-        """Whether the archive is the official CIFAR-100 file (None for a generated dataset)."""
-        return None if self.archive_md5 is None else self.archive_md5 == CIFAR100_MD5
+        """Whether the archive is the official CIFAR file (None when not read from an archive)."""
+        fmt = CIFAR_FORMATS.get(self.name)
+        if self.archive_md5 is None or fmt is None:
+            return None
+        return self.archive_md5 == fmt.official_md5()
 
     def source(self) -> str:
-        """Where the images came from, for headers: the archive's md5, flagged when not the official one."""
+        """Where the images came from, for headers: the archive's md5, flagged when not the official
+        one, or the image folder's content fingerprint and split."""
+        if self.content_sha256 is not None:
+            return f"folder content sha256 {self.content_sha256[:16]}, {self.split}"
         if self.archive_md5 is None:
             return f"{self.name} (generated)"
         note = "" if self.official else " (not the official archive)"
@@ -96,9 +173,12 @@ class Dataset:
 
     def provenance(self) -> dict:
         """What a results file, config or checkpoint records about the data (JSON-plain values)."""
-        return {"dataset": self.name, "n_train": len(self.train_labels), "n_test": len(self.test_labels),
+        prov = {"dataset": self.name, "n_train": len(self.train_labels), "n_test": len(self.test_labels),
                 "evaluated_on": "validation" if self.validation else "test",
                 "archive_md5": self.archive_md5, "official_archive": self.official}
+        if self.content_sha256 is not None:
+            prov.update(content_sha256=self.content_sha256, split=self.split)
+        return prov
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor on `device` (the images stay uint8: 4x less memory)."""
@@ -141,23 +221,26 @@ class Dataset:
         """The first `n_train` training and `n_test` test images (None keeps a split whole)."""
         n_train = _subset_size(n_train, len(self.train_labels), "n_train", self.name)
         n_test = _subset_size(n_test, len(self.test_labels), "n_test", self.name)
+
+        def head(x, n):  # a tensor, a list of file names, or None
+            return None if x is None else x[:n]
+
         return replace(
             self,
-            train_images=self.train_images[:n_train],
-            train_labels=self.train_labels[:n_train],
-            test_images=self.test_images[:n_test],
-            test_labels=self.test_labels[:n_test],
-            train_coarse=None if self.train_coarse is None else self.train_coarse[:n_train],
-            test_coarse=None if self.test_coarse is None else self.test_coarse[:n_test],
+            **{f"train_{k}": head(getattr(self, f"train_{k}"), n_train)
+               for k in ("images", "labels", "coarse", "files")},
+            **{f"test_{k}": head(getattr(self, f"test_{k}"), n_test)
+               for k in ("images", "labels", "coarse", "files")},
         )
 
     def describe(self) -> str:
         coarse = "" if self.coarse_classes is None else f" ({len(self.coarse_classes)} coarse)"
-        archive = "" if self.archive_md5 is None else f", {self.source()}"
+        generated = self.archive_md5 is None and self.content_sha256 is None
+        source = "" if generated else f", {self.source()}"
         held_out = "validation (held-out training)" if self.validation else "test"
         return (
             f"{self.name}: {len(self.train_labels)} train / {len(self.test_labels)} {held_out} images "
-            f"3x32x32 uint8, {self.num_classes} classes{coarse}, on {self.train_images.device}{archive}"
+            f"3x32x32 uint8, {self.num_classes} classes{coarse}, on {self.train_images.device}{source}"
         )
 
 
@@ -171,17 +254,27 @@ def _subset_size(n: int | None, size: int, what: str, name: str) -> int:
     return n
 
 
-def expected_cifar100_md5() -> str:
-    """The md5 the CIFAR-100 archive must have: $VWE_CIFAR100_MD5 when set (a copy the user verified
-    and names), else the official archive's."""
-    named = os.environ.get(CIFAR100_MD5_ENV, "").strip().lower()
+def expected_md5(fmt: CifarFormat) -> str:
+    """The md5 the archive must have: $<fmt.md5_env> when set (a copy the user verified and names),
+    else the official archive's."""
+    named = os.environ.get(fmt.md5_env, "").strip().lower()
     if not named:
-        return CIFAR100_MD5  # looked up at call time, so tests can substitute it
+        return fmt.official_md5()
     if not re.fullmatch(r"[0-9a-f]{32}", named):
-        raise ValueError(f"{CIFAR100_MD5_ENV}={os.environ[CIFAR100_MD5_ENV]!r} is not an md5 (32 hex "
-                         f"digits); set it to the md5 of your verified copy, or unset it to require "
-                         f"the official archive ({CIFAR100_MD5})")
+        raise ValueError(f"{fmt.md5_env}={os.environ[fmt.md5_env]!r} is not an md5 (32 hex digits); "
+                         f"set it to the md5 of your verified copy, or unset it to require the "
+                         f"official archive ({fmt.official_md5()})")
     return named
+
+
+def expected_cifar100_md5() -> str:
+    """The md5 the CIFAR-100 archive must have: $VWE_CIFAR100_MD5 when set, else the official one."""
+    return expected_md5(CIFAR100)
+
+
+def expected_cifar10_md5() -> str:
+    """The md5 the CIFAR-10 archive must have: $VWE_CIFAR10_MD5 when set, else the official one."""
+    return expected_md5(CIFAR10)
 
 
 def data_dir(root: str | Path | None = None) -> Path:
@@ -192,10 +285,7 @@ def data_dir(root: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR-100
-
-_MEMBERS = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
-_NUM_FINE, _NUM_COARSE = 100, 20
+# CIFAR-10 and CIFAR-100: Python 2 pickles of dicts inside a tar.gz
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
@@ -211,32 +301,32 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
-    """A pickle asked for a callable that CIFAR-100 pickles never contain."""
+    """A pickle asked for a callable that CIFAR pickles never contain."""
 
 
 class _CifarUnpickler(pickle.Unpickler):
     """Resolves only the three numpy names an array pickle needs; everything else is refused."""
 
-    def __init__(self, data: bytes, member: str) -> None:
+    def __init__(self, data: bytes, member: str, fmt: CifarFormat) -> None:
         # latin1 decodes the Python 2 byte strings of the official pickles into str, and numpy
         # turns a latin1 str back into the array's raw bytes.
         super().__init__(io.BytesIO(data), encoding="latin1")
-        self.member = member
+        self.member, self.fmt = member, fmt
         self.allowed = _allowed_globals()
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.allowed:
             raise _RefusedGlobal(
-                f"refusing to unpickle {module}.{name} from {self.member}: CIFAR-100 pickles hold "
-                "only dicts, lists, strings, numbers and numpy uint8 arrays. The archive is not "
-                f"the official one; delete it and download it again from {CIFAR100_URL}"
+                f"refusing to unpickle {module}.{name} from {self.member}: {self.fmt.title} pickles "
+                "hold only dicts, lists, strings, numbers and numpy uint8 arrays. The archive is not "
+                f"the official one; delete it and download it again from {self.fmt.url}"
             )
         return self.allowed[(module, name)]
 
 
-def _unpickle(data: bytes, member: str, archive: Path) -> dict[str, object]:
+def _unpickle(data: bytes, member: str, archive: Path, fmt: CifarFormat) -> dict[str, object]:
     try:
-        obj = _CifarUnpickler(data, member).load()
+        obj = _CifarUnpickler(data, member, fmt).load()
     except _RefusedGlobal:
         raise
     # A damaged pickle can fail in many ways (EOFError, KeyError, ValueError, ...): all of them
@@ -270,35 +360,35 @@ def _labels(d: dict[str, object], key: str, n: int, num: int, member: str, archi
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def _split(d: dict[str, object], member: str, archive: Path
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pickled split -> images (N, 3, 32, 32) uint8, fine (N,) and coarse (N,) labels."""
+def _split(d: dict[str, object], member: str, archive: Path, fmt: CifarFormat
+           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One pickled batch -> images (N, 3, 32, 32) uint8 and one (N,) label tensor per `fmt.labels`."""
     data = _field(d, "data", member, archive)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
             or data.shape[1] != 3 * 32 * 32:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{archive}: {member} 'data' must be uint8 of shape (N, 3072), got {got}")
     n = len(data)
-    fine = _labels(d, "fine_labels", n, _NUM_FINE, member, archive)
-    coarse = _labels(d, "coarse_labels", n, _NUM_COARSE, member, archive)
+    labels = [_labels(d, key, n, num, member, archive) for key, _, num in fmt.labels]
     # Each row is channel-major (1024 R, 1024 G, 1024 B), each plane row-major 32x32.
     images = torch.from_numpy(np.ascontiguousarray(data.reshape(n, 3, 32, 32)))  # (N, 3, 32, 32)
-    return images, fine, coarse
+    return images, labels
 
 
-def _names(d: dict[str, object], key: str, num: int, archive: Path) -> list[str]:
-    names = _field(d, key, _MEMBERS[2], archive)
+def _names(d: dict[str, object], key: str, num: int, member: str, archive: Path) -> list[str]:
+    names = _field(d, key, member, archive)
     if not isinstance(names, list) or len(names) != num:
-        raise ValueError(f"{archive}: meta {key!r} must be a list of {num} names")
+        raise ValueError(f"{archive}: {member} {key!r} must be a list of {num} names")
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _read_archive(archive: Path) -> Dataset:
-    """Read the three pickles straight out of the tar.gz (nothing is extracted to disk)."""
+def _read_archive(archive: Path, fmt: CifarFormat) -> Dataset:
+    """Read every pickle straight out of the tar.gz (nothing is extracted to disk)."""
+    members = (*fmt.train_members, fmt.test_member, fmt.meta_member)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             blobs = {}
-            for member in _MEMBERS:
+            for member in members:
                 try:
                     f = tar.extractfile(member)
                 except KeyError:
@@ -306,27 +396,30 @@ def _read_archive(archive: Path) -> Dataset:
                 if f is None:
                     raise ValueError(
                         f"{archive} has no file {member}: it is not the official "
-                        f"{CIFAR100_ARCHIVE}; download it again from {CIFAR100_URL}"
+                        f"{fmt.archive}; download it again from {fmt.url}"
                     )
                 blobs[member] = f.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise ValueError(
             f"{archive} is truncated or corrupt ({err!r}); delete it and download it again "
-            f"from {CIFAR100_URL}"
+            f"from {fmt.url}"
         ) from err
-    train, test, meta = (_unpickle(blobs[m], m, archive) for m in _MEMBERS)
-    train_images, train_fine, train_coarse = _split(train, _MEMBERS[0], archive)
-    test_images, test_fine, test_coarse = _split(test, _MEMBERS[1], archive)
+    d = {m: _unpickle(blobs[m], m, archive, fmt) for m in members}
+    train = [_split(d[m], m, archive, fmt) for m in fmt.train_members]
+    test_images, test_labels = _split(d[fmt.test_member], fmt.test_member, archive, fmt)
+    train_labels = [torch.cat(per_key) for per_key in zip(*(labels for _, labels in train), strict=True)]
+    names = [_names(d[fmt.meta_member], key, num, fmt.meta_member, archive) for _, key, num in fmt.labels]
+    coarse = len(fmt.labels) > 1
     return Dataset(
-        name="cifar100",
-        train_images=train_images,
-        train_labels=train_fine,
+        name=fmt.name,
+        train_images=torch.cat([images for images, _ in train]),
+        train_labels=train_labels[0],
         test_images=test_images,
-        test_labels=test_fine,
-        classes=_names(meta, "fine_label_names", _NUM_FINE, archive),
-        train_coarse=train_coarse,
-        test_coarse=test_coarse,
-        coarse_classes=_names(meta, "coarse_label_names", _NUM_COARSE, archive),
+        test_labels=test_labels[0],
+        classes=names[0],
+        train_coarse=train_labels[1] if coarse else None,
+        test_coarse=test_labels[1] if coarse else None,
+        coarse_classes=names[1] if coarse else None,
     )
 
 
@@ -334,43 +427,57 @@ _CACHED = ("train_images", "train_labels", "test_images", "test_labels", "classe
            "train_coarse", "test_coarse", "coarse_classes")
 
 
-def _load_cache(path: Path, md5: str) -> Dataset | None:
-    """The cached tensors if they were read from an archive with this md5, else None."""
+def load_cache(path: Path) -> dict | None:
+    """A cache written by `save_cache`, or None when there is none or it cannot be read.
+
+    Loaded with weights_only=True: plain tensors, lists and strings only, nothing that runs code.
+    """
     if not path.is_file():
         return None
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
-        if cache.get("md5") != md5:
-            return None
-        return Dataset(name="cifar100", **{k: cache[k] for k in _CACHED}, archive_md5=md5)
-    # An unreadable cache (an interrupted copy, another format) is only a cache: read the archive.
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError):
+    # An unreadable cache (an interrupted copy, another format) is only a cache: read the source.
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, AttributeError):
         return None
+    return cache if isinstance(cache, dict) else None
 
 
-def _save_cache(ds: Dataset, path: Path, md5: str) -> None:
+def save_cache(payload: dict, path: Path, what: str) -> None:
+    """Write `payload` to `path` atomically; on failure only warn (a cache is optional)."""
     # Temp file + os.replace: an interrupted save never leaves a half-written cache behind, and
     # two processes filling one data dir each write their own temp file.
     tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
-        torch.save({"md5": md5, **{k: getattr(ds, k) for k in _CACHED}}, tmp)
+        torch.save(payload, tmp)
         os.replace(tmp, path)
     # A read-only dir or a full disk (OSError, or RuntimeError from torch's zip writer): the data
     # in hand is good, losing the cache only costs a re-read next time.
     except (OSError, RuntimeError) as err:
-        warnings.warn(f"cannot write the CIFAR-100 cache {path} ({err}); it will be re-read "
-                      "from the archive next time", stacklevel=3)
+        warnings.warn(f"cannot write the {what} cache {path} ({err}); the data will be read again "
+                      "next time", stacklevel=3)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _missing_message(archive: Path, md5: str, reason: str) -> str:
+def _from_cache(path: Path, md5: str, fmt: CifarFormat) -> Dataset | None:
+    """The cached tensors if they were read from an archive with this md5, else None."""
+    cache = load_cache(path)
+    if cache is None or cache.get("md5") != md5:
+        return None
+    try:
+        return Dataset(name=fmt.name, **{k: cache[k] for k in _CACHED}, archive_md5=md5)
+    except (KeyError, ValueError, TypeError):  # a cache of another layout: read the archive
+        return None
+
+
+def _missing_message(archive: Path, md5: str, reason: str, fmt: CifarFormat) -> str:
     return (
-        f"{reason}\nThe CIFAR-100 archive is missing: {archive.resolve()}\n"
-        f"Fetch it on a machine with internet from {CIFAR100_URL}\n"
+        f"{reason}\nThe {fmt.title} archive is missing: {archive.resolve()}\n"
+        f"Fetch it on a machine with internet from {fmt.url}\n"
         f"(md5 {md5}) and put it at exactly that path, or point VWE_DATA_DIR at the folder "
         "that holds it. Or run with dataset='shapes' (built in, offline)."
     )
@@ -392,62 +499,79 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download(archive: Path, md5: str) -> None:
+def _download(archive: Path, md5: str, fmt: CifarFormat) -> None:
     # Downloaded to a side name and renamed, so a broken transfer never looks like an archive; the
     # pid keeps two processes downloading into one data dir from writing the same file.
     part = archive.with_name(f"{archive.name}.part{os.getpid()}")
     try:
-        download_url(CIFAR100_URL, str(archive.parent), part.name, md5)
+        download_url(fmt.url, str(archive.parent), part.name, md5)
         os.replace(part, archive)
     # Whatever broke (URLError offline, IncompleteRead, the md5 check's RuntimeError), the
     # user's next step is the same: get the archive by hand.
     except Exception as err:
         raise FileNotFoundError(
-            _missing_message(archive, md5, f"Downloading {CIFAR100_URL} failed: {err!r}.")
+            _missing_message(archive, md5, f"Downloading {fmt.url} failed: {err!r}.", fmt)
         ) from err
     finally:
         part.unlink(missing_ok=True)
 
 
-def load_cifar100(root: str | Path | None = None, download: bool = False,
-                  md5: str | None = None) -> Dataset:
-    """CIFAR-100 from `<data dir>/cifar-100-python.tar.gz` (or its cache), on the CPU.
+def load_cifar(fmt: CifarFormat, root: str | Path | None = None, download: bool = False,
+               md5: str | None = None) -> Dataset:
+    """CIFAR-10 or CIFAR-100 (`fmt`) from `<data dir>/<fmt.archive>` (or its cache), on the CPU.
 
-    Train 50 000 and test 10 000 images (N, 3, 32, 32) uint8 with fine (0..99) and coarse
-    (0..19) labels. `md5` is the archive's expected checksum, by default `expected_cifar100_md5()`:
-    the official one unless $VWE_CIFAR100_MD5 names the md5 of a verified copy. The result's
-    `archive_md5` records it.
+    `md5` is the archive's expected checksum, by default `expected_md5(fmt)`: the official one
+    unless $<fmt.md5_env> names the md5 of a verified copy. The result's `archive_md5` records it.
     """
-    md5 = md5 or expected_cifar100_md5()
+    md5 = md5 or expected_md5(fmt)
     folder = data_dir(root)
-    archive, cache = folder / CIFAR100_ARCHIVE, folder / CIFAR100_CACHE
-    ds = _load_cache(cache, md5)
+    archive, cache = folder / fmt.archive, folder / fmt.cache
+    ds = _from_cache(cache, md5, fmt)
     if ds is not None:
         return ds
     if not archive.is_file():
         if not download:
             reason = "Not downloading (download=False)."
-            raise FileNotFoundError(_missing_message(archive, md5, reason))
+            raise FileNotFoundError(_missing_message(archive, md5, reason, fmt))
         folder.mkdir(parents=True, exist_ok=True)
-        _download(archive, md5)
+        _download(archive, md5, fmt)
     found = _md5(archive)
     if found != md5:
-        expected = "the official CIFAR-100 archive's" if md5 == CIFAR100_MD5 else f"${CIFAR100_MD5_ENV}'s"
+        expected = f"the official {fmt.title} archive's" if md5 == fmt.official_md5() else f"${fmt.md5_env}'s"
         raise ValueError(
             f"{archive.resolve()} has md5 {found}, not {expected} {md5}: it is corrupt or a different "
-            f"file. Delete it and fetch it again from {CIFAR100_URL}. If it is a copy you have "
+            f"file. Delete it and fetch it again from {fmt.url}. If it is a copy you have "
             f"verified yourself (the same images in other bytes), name its md5 to accept it: "
-            f"{CIFAR100_MD5_ENV}={found} (or --cifar100-md5 on the command line)."
+            f"{fmt.md5_env}={found} (or {fmt.md5_flag} on the command line)."
         )
-    ds = replace(_read_archive(archive), archive_md5=md5)
-    _save_cache(ds, cache, md5)
+    ds = replace(_read_archive(archive, fmt), archive_md5=md5)
+    save_cache({"md5": md5, **{k: getattr(ds, k) for k in _CACHED}}, cache, fmt.title)
     return ds
+
+
+def load_cifar100(root: str | Path | None = None, download: bool = False,
+                  md5: str | None = None) -> Dataset:
+    """CIFAR-100: train 50 000 and test 10 000 images (N, 3, 32, 32) uint8 with fine (0..99) and
+    coarse (0..19) labels; see `load_cifar`."""
+    return load_cifar(CIFAR100, root, download, md5)
+
+
+def load_cifar10(root: str | Path | None = None, download: bool = False,
+                 md5: str | None = None) -> Dataset:
+    """CIFAR-10: train 50 000 (five batches, in order) and test 10 000 images (N, 3, 32, 32) uint8
+    with labels 0..9; see `load_cifar`."""
+    return load_cifar(CIFAR10, root, download, md5)
+
+
+def cifar_available(fmt: CifarFormat, root: str | Path | None = None) -> bool:
+    """Whether the archive or its cache sits in the data dir (no download)."""
+    folder = data_dir(root)
+    return (folder / fmt.archive).is_file() or (folder / fmt.cache).is_file()
 
 
 def cifar100_available(root: str | Path | None = None) -> bool:
     """Whether the CIFAR-100 archive or its cache sits in the data dir (no download)."""
-    folder = data_dir(root)
-    return (folder / CIFAR100_ARCHIVE).is_file() or (folder / CIFAR100_CACHE).is_file()
+    return cifar_available(CIFAR100, root)
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -658,19 +782,29 @@ def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: in
 
 def _load_dataset(name: str, root: str | Path | None, n_train: int | None, n_test: int | None,
                   seed: int, download: bool) -> Dataset:
-    """Load `name` in ("auto", "cifar100", "shapes"), on the CPU; read `.name` for what ran.
+    """Load `name` (one of DATASETS, or "folder:PATH"), on the CPU; read `.name` for what ran.
 
     "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when
-    the server answers and the download succeeds; otherwise Shapes. "cifar100" never falls back.
-    `n_train`/`n_test` keep the first n images of CIFAR-100 or set the Shapes sizes (default
-    10 000 / 2 000); `seed` only affects Shapes.
+    the server answers and the download succeeds; otherwise Shapes. "cifar10" and "cifar100" never
+    fall back. "folder:PATH" reads your own images (`vwe.folder.load_folder`; a relative PATH is
+    relative to the current directory). `n_train`/`n_test` keep the first n images of CIFAR or
+    of a folder (all of a folder's when it has fewer), or set the Shapes sizes (default 10 000 /
+    2 000); `seed` generates Shapes and splits and shuffles a folder.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    check_dataset_name(name)
+    if name.startswith(FOLDER_PREFIX):
+        from vwe.folder import load_folder  # torchvision's decoders: imported only when needed
+
+        ds = load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed)
+        # A profile's sizes are a cap for your own images: a small folder is used whole.
+        return ds.subset(*(None if n is None else min(n, len(labels))
+                           for n, labels in ((n_train, ds.train_labels), (n_test, ds.test_labels))))
     shapes = (SHAPES_TRAIN if n_train is None else n_train,
               SHAPES_TEST if n_test is None else n_test, seed)
     if name == "shapes":
         return make_shapes(*shapes)
+    if name == "cifar10":
+        return load_cifar10(root, download=download).subset(n_train, n_test)
     if name == "auto" and not cifar100_available(root):
         if not (download and _reachable(CIFAR100_URL)):
             return make_shapes(*shapes)

@@ -301,7 +301,7 @@ class PretrainResult:
     model: Autoencoder
     metrics: list[dict]
     config: Config
-    dataset: str  # what actually ran: "cifar100" or "shapes"
+    dataset: str  # what actually ran: "cifar100", "shapes", "folder:/abs/path", ...
 
 
 def _rng_state(shuffle_gen: torch.Generator, aug_gen: torch.Generator) -> dict:

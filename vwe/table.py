@@ -339,7 +339,8 @@ def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: 
     """What the numbers came from: data, protocol, hardware, software, repository revision."""
     prov = provenance(device)
     return {
-        **data.provenance(), "data_sha256": fingerprint, "source": data.source(),
+        **data.provenance(), "data_sha256": fingerprint,
+        "data_source": data.source(),  # the archive's md5 or folder's sha256
         "classes": data.num_classes, "profile": cfg.profile, "device": prov["device"],
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
         "encoding": cfg.encoding, "probe_epochs": cfg.probe_epochs, "probe_seeds": list(cfg.probe_seeds),
@@ -490,8 +491,9 @@ def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
         f"# Table 1, reproduced: linear evaluation on {h['dataset']}",
         "",
         f"dataset **{h['dataset']}** ({h['n_train']} train / {h['n_test']} {split} images, "
-        f"{h['classes']} classes, {h.get('source', '')}, sha256 `{h['data_sha256'][:12]}`) · profile "
-        f"`{h['profile']}` · device {h['device']} · "
+        f"{h['classes']} classes, sha256 `{h['data_sha256'][:12]}`, "
+        f"{h.get('data_source', 'source not recorded')}) · profile `{h['profile']}` · "
+        f"device {h['device']} · "
         f"{h['epochs']} pretraining epochs (batch {h['batch_size']}, lr {h['lr']}) · linear probe "
         f"{h['probe_epochs']} epochs, seeds {', '.join(map(str, h['probe_seeds']))} · "
         f"torch {h['torch']} · python {h['python']} · revision `{h['git']}` · {h['time']}",

@@ -205,6 +205,6 @@ class ReconstructionExplorer(_Explorer):
         self.mse = {name: float(((r[k] - truth) ** 2).mean()) for name, r in self.recon.items()}
         title = (f"{self.image_name(i)} - patch {k} - MSE simple {self.mse['simple']:.4g}, "
                  f"context {self.mse['context']:.4g}")
-        fig = plots.show_patch_reconstruction(self.images[i], k, self.recon["simple"], self.recon["context"],
-                                              title)
+        # The title goes above the figure as text (`title_html`), not into the figure as well.
+        fig = plots.show_patch_reconstruction(self.images[i], k, self.recon["simple"], self.recon["context"])
         self._show(fig, title)
