@@ -34,8 +34,8 @@ def test_pretrain_then_linear_eval(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads((run / "linear_eval.json").read_text())
     assert result["dataset"] == "shapes" and result["seeds"] == [0, 1, 2]
-    assert result["data"] == {"dataset": "shapes", "n_train": 256, "n_test": 128, "archive_md5": None,
-                              "official_archive": None}  # which images, how many, from what
+    assert result["data"] == {"dataset": "shapes", "n_train": 256, "n_test": 128, "evaluated_on": "test",
+                              "archive_md5": None, "official_archive": None}  # which images, from what
     assert len(result["accs"]) == 3 and 0 <= result["mean"] <= 100
     assert result["probe_norm"] == "standard" and len(result["probe"]["epochs"]) == 2
     assert result["data"]["n_train"] == 256 and result["data"]["archive_md5"] is None
