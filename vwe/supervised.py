@@ -29,15 +29,18 @@ from vwe.config import Config, resolve_device
 from vwe.data import Dataset, batches, to_float
 from vwe.models import Classifier
 from vwe.pretrain import (
+    KEEP_CHECKPOINTS,
     CheckpointError,
     ConfigMismatchError,
     NonFiniteLossError,
+    list_checkpoints,
     prepare_run_dir,
     provenance,
     resolve_data,
     restore_rng,
     resume_run,
-    save_epoch,
+    save_checkpoint,
+    write_metrics,
 )
 
 # The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
@@ -301,13 +304,18 @@ def train_supervised(
             seen = (n_train // recipe.batch_size) * recipe.batch_size
             metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_acc": test_acc,
                             "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-            checkpoint = save_epoch(run_dir, epoch, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
-                "provenance": provenance(device),
-                "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
-                        "torch": torch.get_rng_state()},
-            }, metrics)
+            checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
+            if distributed.is_main():  # the one process that writes
+                save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
+                    "provenance": provenance(device),
+                    "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
+                            "torch": torch.get_rng_state()},
+                })
+                write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
+                for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
+                    old.unlink()
             epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.1f}",
                                img_s=f"{metrics[-1]['images_per_s']:.0f}")
     model.eval()

@@ -13,6 +13,9 @@ row's config and the sha256 of its final checkpoint, and resumes a row that was 
 `run_table` then writes `results.json`, `results.csv`, `results.md` and `results.png` in `out_dir`.
 
     python -m vwe table --profile paper --dataset cifar100       # the reproduction, on one GPU
+
+Under torchrun every row trains data-parallel (`vwe.distributed`); rank 0 alone extracts the
+features, trains the probes and writes the files, so the numbers do not depend on the process count.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from vwe import distributed
 from vwe.config import Config, resolve_device
 from vwe.data import Dataset
 from vwe.evaluate import LinearEval, extract_features, linear_eval, random_weights_model
@@ -227,6 +231,8 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     images = (data.train_images, data.test_images)
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, progress=progress)
+        if not distributed.is_main():
+            return _result_of_main(row, cfg, out_dir, fingerprint)
         checkpoint, epochs = res.checkpoint, len(res.metrics)
         train, test = (extract_features(res.model.forward_features, x, cfg.eval_batch_size, device)
                        for x in images)  # (N, 64), (M, 64)
@@ -240,6 +246,8 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
             if epochs != cfg.epochs:
                 raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
                                  "use another output directory or ask for that many epochs")
+        if not distributed.is_main():
+            return _result_of_main(row, cfg, out_dir, fingerprint)
         train, test = (extract_features(model, x, cfg.eval_batch_size, device, progress)
                        for x in images)  # (N, dim), (M, dim)
         ev = _probe(train, test, data, cfg_row)
@@ -255,7 +263,14 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     }
     text = json.dumps(saved, indent=2) + "\n"
     atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
+    distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
+
+
+def _result_of_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
+    """On a process other than rank 0: wait for rank 0 to evaluate the row, then read its result."""
+    distributed.barrier()
+    return finished_row(row, cfg, out_dir, fingerprint)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -300,10 +315,12 @@ def run_table(
     selected = select_rows(rows)
     cfg, data = resolve_data(cfg, data)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     header = table_header(cfg, data, resolve_device(cfg.device), fingerprint)
-    print(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
+    say = print if distributed.is_main() else lambda *args, **kwargs: None
+    say(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
           f"| {len(selected)} rows -> {out_dir}", flush=True)
 
@@ -332,13 +349,16 @@ def run_table(
         if left and done_work:
             line += f"; about {_duration(spent / done_work * sum(work(r) for r in left))} left"
         std = "" if res.std is None else f" ± {res.std:.2f}"
-        print(f"{line} | {res.mean:.2f}{std} % (paper {res.paper:.2f} on CIFAR-100), "
+        say(f"{line} | {res.mean:.2f}{std} % (paper {res.paper:.2f} on CIFAR-100), "
               f"kNN {res.knn:.2f} %", flush=True)
     for row in ROWS:
         if row.key not in results and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
             results[row.key] = done
     ordered = [results[r.key] for r in ROWS if r.key in results]
-    return Table(header, ordered, write_results(header, ordered, out_dir))
+    with distributed.main_first():  # the others return once the files are there
+        files = (write_results(header, ordered, out_dir) if distributed.is_main()
+                 else {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")})
+    return Table(header, ordered, files)
 
 
 # ----------------------------------------------------------------------------- results files
