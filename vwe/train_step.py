@@ -17,6 +17,10 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
     subpixel         the decoder's upsample + first convolution as one convolution on the 4x4 map
                      (`vwe.models.subpixel_conv2d`)
 
+Under torchrun (`vwe.distributed`) the step draws the augmentation for the whole global batch, as
+one process does, and trains on this process's slice of it inside DistributedDataParallel; there the
+compiled model is the DDP module (not fullgraph) and the CUDA graph is off, both unmeasured on a GPU.
+
 The last three change only how the same sums are computed. The CUDA default is the first five
 with dense_convs=16; row_convs and subpixel are off until a GPU measures them (BENCHMARKS.md
 measures each). Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4
