@@ -130,6 +130,7 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+@torch.compiler.disable  # eager under torch.compile: a collective inside an autograd.Function
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Differentiable sum over the processes (the identity in one process)."""
     return _AllReduceSum.apply(x) if world() > 1 else x
