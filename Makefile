@@ -1,8 +1,14 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test                        set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
+<<<<<<< HEAD
 #   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...]
 #                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
+=======
+#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [NPROC=N]   the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
+#   make pretrain [PROFILE=cpu] [DATASET=...] [NPROC=N] [ARGS="--model patch ..."]   one pretraining run
+#   NPROC=N: train data-parallel over N processes on this node (one per GPU) with torchrun
+>>>>>>> issue16
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,8 +19,10 @@ DATASET_FLAG = $(if $(DATASET),--dataset $(DATASET))
 # The CPU table pretrains 30 epochs, not the cpu profile's 4 (the course's): at 4 epochs the methods'
 # differences on Shapes sit inside the seeds' spread; at 30 the losses have flattened (README, Results).
 PAPER_EPOCHS = $(or $(EPOCHS),$(if $(filter cpu,$(PROFILE)),30))
+# `python -m vwe`, or N processes of it started by torchrun (README, More than one GPU)
+VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
-.PHONY: help setup test lint sync run-all lab paper bench e2e clean
+.PHONY: help setup test lint sync run-all lab paper pretrain bench e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,9 +52,17 @@ lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
 		--IdentityProvider.token=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))') \
 		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
+<<<<<<< HEAD
 paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU)
 	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) \
 		$(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST)) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
+=======
+paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU; NPROC=N GPUs)
+	$(VWE) table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS))
+
+pretrain: setup  ## one pretraining run (default PROFILE=cpu; ARGS="--model patch ..."; NPROC=N GPUs)
+	$(VWE) pretrain --profile $(or $(PROFILE),cpu) $(DATASET_FLAG) $(ARGS)
+>>>>>>> issue16
 
 bench: setup  ## training-step / feature / probe throughput, then each convolution's forms (DEVICE=cpu|cuda)
 	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json

@@ -11,6 +11,7 @@ The environment picks the fault; the package itself is never changed, only patch
 - VWE_FAULT_KILL_METRICS=N: SIGKILL just before the N-th rename onto metrics.jsonl (the first is
   the rewrite at start-up), i.e. between a checkpoint and its metrics line.
 - VWE_FAULT_THREADS=N: torch threads, so results match the test process bit for bit.
+- VWE_FAULT_RANK=R: under torchrun, only the process of that RANK is killed (default: any).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def _kill() -> None:
 
 
 def _countdown(name: str):
-    """A function that returns True on its N-th call, N from the environment (never if unset)."""
-    left = [int(os.environ.get(name, "0"))]
+    """A function that returns True on its N-th call, N from the environment (never if unset), in
+    the process that VWE_FAULT_RANK names (every process if unset)."""
+    chosen = os.environ.get("VWE_FAULT_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0")
+    left = [int(os.environ.get(name, "0")) if chosen else 0]
 
     def tick() -> bool:
         left[0] -= 1

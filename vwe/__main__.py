@@ -1,4 +1,8 @@
-"""Command line: `python -m vwe pretrain | linear-eval | table | embed ...` (`--help` on each)."""
+"""Command line: `python -m vwe pretrain | linear-eval | table | embed ...` (`--help` on each).
+
+Started by torchrun (`torchrun --nproc-per-node N -m vwe pretrain ...`), `pretrain` and every row of
+`table` train data-parallel over the N processes (`vwe.distributed`); rank 0 alone prints and writes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from vwe import distributed
 from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, check_dataset_name, load_dataset
 from vwe.evaluate import FEATURES, PROBE_NORMS
@@ -71,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path,
                    help="where checkpoints go (default: runs/<profile>/<model>-<tower>-<aug>)")
     p.add_argument("--fresh", action="store_true", help="discard this run directory's checkpoints")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm normalises each process's slice, not the global batch")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("linear-eval", help="linear evaluation of a checkpoint (or of random weights)")
@@ -137,19 +144,29 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
     run_dir = a.run_dir or Path("runs") / cfg.profile / cfg.run_name
-    print(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}: "
-          f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
-    res = pretrain(cfg, run_dir, fresh=a.fresh, progress=not a.no_progress)
-    if res.metrics:
+    say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}"
+        f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
+    res = pretrain(cfg, run_dir, fresh=a.fresh, progress=not a.no_progress, sync_bn=not a.no_sync_bn)
+    if res.metrics and distributed.is_main():
         first, last = res.metrics[0], res.metrics[-1]
         print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch 1) -> "
               f"{last['test_loss']:.5f} (epoch {last['epoch']}); {last['images_per_s']:.0f} images/s")
-    print(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
+    say(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
+
+
+def say(text: str) -> None:
+    """Print on rank 0 only (every process, under torchrun, runs the same command)."""
+    if distributed.is_main():
+        print(text, flush=True)
 
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
     from vwe.pretrain import atomic_write, load_pretrained, provenance
+
+    if not distributed.is_main():
+        return  # one probe is not worth sharding: under torchrun rank 0 does it all
 
     overrides = dict(device=a.device, probe_epochs=a.probe_epochs, probe_norm=a.probe_norm,
                      probe_seeds=tuple(a.seeds) if a.seeds else None, dataset=a.dataset,
@@ -204,8 +221,8 @@ def cmd_table(a: argparse.Namespace) -> None:
                      compile=False if a.no_compile else None)
     out_dir = a.out_dir or default_table_dir(cfg)
     table = run_table(cfg, out_dir, rows=a.rows, progress=not a.no_progress)
-    print("\n" + table.files["md"].read_text())
-    print("results: " + ", ".join(str(p) for p in table.files.values()))
+    say("\n" + table.files["md"].read_text())
+    say("results: " + ", ".join(str(p) for p in table.files.values()))
 
 
 def cmd_embed(a: argparse.Namespace) -> None:
@@ -230,9 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         if value:
             os.environ[env] = value
     try:
-        commands = {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table,
-                    "embed": cmd_embed}
-        commands[a.command](a)
+        with distributed.launched():  # torchrun's process group, when it started us
+            commands = {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table,
+                        "embed": cmd_embed}
+            commands[a.command](a)
     except (ValueError, FileNotFoundError, PretrainError) as e:  # errors with a message for the user
         sys.exit(f"error: {e}")
 

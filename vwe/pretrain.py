@@ -6,6 +6,9 @@ reader sees the old file or the new one; a checkpoint ends in a SHA-256 footer, 
 later on disk is caught instead of loaded. Rerunning `pretrain` with the same config resumes from
 the newest checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves
 neither duplicated nor missing epochs. One process at a time may train in a run directory.
+
+Under torchrun every process runs `pretrain` on its slice of each batch (`vwe.distributed`): all
+of them resume from the same checkpoint, and rank 0 alone holds the lock and writes the files.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ except ImportError:  # Windows: no advisory locks, run directories are not guard
 import torch
 from tqdm.auto import tqdm
 
+from vwe import distributed
 from vwe.config import Config, resolve_device
 from vwe.data import Dataset, batches, load_dataset, to_float
 from vwe.models import Autoencoder, build_model
@@ -101,6 +105,9 @@ def train_one_epoch(
     for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
                                  disable=not progress)):
         losses[i] = step(images[idx])
+    # each process's losses are its slices' means: their average is the global batches' mean loss,
+    # the same bits on every process, so all of them stop together on a NaN
+    losses = distributed.sum_across(losses) / distributed.world()
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         i = int(bad[0])
@@ -113,16 +120,21 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: Autoencoder, images: torch.Tensor, batch_size: int = 1024) -> float:
-    """Mean reconstruction loss over `images` (N, 3, 32, 32) uint8: eval mode, no augmentation."""
+    """Mean reconstruction loss over `images` (N, 3, 32, 32) uint8: eval mode, no augmentation.
+
+    Under torchrun each process evaluates its share and the sums are added: every process returns
+    the same number.
+    """
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=images.device)
     use_bf16 = images.device.type == "cuda"
-    for idx in batches(len(images), batch_size, shuffle=False, device=images.device):
+    mine = images[distributed.shard(len(images))]
+    for idx in batches(len(mine), batch_size, shuffle=False, device=images.device):
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            total += model.forward_loss(to_float(images[idx])).float() * len(idx)
+            total += model.forward_loss(to_float(mine[idx])).float() * len(idx)
     model.train(was_training)
-    return (total / len(images)).item()
+    return (distributed.sum_across(total) / len(images)).item()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -137,7 +149,7 @@ def provenance(device: torch.device) -> dict:
         rev = "unknown"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"git": rev, "torch": str(torch.__version__), "device": name,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "processes": distributed.world(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -325,8 +337,9 @@ def discard_run(run_dir: Path) -> None:
 def resolve_data(cfg: Config, data: Dataset | None) -> tuple[Config, Dataset]:
     """`data` cut to cfg's sizes (loaded when None), and cfg with the dataset that "auto" became."""
     if data is None:
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                            validation=cfg.validation)
+        with distributed.main_first():  # one process downloads and caches, the others read
+            data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
+                                validation=cfg.validation)
     else:
         data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
     return cfg.replace(dataset=data.name), data
@@ -395,7 +408,9 @@ def resume_run(run_dir: Path, device: torch.device, load: Callable[[dict, Path],
 
     `load(state, path)` checks the newest checkpoint against the run and loads it into the fresh
     model, optimizer and generators (or raises). Then metrics.jsonl is cut back to that checkpoint's
-    epochs and config.json rewritten with `config`. (0, [], None) for a directory without one.
+    epochs and config.json rewritten with `config` (by rank 0). (0, [], None) for a directory without
+    one. Under torchrun every process calls it after rank 0 has prepared the directory
+    (`prepare_run_dir`), and all of them find the same newest checkpoint.
     """
     start, metrics, checkpoint = 0, [], None
     found = latest_checkpoint(run_dir, map_location=device)
@@ -403,10 +418,39 @@ def resume_run(run_dir: Path, device: torch.device, load: Callable[[dict, Path],
         checkpoint, state = found
         load(state, checkpoint)
         start, metrics = state["epoch"], state["metrics"]
-    write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-    config_text = json.dumps(config, indent=2) + "\n"
-    atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+    if distributed.is_main():
+        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
+        config_text = json.dumps(config, indent=2) + "\n"
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
     return start, metrics, checkpoint
+
+
+@contextmanager
+def prepare_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """Rank 0 creates and locks `run_dir` for the block, removes interrupted writes' temp files, and
+    with `fresh` discards the old run; the other processes wait until it has (then only read)."""
+    with lock_run_dir(run_dir) if distributed.is_main() else nullcontext():
+        if distributed.is_main():
+            remove_temp_files(run_dir)
+            if fresh:
+                discard_run(run_dir)
+        distributed.barrier()
+        yield
+
+
+def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict]) -> Path:
+    """Rank 0 writes the epoch's checkpoint, then the metrics log, then prunes old checkpoints.
+
+    After the checkpoint: the log never lists an epoch that no checkpoint holds, and a kill between
+    the two is repaired by the rewrite from the checkpoint on resume. Returns the checkpoint's path.
+    """
+    checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
+    if distributed.is_main():
+        save_checkpoint(checkpoint, state)
+        write_metrics(run_dir, metrics)
+        for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
+            old.unlink()
+    return checkpoint
 
 
 def pretrain(
@@ -415,30 +459,34 @@ def pretrain(
     data: Dataset | None = None,
     fresh: bool = False,
     progress: bool = True,
+    sync_bn: bool = True,
 ) -> PretrainResult:
     """Train `cfg.model` for `cfg.epochs` epochs, checkpointing every epoch, resuming when possible.
 
     `data` defaults to `load_dataset(cfg.dataset, ...)`. `fresh=True` discards earlier checkpoints
     of this run directory instead of resuming (also needed to change the config of a run); nothing
-    is discarded before the data has loaded and the run directory's lock is held.
+    is discarded before the data has loaded and the run directory's lock is held. Under torchrun
+    the processes train data-parallel (`vwe.distributed`); `sync_bn=False` lets each normalise
+    its own slice instead of the global batch.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     cfg, data = resolve_data(cfg, data)
     n_train = len(data.train_labels)
     if cfg.batch_size > n_train:
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
                          f"no full batch to train on; use a batch_size <= {n_train} or more images")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with lock_run_dir(run_dir):
-        remove_temp_files(run_dir)
-        if fresh:
-            discard_run(run_dir)
+    distributed.check_batch(cfg.batch_size)
+    progress = progress and distributed.is_main()
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with prepare_run_dir(run_dir, fresh):
         train_images = data.train_images.to(device)
         test_images = data.test_images.to(device)
 
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, cfg.tower, cfg.encoding).to(device)
+        model = distributed.prepare_model(build_model(cfg.model, cfg.tower, cfg.encoding).to(device),
+                                          device, sync_bn)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -456,22 +504,17 @@ def pretrain(
             model.train()
             train_loss = train_one_epoch(step, train_images, cfg.batch_size, shuffle_gen, epoch, progress)
             seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
+            distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
             test_loss = evaluate(model, test_images, cfg.eval_batch_size)
             _check_weights(model, test_loss, epoch)
             seen = (n_train // cfg.batch_size) * cfg.batch_size
             metrics.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
                             "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-            checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
-            save_checkpoint(checkpoint, {
+            checkpoint = save_epoch(run_dir, epoch, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics, "data": data.provenance(),
                 "rng": _rng_state(shuffle_gen, aug_gen), "provenance": provenance(device),
-            })
-            # After the checkpoint: the log never lists an epoch that no checkpoint holds, and a
-            # kill between the two is repaired by the rewrite from the checkpoint on resume.
-            write_metrics(run_dir, metrics)
-            for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
-                old.unlink()
+            }, metrics)
             epochs.set_postfix(train=f"{train_loss:.4f}", test=f"{test_loss:.4f}",
                                img_s=f"{metrics[-1]['images_per_s']:.0f}")
     model.eval()

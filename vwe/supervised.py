@@ -8,7 +8,7 @@ one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
 Checkpoints, the run directory's lock, resume and provenance are `vwe.pretrain`'s: a run directory
 holds checkpoint-EEEE.pt (the last two), metrics.jsonl and config.json, and rerunning resumes from
-the newest checkpoint.
+the newest checkpoint. Under torchrun it trains data-parallel as `vwe.pretrain.pretrain` does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vwe import distributed
 from vwe.config import Config, resolve_device
 from vwe.data import Dataset, batches, to_float
 from vwe.models import Classifier
@@ -32,11 +33,9 @@ from vwe.pretrain import (
     CheckpointError,
     ConfigMismatchError,
     NonFiniteLossError,
-    discard_run,
     list_checkpoints,
-    lock_run_dir,
+    prepare_run_dir,
     provenance,
-    remove_temp_files,
     resolve_data,
     restore_rng,
     resume_run,
@@ -115,7 +114,9 @@ def make_supervised_step(
 
     Crop and flip run on the uint8 batch (4x less memory traffic than on floats). On CUDA the
     forward runs in bf16 autocast on channels_last weights and is compiled, and cuDNN searches for
-    its fastest kernels (the batch shape never changes), as in `vwe.train_step`.
+    its fastest kernels (the batch shape never changes), as in `vwe.train_step`. Under torchrun the
+    crops are drawn for the whole global batch on every process, each process trains on its slice,
+    and DDP averages the gradients (the compiled CUDA form of that is unmeasured).
     """
     cuda = device.type == "cuda"
     if cuda:
@@ -124,16 +125,24 @@ def make_supervised_step(
         # autoencoder step in the same process would otherwise never have it on
         torch.backends.cudnn.benchmark = True
 
+    parallel = distributed.world() > 1
+    net = distributed.data_parallel(model, device)
+    if cuda and compile and parallel:
+        net = torch.compile(net)  # torch.compile's DDP support: compile the wrapped module
+
     def forward_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            return F.cross_entropy(model(x).float(), labels)
+            return F.cross_entropy(net(x).float(), labels)
 
-    if cuda and compile:
+    if cuda and compile and not parallel:
         forward_loss = torch.compile(forward_loss)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = to_float(random_crop_flip(images, pad, aug_gen))  # (B, 3, 32, 32) in [0, 1]
-        loss = forward_loss(x, labels)
+        crops = random_crop_flip(images, pad, aug_gen)  # the whole global batch, on every process
+        if parallel:
+            part = distributed.batch_slice(len(images))
+            crops, labels = crops[part], labels[part]
+        loss = forward_loss(to_float(crops), labels)  # (B, 3, 32, 32) in [0, 1]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,6 +175,7 @@ def train_one_epoch(
     for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
                                  disable=not progress)):
         losses[i] = step(images[idx], labels[idx])
+    losses = distributed.sum_across(losses) / distributed.world()  # the global batches' mean losses
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         i = int(bad[0])
@@ -176,15 +186,20 @@ def train_one_epoch(
 
 @torch.no_grad()
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent of `model` (eval mode, no augmentation) on (N, 3, 32, 32) uint8."""
+    """Top-1 accuracy in percent of `model` (eval mode, no augmentation) on (N, 3, 32, 32) uint8.
+
+    Under torchrun each process counts its share and the counts are added.
+    """
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
-    for idx in batches(len(images), batch_size, shuffle=False, device=images.device):
+    part = distributed.shard(len(images))
+    mine, my_labels = images[part], labels[part]
+    for idx in batches(len(mine), batch_size, shuffle=False, device=images.device):
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-            correct += (model(to_float(images[idx])).argmax(1) == labels[idx]).sum()
+            correct += (model(to_float(mine[idx])).argmax(1) == my_labels[idx]).sum()
     model.train(was_training)
-    return 100.0 * correct.item() / len(images)
+    return 100.0 * distributed.sum_across(correct).item() / len(images)
 
 
 @dataclass
@@ -232,6 +247,7 @@ def train_supervised(
     recipe: SupervisedRecipe | None = None,
     fresh: bool = False,
     progress: bool = True,
+    sync_bn: bool = True,
 ) -> SupervisedResult:
     """Train `Classifier(cfg.tower)` with `recipe` for `cfg.epochs` epochs; checkpoint every epoch.
 
@@ -239,24 +255,25 @@ def train_supervised(
     `cfg.epochs` epochs. The epoch count is part of the run (it places the lr drops), so a checkpoint
     of another epoch count, like any other change of RUN_FIELDS or the recipe, raises
     ConfigMismatchError; `fresh=True` discards the directory's checkpoints and starts over.
+    Under torchrun the processes train data-parallel; `sync_bn` as in `vwe.pretrain.pretrain`.
     """
     recipe = recipe or SupervisedRecipe()
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     cfg, data = resolve_data(cfg, data)
     n_train = len(data.train_labels)
     if recipe.batch_size > n_train:
         raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
                          "training images; use more images or a smaller SupervisedRecipe.batch_size")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with lock_run_dir(run_dir):
-        remove_temp_files(run_dir)
-        if fresh:
-            discard_run(run_dir)
+    distributed.check_batch(recipe.batch_size)
+    progress = progress and distributed.is_main()
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with prepare_run_dir(run_dir, fresh):
         data = data.to(device)  # the whole dataset lives on the device as uint8
 
         torch.manual_seed(cfg.seed)
-        model = Classifier(cfg.tower, data.num_classes).to(device)
+        model = distributed.prepare_model(Classifier(cfg.tower, data.num_classes).to(device), device, sync_bn)
         optimizer = recipe.optimizer(model.parameters())
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -278,6 +295,7 @@ def train_supervised(
             train_loss = train_one_epoch(step, data.train_images, data.train_labels, recipe.batch_size,
                                          shuffle_gen, epoch, progress)
             seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync
+            distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
             test_acc = accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)
             # The last update is in no training loss: never checkpoint non-finite weights.
             if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
@@ -287,16 +305,17 @@ def train_supervised(
             metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_acc": test_acc,
                             "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
             checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
-            save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
-                "provenance": provenance(device), "data": data.provenance(),
-                "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
-                        "torch": torch.get_rng_state()},
-            })
-            write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
-            for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
-                old.unlink()
+            if distributed.is_main():  # the one process that writes
+                save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
+                    "provenance": provenance(device), "data": data.provenance(),
+                    "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
+                            "torch": torch.get_rng_state()},
+                })
+                write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
+                for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
+                    old.unlink()
             epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.1f}",
                                img_s=f"{metrics[-1]['images_per_s']:.0f}")
     model.eval()

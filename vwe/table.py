@@ -18,6 +18,9 @@ row's config and the sha256 of its final checkpoint, and resumes a row that was 
 `run_table` then writes `results.json`, `results.csv`, `results.md` and `results.png` in `out_dir`.
 
     python -m vwe table --profile paper --dataset cifar100       # the reproduction, on one GPU
+
+Under torchrun every row trains data-parallel (`vwe.distributed`); rank 0 alone extracts the
+features, trains the probes and writes the files, so the numbers do not depend on the process count.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from vwe import distributed
 from vwe.config import Config, resolve_device
 from vwe.data import Dataset
 from vwe.evaluate import (
@@ -291,6 +295,15 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, progress=progress)
         checkpoint, epochs, test_acc = res.checkpoint, len(res.metrics), res.test_acc
+    elif row.kind == "pretrained":
+        res = pretrain(cfg_row, run_dir, data=data, progress=progress)
+        checkpoint, epochs = res.checkpoint, res.metrics[-1]["epoch"]
+        if epochs != cfg.epochs:
+            raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
+                             "use another output directory or ask for that many epochs")
+    if not distributed.is_main():  # rank 0 alone evaluates and writes; the others read its result
+        return _result_of_main(row, cfg, out_dir, fingerprint)
+    if row.kind == "supervised":
         train, test = features(res.model.forward_features)  # (N, 64), (M, 64)
     elif row.kind == "pixels":
         train, test = (pixel_features(x) for x in images)  # (N, 3072), (M, 3072)
@@ -299,11 +312,6 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     elif row.kind == "random":
         train, test = features(random_weights_model(row.tower, cfg.seed).to(device))
     else:
-        res = pretrain(cfg_row, run_dir, data=data, progress=progress)
-        checkpoint, epochs = res.checkpoint, res.metrics[-1]["epoch"]
-        if epochs != cfg.epochs:
-            raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
-                             "use another output directory or ask for that many epochs")
         if row.model == "context":  # the 16 patches' own tower features, beside the 8192-d contexts
             extra["tower"] = features(res.model, "tower")
         train, test = features(res.model)
@@ -319,7 +327,14 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     }
     text = json.dumps(saved, indent=2) + "\n"
     atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
+    distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
+
+
+def _result_of_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
+    """On a process other than rank 0: wait for rank 0 to evaluate the row, then read its result."""
+    distributed.barrier()
+    return finished_row(row, cfg, out_dir, fingerprint)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -365,10 +380,12 @@ def run_table(
     selected = select_rows(rows)
     cfg, data = resolve_data(cfg, data)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     header = table_header(cfg, data, resolve_device(cfg.device), fingerprint)
-    print(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
+    say = print if distributed.is_main() else lambda *args, **kwargs: None
+    say(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
           f"| {len(selected)} rows -> {out_dir}", flush=True)
 
@@ -398,12 +415,15 @@ def run_table(
             line += f"; about {_duration(spent / done_work * sum(work(r) for r in left))} left"
         std = "" if res.std is None else f" ± {res.std:.2f}"
         paper = "not in the paper" if res.paper is None else f"paper {res.paper:.2f} on CIFAR-100"
-        print(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %", flush=True)
+        say(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %", flush=True)
     for row in ROWS:
         if row.key not in results and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
             results[row.key] = done
     ordered = [results[r.key] for r in ROWS if r.key in results]
-    return Table(header, ordered, write_results(header, ordered, out_dir))
+    with distributed.main_first():  # the others return once the files are there
+        files = (write_results(header, ordered, out_dir) if distributed.is_main()
+                 else {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")})
+    return Table(header, ordered, files)
 
 
 # ----------------------------------------------------------------------------- the paper's claims

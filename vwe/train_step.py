@@ -17,6 +17,10 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
     subpixel         the decoder's upsample + first convolution as one convolution on the 4x4 map
                      (`vwe.models.subpixel_conv2d`)
 
+Under torchrun (`vwe.distributed`) the step draws the augmentation for the whole global batch, as
+one process does, and trains on this process's slice of it inside DistributedDataParallel; there the
+compiled model is the DDP module (not fullgraph) and the CUDA graph is off, both unmeasured on a GPU.
+
 The last three change only how the same sums are computed. The CUDA default is the first five
 with dense_convs=16; row_convs and subpixel are off until a GPU measures them (BENCHMARKS.md
 measures each). Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4
@@ -45,6 +49,7 @@ from torch.utils._pytree import tree_leaves
 
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.data import to_float
+from vwe.distributed import ForwardLoss, batch_slice, check_batch, data_parallel, is_main, world
 from vwe.models import Autoencoder, use_conv_forms
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -219,6 +224,13 @@ class TrainStep:
         if aug is not None and aug_gen.device.type != device.type:
             raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the step trains "
                              f"on {device}; make it with torch.Generator(device={str(device)!r})")
+        # Under torchrun (vwe.distributed) each process trains on its slice of the global batch and
+        # DDP averages the gradients. A captured step with DDP's all-reduce in it is unproven: off.
+        self.parallel = world() > 1
+        if self.parallel and options.cuda_graph:
+            options = replace(options, cuda_graph=False)
+            if is_main():
+                print("note: no CUDA graph under DDP (unproven there); the step runs without it")
         self.model, self.optimizer, self.aug, self.aug_gen = model, optimizer, aug, aug_gen
         self.device, self.options = device, options
         if options.channels_last:
@@ -229,7 +241,13 @@ class TrainStep:
         # take Adam's ordinary path, and only the captured one needs the step count on the device
         _set_capturable(optimizer, False)
         self._forward_loss = self.forward_loss
-        if options.compile:
+        # uint8 batch -> loss: the model's forward_loss, or DDP around it (whose hooks need `forward`)
+        self.loss_fn = data_parallel(ForwardLoss(model), device) if self.parallel else model.forward_loss
+        if options.compile and self.parallel:
+            # torch.compile's DDP support splits the graph at DDP's gradient buckets; synchronised
+            # BatchNorm breaks it too, so no fullgraph (unmeasured: no GPU has run this path yet)
+            self.loss_fn = torch.compile(self.loss_fn, mode=options.compile, backend=options.backend)
+        elif options.compile:
             # fullgraph: a graph break would silently split the step and cost speed; the generator
             # stays outside (draw), so there is nothing dynamo cannot trace
             self._forward_loss = torch.compile(self.forward_loss, mode=options.compile,
@@ -255,7 +273,7 @@ class TrainStep:
         if self.aug is not None:
             x = apply_params(x, AugmentParams(*params), self.aug)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
-            return self.model.forward_loss(x)
+            return self.loss_fn(x)
 
     def update(self, images: Tensor, params: tuple[Tensor, ...]) -> Tensor:
         """Forward, backward and Adam on a batch; the loss (graph-owned memory on the graph path)."""
@@ -270,7 +288,11 @@ class TrainStep:
 
     def __call__(self, images: Tensor) -> Tensor:
         self._check(images)
-        params = self.draw(images.shape[0])
+        params = self.draw(images.shape[0])  # for the whole global batch, the same on every process
+        if self.parallel:
+            check_batch(images.shape[0])
+            part = batch_slice(images.shape[0])  # this process's slice of the images and their draws
+            images, params = images[part], tuple(p[part] for p in params)
         if self.options.cuda_graph and self.graph is None:
             self._capture(images, params)  # may fall back: options.cuda_graph becomes False
         if not self.options.cuda_graph:
