@@ -13,7 +13,7 @@ import torch
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.models import build_model
-from vwe.pretrain import evaluate, list_checkpoints, load_pretrained, pretrain
+from vwe.pretrain import config_differences, evaluate, list_checkpoints, load_pretrained, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,11 @@ def test_finished_run_is_reused_and_checkpoints_are_pruned(shapes, whole, tmp_pa
     # The reloaded checkpoint reproduces the logged held-out loss exactly.
     held_out = evaluate(model, shapes.test_images, loaded_cfg.eval_batch_size)
     assert held_out == state["metrics"][-1]["test_loss"]
+
+
+def test_a_field_a_checkpoint_predates_counts_as_its_default():
+    cfg = get_config("smoke")
+    saved = cfg.to_dict()
+    del saved["validation"]  # written before the field existed: such a run used the default
+    assert config_differences(saved, cfg) == []
+    assert config_differences(saved, cfg.replace(validation=8)) == ["validation: 0 -> 8"]

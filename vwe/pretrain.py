@@ -290,10 +290,12 @@ def remove_temp_files(run_dir: str | Path) -> None:
 
 
 def config_differences(saved: dict, current: Config) -> list[str]:
-    """Fields (other than RESUMABLE_FIELDS) whose values differ, as 'name: saved -> current'."""
-    now = current.to_dict()
-    return [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
-            if k not in RESUMABLE_FIELDS and _plain(saved.get(k)) != _plain(now[k])]
+    """Fields (other than RESUMABLE_FIELDS) whose values differ, as 'name: saved -> current'. A field
+    that a checkpoint predates counts as its default, which is what such a run used."""
+    now, default = current.to_dict(), Config().to_dict()
+    saved = {k: saved.get(k, default[k]) for k in now}
+    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
+            if k not in RESUMABLE_FIELDS and _plain(saved[k]) != _plain(now[k])]
 
 
 def _plain(v):

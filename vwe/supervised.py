@@ -45,7 +45,7 @@ from vwe.pretrain import (
 
 # The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
 # augmentation, the probe) do not touch it and may change without invalidating its checkpoints.
-RUN_FIELDS = ("dataset", "n_train", "n_test", "data_seed", "tower", "epochs", "seed")
+RUN_FIELDS = ("dataset", "n_train", "n_test", "validation", "data_seed", "tower", "epochs", "seed")
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,9 @@ class SupervisedResult:
 
 def _run_key(config: dict, recipe: dict) -> dict:
     """What a checkpoint must share with the current run to be resumed (JSON-plain values)."""
-    return json.loads(json.dumps({"config": {k: config[k] for k in RUN_FIELDS}, "recipe": recipe}))
+    default = Config().to_dict()  # a field that a checkpoint predates: what such a run used
+    return json.loads(json.dumps({"config": {k: config.get(k, default[k]) for k in RUN_FIELDS},
+                                  "recipe": recipe}))
 
 
 def _resume(state: dict, path: Path, key: dict, model: Classifier, optimizer: torch.optim.Optimizer,
