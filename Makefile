@@ -1,14 +1,10 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test                        set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
-<<<<<<< HEAD
-#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...]
+#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...] [NPROC=N]
 #                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
-=======
-#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [NPROC=N]   the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
 #   make pretrain [PROFILE=cpu] [DATASET=...] [NPROC=N] [ARGS="--model patch ..."]   one pretraining run
 #   NPROC=N: train data-parallel over N processes on this node (one per GPU) with torchrun
->>>>>>> issue16
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -52,17 +48,12 @@ lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
 		--IdentityProvider.token=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))') \
 		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
-<<<<<<< HEAD
-paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU)
-	$(PY) -m vwe table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) \
-		$(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST)) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
-=======
 paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU; NPROC=N GPUs)
-	$(VWE) table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS))
+	$(VWE) table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) \
+		$(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST)) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
 
 pretrain: setup  ## one pretraining run (default PROFILE=cpu; ARGS="--model patch ..."; NPROC=N GPUs)
 	$(VWE) pretrain --profile $(or $(PROFILE),cpu) $(DATASET_FLAG) $(ARGS)
->>>>>>> issue16
 
 bench: setup  ## training-step / feature / probe throughput, then each convolution's forms (DEVICE=cpu|cuda)
 	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json
