@@ -46,7 +46,7 @@ from vwe.models import (
     subpixel_conv2d,
     use_conv_forms,
 )
-from vwe.pretrain import atomic_write
+from vwe.runs import atomic_write
 from vwe.train_step import default_options
 
 FORMS = ("conv", "dense", "rows", "subpixel")

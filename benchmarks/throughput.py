@@ -5,7 +5,7 @@
 
 Every training variant is the context autoencoder with the ResNet-32 tower, Adam (lr 1e-4, fused on
 CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resident on the device
-(the speed does not depend on the content), in a loop like `vwe.pretrain.train_one_epoch`:
+(the speed does not depend on the content), in a loop like `vwe.runs.train_one_epoch`:
 
     literal-fp32          the paper as written: 128 tower passes per image, eager fp32 (the baseline)
     shared-fp32           17 tower passes per image, eager fp32 (the CPU default)
@@ -59,7 +59,7 @@ from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
 from vwe.models import ContextAutoencoder, Decoder, ResNet32
 from vwe.patches import N_PATCHES, PATCH
-from vwe.pretrain import atomic_write
+from vwe.runs import atomic_write
 from vwe.train_step import (
     PLAIN,
     ROW_PIXELS,

@@ -28,7 +28,8 @@ import torch
 from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import Dataset, absolute_dataset_name, load_dataset
 from vwe.models import Autoencoder, build_model
-from vwe.pretrain import atomic_write, latest_checkpoint, load_pretrained
+from vwe.pretrain import load_pretrained
+from vwe.runs import atomic_write, latest_checkpoint
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ

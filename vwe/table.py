@@ -50,7 +50,8 @@ from vwe.evaluate import (
     random_image_model,
     random_weights_model,
 )
-from vwe.pretrain import CHECKPOINT_RE, atomic_write, list_checkpoints, pretrain, provenance, resolve_data
+from vwe.pretrain import pretrain
+from vwe.runs import CHECKPOINT_RE, atomic_write, list_checkpoints, provenance, resolve_data
 from vwe.supervised import SupervisedRecipe, train_supervised
 from vwe.words import knn_accuracy
 
