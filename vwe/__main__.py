@@ -13,22 +13,13 @@ import sys
 from pathlib import Path
 
 from vwe import distributed
-from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, check_dataset_name, load_dataset
-from vwe.evaluate import FEATURES, PROBE_NORMS
+from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve_device
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset
+from vwe.evaluate import FEATURES
 from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.runs import RunError
 from vwe.table import ROW_KEYS
-
-
-def dataset_type(text: str) -> str:
-    """argparse type of --dataset: one of DATASETS or folder:PATH, refused with the choices listed."""
-    try:
-        check_dataset_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    return text
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:

@@ -39,10 +39,9 @@ from pathlib import Path
 import torch
 
 from vwe import distributed
-from vwe.config import Config, resolve_device
+from vwe.config import PROBE_NORMS, Config, resolve_device
 from vwe.data import Dataset
 from vwe.evaluate import (
-    PROBE_NORMS,
     extract_features,
     linear_eval,
     pixel_features,
