@@ -6,13 +6,10 @@
 The step's convolutions (context autoencoder, ResNet-32 tower, shared encoding, batch B) are found
 by running the model once with hooks, and grouped by shape: the tower's 8x8, 4x4 and 2x2 maps of
 B*16 + 1 patches and the decoder's 8x8 maps of B*16 targets. Each group is timed, forward and
-backward (gradients of the input and the weight), in every form `vwe.models` has for it:
+backward (gradients of the input and the weight), in every form `vwe.fast` has for it:
 
     conv      the library convolution (cuDNN on CUDA), what `StepOptions()` runs
     dense     one matrix product with the convolution of the identity basis (`dense_conv2d`)
-    rows      a convolution down the rows with W*C channels (`row_conv2d`)
-    subpixel  the decoder's upsample + first convolution as one convolution of the 4x4 map and a
-              pixel shuffle (`subpixel_conv2d`); its "conv" is the upsample followed by the conv
 
 Timing: on CUDA each form's forward + backward is captured once in a CUDA graph and replayed
 (the training step runs in one, so launch gaps would only blur the comparison), bf16 autocast and
@@ -37,19 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.models import (
-    ContextAutoencoder,
-    Conv2d,
-    Upsample2x,
-    dense_conv2d,
-    row_conv2d,
-    subpixel_conv2d,
-    use_conv_forms,
-)
-from vwe.pretrain import atomic_write
+from vwe.fast import Conv2d, dense_conv2d, use_conv_forms
+from vwe.models import ContextAutoencoder
+from vwe.runs import atomic_write
 from vwe.train_step import default_options
 
-FORMS = ("conv", "dense", "rows", "subpixel")
+FORMS = ("conv", "dense")
 DENSE_ENTRIES = 1 << 21  # a larger dense matrix (inputs x outputs) costs 10x+ the convolution's work
 
 
@@ -60,52 +50,44 @@ class ConvCall:
     names: tuple[str, ...]  # the modules with this shape, e.g. ("tower.stages.0.0.conv1", ...)
     conv: nn.Conv2d  # the first of them (shapes and hyper-parameters are what matter)
     shape: tuple[int, ...]  # input (N, C, H, W)
-    upsampled: bool  # the decoder's first conv: its input is Upsample2x of a (N, C, H/2, W/2) map
 
     @property
     def label(self) -> str:
         n, c, h, w = self.shape
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
-        up = " after 2x upsample" if self.upsampled else ""
-        return f"{self.names[0].split('.')[0]} {c}->{self.conv.out_channels} {k}x{k}/{s} on {h}x{w}{up}"
+        return f"{self.names[0].split('.')[0]} {c}->{self.conv.out_channels} {k}x{k}/{s} on {h}x{w}"
 
 
 def step_convs(model: ContextAutoencoder, batch_size: int, device: torch.device) -> list[ConvCall]:
     """The convolutions one forward of `model` on `batch_size` images runs, grouped by shape."""
     seen: dict[tuple, list] = {}
-    upsampled = {id(model.decoder.up[1])}  # the conv right after Upsample2x
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             def hook(m, args, name=name):
                 key = (tuple(args[0].shape), m.in_channels, m.out_channels, m.kernel_size, m.stride,
-                       m.padding, m.bias is not None, id(m) in upsampled)
+                       m.padding, m.bias is not None)
                 seen.setdefault(key, [m, []])[1].append(name)
             hooks.append(m.register_forward_pre_hook(hook))
     with torch.no_grad():
         model(torch.rand(batch_size, 3, 32, 32, device=device))
     for h in hooks:
         h.remove()
-    return [ConvCall(tuple(names), m, key[0], key[-1]) for key, (m, names) in seen.items()]
+    return [ConvCall(tuple(names), m, key[0]) for key, (m, names) in seen.items()]
 
 
 def forms_of(call: ConvCall) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Form name -> function of the input (N, C, H, W) computing the same output."""
     conv = call.conv
-    plain = lambda x: F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)  # noqa: E731
-    if call.upsampled:  # the input is the 4x4 map; "conv" is the step's upsample + conv
-        return {"conv": lambda x: plain(Upsample2x()(x)), "subpixel": lambda x: subpixel_conv2d(x, conv)}
-    forms = {"conv": plain, "rows": lambda x: row_conv2d(x, conv)}
+    forms = {"conv": lambda x: F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)}
     n, c, h, w = call.shape
     if (c * h * w) * (conv.out_channels * h * w) <= DENSE_ENTRIES:
         forms["dense"] = lambda x: dense_conv2d(x, conv)
     return forms
 
 
-def default_form(call: ConvCall, model: ContextAutoencoder) -> str:
-    """The form `model` runs `call` in (after `use_conv_forms`, as the training step sets it)."""
-    if call.upsampled:
-        return "subpixel" if model.decoder.subpixel else "conv"
+def default_form(call: ConvCall) -> str:
+    """The form the model runs `call` in (after `use_conv_forms`, as the training step sets it)."""
     if isinstance(call.conv, Conv2d):  # the tower's; the decoder's other convs are plain nn.Conv2d
         return call.conv.form(call.shape[2] * call.shape[3])
     return "conv"
@@ -161,16 +143,15 @@ def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> 
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=layout)
     options = default_options(device)
-    use_conv_forms(model, options.dense_convs, options.row_convs, options.subpixel)
+    use_conv_forms(model, options.dense_convs)
     rows = []
     for call in step_convs(model, batch_size, device):
-        n, c, h, w = call.shape
-        shape = (n, c, h // 2, w // 2) if call.upsampled else (n, c, h, w)
+        shape = call.shape
         x = torch.randn(shape, device=device).contiguous(memory_format=layout)
         ms = {name: 1000 * statistics.median(time_form(fn, x, call.conv, repeats, iters))
               for name, fn in forms_of(call).items()}
         best = min(ms, key=ms.get)
-        default = default_form(call, model)
+        default = default_form(call)
         count = len(call.names)
         rows.append({"layer": call.label, "input": list(shape), "calls_per_step": count,
                      "modules": list(call.names), "ms_per_call": ms, "default": default, "best": best,

@@ -5,7 +5,7 @@
 
 Every training variant is the context autoencoder with the ResNet-32 tower, Adam (lr 1e-4, fused on
 CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resident on the device
-(the speed does not depend on the content), in a loop like `vwe.pretrain.train_one_epoch`:
+(the speed does not depend on the content), in a loop like `vwe.runs.train_one_epoch`:
 
     literal-fp32          the paper as written: 128 tower passes per image, eager fp32 (the baseline)
     shared-fp32           17 tower passes per image, eager fp32 (the CPU default)
@@ -17,9 +17,6 @@ CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resid
                           convolutions as matrix products (dense_convs 16 px); on the CPU the same
                           step as shared-fp32 (not re-measured)
     fast-autotune         opt-in: fast with compile mode max-autotune-no-cudagraphs (CUDA only)
-    fast-subpixel         fast + the decoder's upsample and first conv as one conv (`subpixel`)
-    fast-rows             fast + the tower's 8x8-map convolutions down the rows (`row_convs` 64 px)
-    fast-forms            fast + both (on the CPU each is the plain fp32 step + that form)
 
 Warm-up steps run first and are not timed (compilation and graph capture happen there); each
 repeat is timed between device synchronisations, and the median repeat is reported. Also timed:
@@ -59,10 +56,9 @@ from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
 from vwe.models import ContextAutoencoder, Decoder, ResNet32
 from vwe.patches import N_PATCHES, PATCH
-from vwe.pretrain import atomic_write
+from vwe.runs import atomic_write
 from vwe.train_step import (
     PLAIN,
-    ROW_PIXELS,
     GraphFallbackWarning,
     StepOptions,
     default_options,
@@ -97,11 +93,10 @@ DEFAULTS = {
     "cuda": BenchConfig("cuda", batch_size=512, steps=20, repeats=3, warmup=3, images=PAPER_IMAGES,
                         eval_train=PAPER_IMAGES, eval_test=10_000, eval_batch_size=1024, probe_epochs=100,
                         threads=None,
-                        # the four, then the forms not yet measured on a GPU; the variants
-                        # measured in BENCHMARKS.md's run 1 (shared-bf16-compiled, fast-conv) and
-                        # fast-dense2x2 are opt-in: each compilation costs about a minute
-                        variants=("literal-fp32", "shared-fp32", "shared-bf16", "fast", "fast-forms",
-                                  "fast-subpixel", "fast-rows")),
+                        # the four; the variants measured in BENCHMARKS.md's run 1
+                        # (shared-bf16-compiled, fast-conv) and fast-dense2x2 are opt-in: each
+                        # compilation costs about a minute
+                        variants=("literal-fp32", "shared-fp32", "shared-bf16", "fast")),
     # one thread: on a shared 2-core machine two OpenMP threads competing with other processes ran
     # 5-50x slower than one (measured); pass --threads 2 on an idle machine
     "cpu": BenchConfig("cpu", batch_size=16, steps=3, repeats=3, warmup=1, images=1024, eval_train=500,
@@ -111,7 +106,7 @@ DEFAULTS = {
 
 
 VARIANTS = ("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled", "fast-conv",
-            "fast-dense2x2", "fast", "fast-autotune", "fast-subpixel", "fast-rows", "fast-forms")
+            "fast-dense2x2", "fast", "fast-autotune")
 
 
 def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
@@ -126,9 +121,6 @@ def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
         "fast-dense2x2": ("shared", replace(default_options(device), dense_convs=4)),
         "fast": ("shared", default_options(device)),
         "fast-autotune": ("shared", replace(default_options(device), compile="max-autotune-no-cudagraphs")),
-        "fast-subpixel": ("shared", replace(default_options(device), subpixel=True)),
-        "fast-rows": ("shared", replace(default_options(device), row_convs=ROW_PIXELS)),
-        "fast-forms": ("shared", replace(default_options(device), row_convs=ROW_PIXELS, subpixel=True)),
     }
     if name not in setups:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")

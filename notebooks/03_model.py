@@ -44,7 +44,7 @@ from torch import nn
 
 from vwe.course import start
 from vwe.data import to_float
-from vwe.models import ContextAutoencoder, Conv4, PatchAutoencoder, ResNet32, Upsample2x, count_parameters
+from vwe.models import ContextAutoencoder, Conv4, PatchAutoencoder, ResNet32, count_parameters
 from vwe.patches import gather_context, gather_neighbours, neighbour_table, patchify
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -245,7 +245,7 @@ with torch.no_grad():
     print(f"{'reshape':<22} {tuple(h.shape)}")
     for layer in shared.decoder.up:
         h = layer(h)
-        if isinstance(layer, (Upsample2x, nn.Conv2d)):
+        if isinstance(layer, (nn.Upsample, nn.Conv2d)):
             print(f"{type(layer).__name__:<22} {tuple(h.shape)}")
     recon = shared(x)  # the whole model: (B, 3, 32, 32) -> (B, 16, 3, 8, 8)
 print(f"{'autoencoder output':<22} {tuple(recon.shape)}")

@@ -49,7 +49,8 @@ from vwe.course import start
 from vwe.data import to_float
 from vwe.models import build_model
 from vwe.plots import plot_losses, save
-from vwe.pretrain import evaluate, list_checkpoints, load_checkpoint, load_pretrained, pretrain
+from vwe.pretrain import held_out_loss, load_pretrained, pretrain
+from vwe.runs import list_checkpoints, load_checkpoint
 from vwe.train_step import make_train_step
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -111,8 +112,8 @@ print("by hand and make_train_step: same loss, same updated weights")
 # %% [markdown]
 # ## 3. Pretrain the context autoencoder
 #
-# `pretrain(config, run_dir, data=data)` runs the visible epoch loop of `vwe/pretrain.py`: one
-# `train_one_epoch` and one held-out `evaluate` per epoch, a checkpoint after every epoch (written
+# `pretrain(config, run_dir, data=data)` runs the visible epoch loop of `vwe/runs.py`: one
+# `train_one_epoch` and one `held_out_loss` per epoch, a checkpoint after every epoch (written
 # atomically: a kill never leaves half a file) and one line per epoch in `metrics.jsonl`.
 #
 # **Checkpoints are reused.** When the run directory already holds a finished run with the same config,
@@ -196,6 +197,6 @@ for name, r in runs.items():
     model, loaded_cfg, _ = load_pretrained(r.checkpoint, device=str(s.device))
     assert loaded_cfg == r.config  # the checkpoint records the config it was trained with
     logged = r.metrics[-1]["test_loss"]
-    recomputed = evaluate(model, test_images, cfg.eval_batch_size)
+    recomputed = held_out_loss(model, test_images, cfg.eval_batch_size)
     print(f"{name:<11} held-out MSE logged {logged:.6f} | recomputed from {r.checkpoint.name} {recomputed:.6f}")
     assert abs(recomputed - logged) <= 1e-5 * logged

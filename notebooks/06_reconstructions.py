@@ -45,7 +45,7 @@ from vwe import plots
 from vwe.course import load_models, start
 from vwe.data import batches, to_float
 from vwe.patches import patchify
-from vwe.pretrain import evaluate
+from vwe.pretrain import held_out_loss
 from vwe.widgets import ReconstructionExplorer
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -115,8 +115,8 @@ for name, model in (("simple AE", simple), ("context AE", context)):
             total += err.mean(dim=(2, 3, 4)).sum(dim=0).cpu()  # (16,) summed over images
     per_patch[name] = total / len(test_images)
     mse = per_patch[name].mean().item()
-    # the same number through the library's held-out loss (`vwe.pretrain.evaluate`)
-    assert abs(mse - evaluate(model, test_images, cfg.eval_batch_size)) <= 1e-4 * mse
+    # the same number through the library's held-out loss (`vwe.pretrain.held_out_loss`)
+    assert abs(mse - held_out_loss(model, test_images, cfg.eval_batch_size)) <= 1e-4 * mse
     logged = runs[name].metrics[-1]["test_loss"]
     print(f"{name:<10}: test MSE {mse:.5f} (logged at the end of its pretraining, on the test images it "
           f"was trained beside: {logged:.5f})")

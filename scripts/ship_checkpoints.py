@@ -15,7 +15,7 @@ from pathlib import Path
 from vwe.config import Config
 from vwe.course import SHIPPED_DIR, export_shipped, project_dir
 from vwe.data import load_dataset
-from vwe.pretrain import latest_checkpoint
+from vwe.runs import latest_checkpoint
 
 
 def main() -> None:

@@ -90,9 +90,9 @@ def _patch_checkpoint_writes() -> None:
 
         return HalfThenDie()
 
-    import vwe.pretrain
+    import vwe.runs
 
-    vwe.pretrain.open = opening  # module-level name lookup: only vwe.pretrain sees this open
+    vwe.runs.open = opening  # module-level name lookup: only vwe.runs sees this open
 
 
 def _patch_metrics_renames() -> None:

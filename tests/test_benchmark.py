@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vwe.models import ContextAutoencoder, use_conv_forms
+from vwe.fast import use_conv_forms
+from vwe.models import ContextAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +169,7 @@ def test_every_variant_name_has_a_setup():
         encoding, options = throughput.variant_setup(name, torch.device("cuda"))
         assert encoding in ("literal", "shared")
     assert set(throughput.DEFAULTS["cuda"].variants) <= set(throughput.VARIANTS)
-    assert throughput.variant_setup("fast-forms", torch.device("cuda"))[1].describe().endswith(
-        "dense_convs(16 px) + row_convs(64 px) + subpixel")
+    assert throughput.variant_setup("fast", torch.device("cuda"))[1].describe().endswith("dense_convs(16 px)")
 
 
 # ------------------------------------------------------------------ conv_forms.py
@@ -180,27 +180,24 @@ def test_conv_forms_finds_every_convolution_of_the_step_and_the_default_forms():
     calls = conv_forms.step_convs(model, 2, torch.device("cpu"))
     assert sum(len(c.names) for c in calls) == 33 + 3  # the tower's convs and the decoder's
     assert all(c.shape[0] == 2 * 16 + 1 for c in calls if c.names[0].startswith("tower"))  # + zero patch
-    up = [c for c in calls if c.upsampled]
-    assert len(up) == 1 and up[0].names == ("decoder.up.1",) and up[0].shape == (32, 64, 8, 8)
     by_label = {c.label: c for c in calls}
     assert len(by_label["tower 16->16 3x3/1 on 8x8"].names) == 10  # stage 1
     assert len(by_label["tower 64->64 3x3/1 on 2x2"].names) == 9  # stage 3 after its first conv
-    assert {conv_forms.default_form(c, model) for c in calls} == {"conv"}  # the CPU default
-    use_conv_forms(model, 16, 64, True)  # the forms only: the hooks saw the shapes already
-    forms = {c.label: conv_forms.default_form(c, model) for c in calls}
-    assert forms["tower 32->32 3x3/1 on 4x4"] == "dense" and forms["tower 16->16 3x3/1 on 8x8"] == "rows"
-    assert forms["decoder 64->64 3x3/1 on 8x8 after 2x upsample"] == "subpixel"
-    assert forms["decoder 64->32 3x3/1 on 8x8"] == "conv"
+    assert {conv_forms.default_form(c) for c in calls} == {"conv"}  # the CPU default
+    use_conv_forms(model, 16)  # the forms only: the hooks saw the shapes already
+    forms = {c.label: conv_forms.default_form(c) for c in calls}
+    assert forms["tower 32->32 3x3/1 on 4x4"] == "dense" and forms["tower 16->16 3x3/1 on 8x8"] == "conv"
+    assert forms["decoder 64->64 3x3/1 on 8x8"] == forms["decoder 64->32 3x3/1 on 8x8"] == "conv"
 
 
 def test_every_form_of_every_convolution_computes_the_same_output():
     model = ContextAutoencoder("resnet32").double()
     for call in conv_forms.step_convs(model, 1, torch.device("cpu")):
         n, c, h, w = call.shape
-        x = torch.randn(2, c, h // 2, w // 2) if call.upsampled else torch.randn(2, c, h, w)
+        x = torch.randn(2, c, h, w)
         forms = conv_forms.forms_of(call)
-        assert set(forms) == ({"conv", "subpixel"} if call.upsampled else {"conv", "rows", "dense"}
-                              if c * h * w * call.conv.out_channels * h * w <= 1 << 21 else {"conv", "rows"})
+        assert set(forms) == ({"conv", "dense"} if c * h * w * call.conv.out_channels * h * w <= 1 << 21
+                              else {"conv"})
         expected = forms["conv"](x.double())
         for name, fn in forms.items():
             torch.testing.assert_close(fn(x.double()), expected, rtol=1e-10, atol=1e-10, msg=name)

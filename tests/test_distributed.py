@@ -25,7 +25,8 @@ import torch.multiprocessing as mp
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.models import build_model
-from vwe.pretrain import list_checkpoints, load_checkpoint, pretrain
+from vwe.pretrain import pretrain
+from vwe.runs import list_checkpoints, load_checkpoint
 from vwe.supervised import SupervisedRecipe, train_supervised
 from vwe.table import run_table
 

@@ -27,6 +27,7 @@ import torch
 from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
 
 import vwe.pretrain
+import vwe.runs
 from vwe import data
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
@@ -34,7 +35,8 @@ from vwe.data import CIFAR100_ARCHIVE, CIFAR100_CACHE, Dataset, load_cifar100, m
 from vwe.evaluate import extract_features
 from vwe.models import build_model
 from vwe.patches import patchify
-from vwe.pretrain import (
+from vwe.pretrain import load_pretrained, pretrain
+from vwe.runs import (
     CheckpointError,
     ConfigMismatchError,
     NonFiniteLossError,
@@ -42,9 +44,7 @@ from vwe.pretrain import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    load_pretrained,
     lock_run_dir,
-    pretrain,
     save_checkpoint,
 )
 
@@ -329,7 +329,7 @@ def full_disk_in_torch_save(monkeypatch):
         real(obj, buf, *args, **kwargs)
         f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
         raise enospc()
-    monkeypatch.setattr(vwe.pretrain.torch, "save", save)
+    monkeypatch.setattr(vwe.runs.torch, "save", save)
 
 
 def full_disk_in_the_file_write(monkeypatch):
@@ -352,7 +352,7 @@ def full_disk_in_the_file_write(monkeypatch):
                 f.flush()
                 raise enospc()
         return HalfThenFull()
-    monkeypatch.setattr(vwe.pretrain, "open", opening, raising=False)
+    monkeypatch.setattr(vwe.runs, "open", opening, raising=False)
 
 
 @pytest.mark.parametrize("fill_disk", [full_disk_in_torch_save, full_disk_in_the_file_write])

@@ -13,7 +13,8 @@ import torch
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.models import build_model
-from vwe.pretrain import config_differences, evaluate, list_checkpoints, load_pretrained, pretrain
+from vwe.pretrain import held_out_loss, load_pretrained, pretrain, run_key
+from vwe.runs import differences, list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_pretraining_lowers_held_out_loss(shapes, tmp_path):
     # the held-out loss in eval mode) to settle.
     cfg = _cfg(n_train=96, epochs=4, batch_size=8, lr=2e-3, augment=False)
     torch.manual_seed(cfg.seed)
-    before = evaluate(build_model(cfg.model, cfg.tower, cfg.encoding), shapes.test_images)
+    before = held_out_loss(build_model(cfg.model, cfg.tower, cfg.encoding), shapes.test_images)
     res = pretrain(cfg, tmp_path, data=shapes, progress=False)
     assert [m["epoch"] for m in res.metrics] == [1, 2, 3, 4]
     assert res.metrics[-1]["test_loss"] < 0.8 * before, (before, res.metrics)
@@ -70,7 +71,7 @@ def test_finished_run_is_reused_and_checkpoints_are_pruned(shapes, whole, tmp_pa
     assert loaded_cfg == again.config and state["epoch"] == 3
     assert state["provenance"]["torch"] == str(torch.__version__)
     # The reloaded checkpoint reproduces the logged held-out loss exactly.
-    held_out = evaluate(model, shapes.test_images, loaded_cfg.eval_batch_size)
+    held_out = held_out_loss(model, shapes.test_images, loaded_cfg.eval_batch_size)
     assert held_out == state["metrics"][-1]["test_loss"]
 
 
@@ -78,5 +79,6 @@ def test_a_field_a_checkpoint_predates_counts_as_its_default():
     cfg = get_config("smoke")
     saved = cfg.to_dict()
     del saved["validation"]  # written before the field existed: such a run used the default
-    assert config_differences(saved, cfg) == []
-    assert config_differences(saved, cfg.replace(validation=8)) == ["validation: 0 -> 8"]
+    assert differences(run_key({"config": saved}), run_key({"config": cfg.to_dict()})) == []
+    moved = run_key({"config": cfg.replace(validation=8).to_dict()})
+    assert differences(run_key({"config": saved}), moved) == ["validation: 0 -> 8"]

@@ -11,15 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vwe.pretrain
-import vwe.supervised
+import vwe.runs
 import vwe.table
 from vwe.__main__ import default_table_dir, main
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.evaluate import extract_features, linear_eval, random_weights_model
 from vwe.models import Classifier
-from vwe.pretrain import ConfigMismatchError, load_checkpoint
+from vwe.runs import ConfigMismatchError, load_checkpoint
 from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, train_supervised
 from vwe.table import CSV_COLUMNS, ROW_KEYS, ROWS, data_fingerprint, row_config, run_table, select_rows
 from vwe.words import knn_accuracy
@@ -222,7 +221,7 @@ def test_changed_checkpoint_is_not_reused(table, data, tmp_path):
     path = copy / "context-conv4-aug" / "checkpoint-0001.pt"
     state = load_checkpoint(path)
     state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
-    vwe.pretrain.save_checkpoint(path, state)
+    vwe.runs.save_checkpoint(path, state)
     cfg, sha = CFG.replace(dataset="shapes"), data_fingerprint(data)
     assert vwe.table.finished_row(BY_KEY["context-conv4-aug"], cfg, copy, sha) is None
     assert vwe.table.finished_row(BY_KEY["context-resnet32-aug"], cfg, copy, sha) is not None
@@ -241,21 +240,21 @@ def test_changed_data_is_not_reused(table, tmp_path):
 
 def test_interrupted_row_resumes(data, tmp_path, monkeypatch):
     cfg = CFG.replace(epochs=2)
-    real_save = vwe.pretrain.save_checkpoint
+    real_save = vwe.runs.save_checkpoint
 
     def killed_at_epoch_2(path, state):
         if state["epoch"] == 2:
             raise KeyboardInterrupt
         real_save(path, state)
 
-    monkeypatch.setattr(vwe.pretrain, "save_checkpoint", killed_at_epoch_2)
+    monkeypatch.setattr(vwe.runs, "save_checkpoint", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_table(cfg, tmp_path, rows=["context-conv4-aug"], data=data, progress=False)
     run = tmp_path / "context-conv4-aug"
     first = (run / "checkpoint-0001.pt").stat().st_mtime_ns
     assert not (run / "linear_eval.json").exists() and not (run / "checkpoint-0002.pt").exists()
 
-    monkeypatch.setattr(vwe.pretrain, "save_checkpoint", real_save)
+    monkeypatch.setattr(vwe.runs, "save_checkpoint", real_save)
     result = run_table(cfg, tmp_path, rows=["context-conv4-aug"], data=data, progress=False)
     assert result.rows[0].epochs == 2 and not result.rows[0].skipped
     assert (run / "checkpoint-0001.pt").stat().st_mtime_ns == first  # resumed, not restarted
@@ -299,17 +298,17 @@ def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypat
     cfg = CFG.replace(tower="conv4", epochs=2)
     recipe = SupervisedRecipe(batch_size=32)
     straight = train_supervised(cfg, tmp_path / "straight", data, recipe, progress=False)
-    real_save = vwe.supervised.save_checkpoint
+    real_save = vwe.runs.save_checkpoint
 
     def killed_at_epoch_2(path, state):
         if state["epoch"] == 2:
             raise KeyboardInterrupt
         real_save(path, state)
 
-    monkeypatch.setattr(vwe.supervised, "save_checkpoint", killed_at_epoch_2)
+    monkeypatch.setattr(vwe.runs, "save_checkpoint", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
-    monkeypatch.setattr(vwe.supervised, "save_checkpoint", real_save)
+    monkeypatch.setattr(vwe.runs, "save_checkpoint", real_save)
     resumed = train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
     assert [m["epoch"] for m in resumed.metrics] == [1, 2]
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),

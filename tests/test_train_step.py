@@ -10,7 +10,8 @@ import torch
 
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
-from vwe.models import build_model, use_conv_forms
+from vwe.fast import use_conv_forms
+from vwe.models import build_model
 from vwe.train_step import (
     PLAIN,
     GraphFallbackWarning,
@@ -139,11 +140,11 @@ def test_compiled_step_traces_as_one_graph_and_matches_eager():
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
 
 
-def test_every_conv_form_trains_like_the_plain_step_and_traces_as_one_graph():
-    # row_convs and subpixel compute the same sums in another order: in fp32 two steps of the
-    # tower and decoder land where the plain step does; the eager backend checks fullgraph tracing
+def test_the_dense_form_trains_like_the_plain_step_and_traces_as_one_graph():
+    # dense_convs computes the same sums in another order: in fp32 two steps of the tower land
+    # where the plain step does; the eager backend checks fullgraph tracing
     images = batch()
-    forms = StepOptions(dense_convs=16, row_convs=64, subpixel=True)
+    forms = StepOptions(dense_convs=16)
     results = []
     for options in (PLAIN, forms, replace(forms, bf16=True, channels_last=True, compile="default",
                                           backend="eager")):
@@ -151,7 +152,7 @@ def test_every_conv_form_trains_like_the_plain_step_and_traces_as_one_graph():
         losses, _ = run(options, model, opt, images, steps=2)
         results.append((torch.stack(losses), flat(model.parameters())))
         if options is not PLAIN:
-            assert model.decoder.subpixel and model.tower.features[0].row_pixels == 64  # Conv4
+            assert model.tower.features[0].dense_pixels == 16  # Conv4
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=0)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(results[2][0], results[0][0], rtol=2e-2, atol=0)  # bf16
@@ -275,11 +276,11 @@ def test_augmentation_makes_nothing_on_the_host():
     assert capture_hazards(lambda: apply_params(to_float(images), meta, AugmentConfig())) == []
 
 
-@pytest.mark.parametrize("encoding, forms", [("shared", (0, 0, False)), ("literal", (0, 0, False)),
-                                             ("shared", (16, 64, True))], ids=["shared", "literal", "forms"])
-def test_model_forward_and_backward_make_nothing_on_the_host(encoding, forms):
+@pytest.mark.parametrize("encoding, dense_pixels", [("shared", 0), ("literal", 0), ("shared", 16)],
+                         ids=["shared", "literal", "dense"])
+def test_model_forward_and_backward_make_nothing_on_the_host(encoding, dense_pixels):
     model = build_model("context", "resnet32", encoding).to("meta")
-    use_conv_forms(model, *forms)  # every form of the convolutions builds its matrices on the device
+    use_conv_forms(model, dense_pixels)  # every form of the convolutions builds its matrices on the device
     images = torch.empty(2, 3, 32, 32, device="meta")
     assert capture_hazards(lambda: model.forward_loss(images).backward()) == []
 
@@ -295,14 +296,14 @@ def test_default_options_per_device():
     assert default_options("cuda").describe() == ("bf16 + channels_last + compile(default) + cuda_graph + "
                                                   "dense_convs(16 px)")
     assert PLAIN.describe() == "fp32"
-    assert StepOptions(row_convs=64, subpixel=True).describe() == "fp32 + row_convs(64 px) + subpixel"
+    assert StepOptions(dense_convs=4).describe() == "fp32 + dense_convs(4 px)"
 
 
 def test_bad_options_and_inputs_are_refused():
     with pytest.raises(ValueError, match="unknown compile mode"):
         StepOptions(compile="fast")
-    with pytest.raises(ValueError, match="row_convs is a number of pixels"):
-        StepOptions(row_convs=-1)
+    with pytest.raises(ValueError, match="dense_convs is a number of pixels"):
+        StepOptions(dense_convs=-1)
     with pytest.raises(ValueError, match="makes its own CUDA graphs"):
         StepOptions(compile="reduce-overhead", cuda_graph=True)
     model, opt = fresh()
@@ -325,14 +326,13 @@ def test_bad_options_and_inputs_are_refused():
 
 
 @cuda
-@pytest.mark.parametrize("forms", [{}, {"row_convs": 64, "subpixel": True}], ids=["default", "rows+subpixel"])
-def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance(forms):
+def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance():
     images = batch(64, device="cuda")
     start, _ = fresh("resnet32", device="cuda")
     w0 = flat(start.parameters())
     out = {}
     eager_bf16 = StepOptions(bf16=True, channels_last=True)  # bf16 alone: its error is the yardstick
-    fast = replace(default_options("cuda"), **forms)  # the default, or it with the unmeasured forms
+    fast = default_options("cuda")
     for name, options in (("plain", PLAIN), ("bf16", eager_bf16), ("fast", fast)):
         model = copy.deepcopy(start)
         opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=True)

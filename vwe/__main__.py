@@ -13,22 +13,13 @@ import sys
 from pathlib import Path
 
 from vwe import distributed
-from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, check_dataset_name, load_dataset
-from vwe.evaluate import FEATURES, PROBE_NORMS
+from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve_device
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset
+from vwe.evaluate import FEATURES
 from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
-from vwe.pretrain import PretrainError
+from vwe.runs import RunError
 from vwe.table import ROW_KEYS
-
-
-def dataset_type(text: str) -> str:
-    """argparse type of --dataset: one of DATASETS or folder:PATH, refused with the choices listed."""
-    try:
-        check_dataset_name(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    return text
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -163,7 +154,8 @@ def say(text: str) -> None:
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
-    from vwe.pretrain import atomic_write, load_pretrained, provenance
+    from vwe.pretrain import load_pretrained
+    from vwe.runs import atomic_write, provenance
 
     if not distributed.is_main():
         return  # one probe is not worth sharding: under torchrun rank 0 does it all
@@ -251,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             commands = {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table,
                         "embed": cmd_embed}
             commands[a.command](a)
-    except (ValueError, FileNotFoundError, PretrainError) as e:  # errors with a message for the user
+    except (ValueError, FileNotFoundError, RunError) as e:  # errors with a message for the user
         sys.exit(f"error: {e}")
 
 

@@ -16,8 +16,9 @@ import torch
 
 from vwe.augment import AugmentConfig
 from vwe.data import check_dataset_name
-from vwe.evaluate import PROBE_NORMS
 from vwe.models import ENCODINGS, MODELS, TOWERS
+
+PROBE_NORMS = ("standard", "raw")  # standardised with the training features' statistics | as they are
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import Dataset, absolute_dataset_name, load_dataset
+from vwe.data import Dataset, absolute_dataset_name, dataset_type, load_dataset
 from vwe.models import Autoencoder, build_model
-from vwe.pretrain import atomic_write, latest_checkpoint, load_pretrained
+from vwe.pretrain import load_pretrained
+from vwe.runs import atomic_write, latest_checkpoint
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -301,8 +302,6 @@ def _print_summary(timings: list[dict], out_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vwe.__main__ import dataset_type
-
     parser = argparse.ArgumentParser(
         prog="python -m vwe.course",
         description="Execute the course notebooks in order with papermill (make run-all).",

@@ -16,6 +16,7 @@ Python or PIL work happens in the loop.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import math
@@ -65,6 +66,15 @@ def check_dataset_name(name: object) -> None:
         return
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}, or {FOLDER_PREFIX}PATH for a "
                      "folder of your own images (one sub-folder per class)")
+
+
+def dataset_type(text: str) -> str:
+    """argparse type of --dataset: one of DATASETS or folder:PATH, refused with the choices listed."""
+    try:
+        check_dataset_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
 
 
 def absolute_dataset_name(name: str) -> str:

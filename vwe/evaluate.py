@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from vwe.config import PROBE_NORMS
 from vwe.data import batches, to_float
 from vwe.models import Classifier, PatchAutoencoder
 
-PROBE_NORMS = ("standard", "raw")  # standardised with the training features' statistics | as they are
 FEATURES = ("embedding", "tower")  # a model's image embedding | its tower on the 16 patches
 
 

@@ -37,108 +37,18 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def dense_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv(x)` computed as one matrix product: (B, C, H, W) -> (B, O, H', W').
-
-    On a map of a few pixels a convolution is a small dense linear map from the C*H*W inputs to the
-    O*H'*W' outputs. Its matrix is the convolution of the identity basis (row i: the output for an
-    input that is 1 at position i, 0 elsewhere), which is exact and differentiable in the weight; the
-    product with it sums the same weight x input terms as the convolution, plus zeros. Rows and
-    columns are in (H, W, C) order, so a channels_last input and output need no copy.
-    """
-    b, c, h, w = x.shape
-    d = c * h * w
-    basis = torch.eye(d, dtype=x.dtype, device=x.device).view(d, h, w, c).permute(0, 3, 1, 2)
-    matrix = F.conv2d(basis, conv.weight, None, conv.stride, conv.padding, conv.dilation)  # (d, O, H', W')
-    o, h2, w2 = matrix.shape[1:]
-    y = x.permute(0, 2, 3, 1).reshape(b, d) @ matrix.permute(0, 2, 3, 1).reshape(d, o * h2 * w2)
-    y = y.view(b, h2, w2, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last strides
-    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
-
-
-def row_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv(x)` computed as a convolution down the rows only: (B, C, H, W) -> (B, O, H', W').
-
-    A row of W pixels x C channels is one vector of W*C features (in channels_last memory it already
-    is: (B, H, W, C)). The 2-d convolution is then a 1-d convolution over the H rows, from W*C to
-    W'*O channels, whose kh taps are banded matrices holding the original kernel's kw taps along
-    their diagonals (zero-padded columns simply have no entry). Exact, differentiable in the weight.
-    Why: a tower convolution on an 8x8 patch with 16 channels is a matrix product with 16 output
-    columns, which keeps the tensor cores mostly idle; here it has 128 (2.7x the multiply-adds,
-    most of them by zero).
-    """
-    b, c, h, w = x.shape
-    o, _, kh, kw = conv.weight.shape
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    # the input column each output column reads through each tap: (kw, W'); outside 0..W-1 is padding
-    reads = torch.arange(kw, device=x.device)[:, None] * dw + torch.arange(w_out, device=x.device) * sw - pw
-    shift = (reads[:, :, None] == torch.arange(w, device=x.device)).to(conv.weight.dtype)  # (kw, W', W)
-    weight = torch.einsum("jvu,ocij->vouci", shift, conv.weight).reshape(w_out * o, w * c, kh, 1)
-    rows = x.permute(0, 2, 3, 1).reshape(b, h, 1, w * c).permute(0, 3, 1, 2)  # (B, W*C, H, 1)
-    y = F.conv2d(rows, weight, None, (sh, 1), (ph, 0), (dh, 1))  # (B, W'*O, H', 1)
-    y = y.permute(0, 2, 3, 1).reshape(b, -1, w_out, o).permute(0, 3, 1, 2)  # (B, O, H', W')
-    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
-
-
-class Conv2d(nn.Conv2d):
-    """`nn.Conv2d` (same parameters, same function) that can run in another form by map size: on
-    maps of at most `dense_pixels` pixels as one matrix product (`dense_conv2d`), else on maps of at
-    most `row_pixels` pixels as a convolution down the rows (`row_conv2d`). 0, the default, never.
-
-    Why: the towers run on 8x8 patches, so their convolutions see 8x8, 4x4 and 2x2 maps with 16 to
-    64 channels, where convolution kernels keep the tensor cores mostly idle; as a matrix product
-    (B*16 rows of C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md). The fast
-    training step chooses (`vwe.train_step.StepOptions`); `use_conv_forms` sets it on a model.
-    """
-
-    dense_pixels: int = 0
-    row_pixels: int = 0
-
-    def form(self, pixels: int) -> str:
-        """How `forward` computes a map of `pixels` pixels: "dense", "rows" or "conv" (the library's)."""
-        if self.groups == 1 and self.padding_mode == "zeros":
-            if pixels <= self.dense_pixels:
-                return "dense"
-            if pixels <= self.row_pixels:
-                return "rows"
-        return "conv"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        form = self.form(x.shape[-2] * x.shape[-1])
-        if form == "dense":
-            return dense_conv2d(x, self)
-        if form == "rows":
-            return row_conv2d(x, self)
-        return super().forward(x)
-
-
-def use_conv_forms(model: nn.Module, dense_pixels: int, row_pixels: int = 0, subpixel: bool = False) -> None:
-    """Choose the form of `model`'s convolutions; the function and the parameters stay the same.
-
-    Tower convolutions on maps of at most `dense_pixels` pixels run as a matrix product, the others
-    on maps of at most `row_pixels` as a convolution down the rows (0 turns either off); `subpixel`
-    runs the decoder's upsample + first convolution as one convolution on the small map.
-    """
-    for m in model.modules():
-        if isinstance(m, Conv2d):
-            m.dense_pixels, m.row_pixels = dense_pixels, row_pixels
-        elif isinstance(m, Decoder):
-            m.subpixel = subpixel
-
-
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual; 1x1 conv + BN projection when the shape changes."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -157,7 +67,7 @@ class ResNet32(nn.Module):
         super().__init__()
         self.normalize = Normalize()
         self.stem = nn.Sequential(
-            Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         stages, cin = [], widths[0]
         for i, cout in enumerate(widths):
@@ -190,7 +100,7 @@ class Conv4(nn.Module):
         self.normalize = Normalize()
         layers, cin = [], 3
         for i, cout in enumerate(widths):
-            layers += [Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
             if i < len(widths) - 1:
                 layers.append(nn.AvgPool2d(2))  # 8x8 => 4x4 => 2x2 => 1x1 on a patch
             cin = cout
@@ -210,58 +120,11 @@ def make_tower(name: str) -> nn.Module:
     raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
 
 
-class Upsample2x(nn.Module):
-    """Nearest-neighbour 2x upsampling, (B, C, H, W) -> (B, C, 2H, 2W), written as a broadcast.
-
-    The same function as `nn.Upsample(scale_factor=2, mode="nearest")`, but its backward is a sum
-    over each 2x2 block; compiled, nn.Upsample's backward is a scatter with atomic adds, which was
-    the largest single fused kernel of the H200 profile of the training step (0.375 ms of 8 ms).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
-
-
-def _subpixel_taps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(2, 3, 3) 0/1: [a, i, p] = 1 where, in output phase a, the 3x3 kernel's tap p reads input
-    row offset i - 1 of the small map.
-
-    Nearest 2x upsampling then a 3x3 convolution: output row 2r + a reads upsampled rows 2r + a - 1,
-    2r + a, 2r + a + 1, which are input rows r + floor((a + p - 1) / 2) for p = 0, 1, 2: rows
-    r - 1, r, r for a = 0 and r, r, r + 1 for a = 1. Made on `device` (no host-to-device copy,
-    which a CUDA graph could not capture).
-    """
-    a, i, p = (torch.arange(n, device=device) for n in (2, 3, 3))
-    reads = torch.div(a[:, None] + p[None, :] - 1, 2, rounding_mode="floor") + 1  # (2, 3): the row i
-    return (reads[:, None, :] == i[None, :, None]).to(dtype)
-
-
-def subpixel_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv(Upsample2x()(x))` for a 3x3, stride 1, padding 1 `conv`, without the upsampled map:
-    (B, C, H, W) -> (B, O, 2H, 2W).
-
-    One convolution of the small map with 4*O output channels, one per output phase, then a pixel
-    shuffle that puts phase (a, b) of channel o at pixel (2i + a, 2j + b). Exact; the upsampled map
-    (4x the input) is neither written nor read, and its backward (a sum over 2x2 blocks) is gone.
-    """
-    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
-        raise ValueError(f"subpixel_conv2d needs a 3x3 convolution with stride 1 and padding 1, got {conv}")
-    o, c = conv.weight.shape[:2]
-    taps = _subpixel_taps(conv.weight.device, conv.weight.dtype)
-    weight = torch.einsum("aip,bjq,ocpq->oabcij", taps, taps, conv.weight).reshape(4 * o, c, 3, 3)
-    bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
-    return F.pixel_shuffle(F.conv2d(x, weight, bias, 1, 1), 2)  # (B, 4*O, H, W) -> (B, O, 2H, 2W)
-
-
 class Decoder(nn.Module):
     """Patch embedding -> 8x8 patch: two linear layers, reshape, nearest upsample, three convs.
 
-    (B, E) -> (B, 3, 8, 8) in [0, 1]. `subpixel` (off by default; `use_conv_forms`) computes the
-    upsample and the first convolution together (`subpixel_conv2d`): the same function.
+    (B, E) -> (B, 3, 8, 8) in [0, 1].
     """
-
-    subpixel: bool = False
 
     def __init__(self, in_features: int):
         super().__init__()
@@ -270,7 +133,7 @@ class Decoder(nn.Module):
             nn.Linear(512, 64 * 4 * 4), nn.ReLU(),
         )
         self.up = nn.Sequential(
-            Upsample2x(),  # 4x4 => 8x8, nearest
+            nn.Upsample(scale_factor=2, mode="nearest"),  # 4x4 => 8x8
             nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
             nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
             nn.Conv2d(32, 3, 3, 1, 1), nn.Sigmoid(),
@@ -278,8 +141,6 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(-1, 64, 4, 4)  # (B, 64, 4, 4)
-        if self.subpixel:
-            return self.up[2:](subpixel_conv2d(x, self.up[1]))  # (B, 3, 8, 8)
         return self.up(x)  # (B, 3, 8, 8)
 
 

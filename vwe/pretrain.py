@@ -1,125 +1,32 @@
-"""Pretraining: `train_one_epoch`, `evaluate`, atomic checkpoints, and the resumable `pretrain` loop.
+"""Pretraining the autoencoders: the held-out loss, `pretrain` (resumable) and `load_pretrained`.
 
-A run directory holds `checkpoint-EEEE.pt` (the last two epochs), `metrics.jsonl` (one line per
-finished epoch), `config.json` and `.lock`. Every file is written to a temp name and renamed, so a
-reader sees the old file or the new one; a checkpoint ends in a SHA-256 footer, so a file damaged
-later on disk is caught instead of loaded. Rerunning `pretrain` with the same config resumes from
-the newest checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves
-neither duplicated nor missing epochs. One process at a time may train in a run directory.
-
-Under torchrun every process runs `pretrain` on its slice of each batch (`vwe.distributed`): all
-of them resume from the same checkpoint, and rank 0 alone holds the lock and writes the files.
+The run directory, its checkpoints and the epoch loop are `vwe.runs`'s; this module supplies what
+is particular to the autoencoders: the step (`vwe.train_step.make_train_step`), the held-out
+reconstruction loss, and which config fields a resume may change (RESUMABLE_FIELDS).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import math
-import os
-import re
-import subprocess
-import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, run directories are not guarded
-    fcntl = None
-
 import torch
-from tqdm.auto import tqdm
 
 from vwe import distributed
 from vwe.config import Config, resolve_device
-from vwe.data import Dataset, batches, load_dataset, to_float
+from vwe.data import Dataset, batches, to_float
 from vwe.models import Autoencoder, build_model
+from vwe.runs import CheckpointError, latest_checkpoint, load_checkpoint, resolve_data, run_epochs
 from vwe.train_step import make_train_step
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-LOCK_FILE = ".lock"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})\.pt$")
-TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temp names: .<name>.tmp<pid>
-# After torch's zip bytes: this marker and the SHA-256 of those bytes. torch.load ignores trailing
-# bytes and never checks the zip's CRCs (a flipped byte in a tensor loads silently): we do.
-FOOTER_MAGIC = b"\nvwe-sha256\n"
-FOOTER_SIZE = len(FOOTER_MAGIC) + 32
-KEEP_CHECKPOINTS = 2  # the newest and one to fall back on if the newest is damaged
 # Fields that may change between a run and its resume: how long, where, how fast, how it is judged.
 RESUMABLE_FIELDS = {"profile", "epochs", "device", "compile", "eval_batch_size"} | {
     "probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm",
 }
 
 
-class PretrainError(RuntimeError):
-    """Base of the errors that stop a run with a message meant for the user."""
-
-
-class NonFiniteLossError(PretrainError):
-    """The training loss (or the weights) became NaN or infinite."""
-
-
-class CheckpointError(PretrainError):
-    """A checkpoint file could not be read, or does not belong to this kind of run."""
-
-
-class RunDirBusyError(PretrainError):
-    """Another process is training in the same run directory."""
-
-
-class ConfigMismatchError(ValueError):
-    """A resume was asked with a config that differs from the checkpoint's."""
-
-
-# ----------------------------------------------------------------------------- the two loops
-
-
-def train_one_epoch(
-    step: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    batch_size: int,
-    shuffle_gen: torch.Generator,
-    epoch: int,
-    progress: bool = True,
-) -> float:
-    """One pass over `images` (N, 3, 32, 32) uint8 on the training device; returns the mean loss.
-
-    `step` is `make_train_step(...)`: one optimisation step on a uint8 batch, returning the loss.
-    Raises NonFiniteLossError naming the epoch and step of the first non-finite loss. The check
-    happens once at the end of the epoch: a per-step `loss.item()` is a CPU-GPU sync point that
-    would stall the GPU every step.
-    """
-    device = images.device
-    steps = len(images) // batch_size
-    if steps == 0:
-        raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}")
-    losses = torch.zeros(steps, device=device)
-    order = batches(len(images), batch_size, shuffle=True, generator=shuffle_gen,
-                    drop_last=True, device=device)
-    for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
-                                 disable=not progress)):
-        losses[i] = step(images[idx])
-    # each process's losses are its slices' means: their average is the global batches' mean loss,
-    # the same bits on every process, so all of them stop together on a NaN
-    losses = distributed.sum_across(losses) / distributed.world()
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise NonFiniteLossError(
-            f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps}; the run "
-            "stopped and the last checkpoint is intact. Lower the learning rate or check the input data."
-        )
-    return losses.mean().item()
-
-
 @torch.no_grad()
-def evaluate(model: Autoencoder, images: torch.Tensor, batch_size: int = 1024) -> float:
+def held_out_loss(model: Autoencoder, images: torch.Tensor, batch_size: int = 1024) -> float:
     """Mean reconstruction loss over `images` (N, 3, 32, 32) uint8: eval mode, no augmentation.
 
     Under torchrun each process evaluates its share and the sums are added: every process returns
@@ -137,175 +44,11 @@ def evaluate(model: Autoencoder, images: torch.Tensor, batch_size: int = 1024) -
     return (distributed.sum_across(total) / len(images)).item()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def provenance(device: torch.device) -> dict:
-    """Where a result came from: git revision, torch version, device name, time."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"git": rev, "torch": str(torch.__version__), "device": name,
-            "processes": distributed.world(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers see the old file or the new one,
-    never half of one. A failure (a full disk, say) leaves `path` untouched and removes the temp file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write a checkpoint dict atomically: torch's zip bytes, then FOOTER_MAGIC and their SHA-256."""
-
-    def write(tmp: Path) -> None:
-        # Serialised in memory first: torch's own file writer reports a full disk as a bare
-        # RuntimeError ("unexpected pos"), a Python write as OSError(ENOSPC).
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-            f.write(FOOTER_MAGIC + hashlib.sha256(buf.getbuffer()).digest())
-
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous "
-                      "checkpoint is untouched. Free some disk space and rerun to resume.") from e
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, no code runs.
-
-    Raises FileNotFoundError when there is no file, CheckpointError when it is truncated, corrupt
-    (its SHA-256 footer does not match), refused by the safe unpickler, or not written by vwe.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    blob = path.read_bytes()
-    source: Path | io.BytesIO = path  # no footer: written before vwe added one, loaded unverified
-    if blob[-FOOTER_SIZE:-32] == FOOTER_MAGIC:
-        body = memoryview(blob)[:-FOOTER_SIZE]
-        if hashlib.sha256(body).digest() != blob[-32:]:
-            raise CheckpointError(f"checkpoint {path} is corrupt: its bytes no longer match the "
-                                  "SHA-256 written with it (a damaged disk or an interrupted copy)")
-        source = io.BytesIO(body)
-    try:
-        state = torch.load(source, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, refused global: all mean "not a good file"
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
-        reason = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])[:300]
-        raise CheckpointError(f"checkpoint {path} is damaged or not a plain checkpoint, nothing in it "
-                              f"was run ({type(e).__name__}: {reason})") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a vwe checkpoint dict")
-    missing = {"model", "optimizer", "config", "epoch", "metrics"} - set(state)
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}; was it written by vwe?")
-    return state
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in `run_dir`, newest epoch first (temp files of interrupted writes are ignored)."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint-*.pt")
-             if (m := CHECKPOINT_RE.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def latest_checkpoint(run_dir: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads, falling back past damaged ones with a warning.
-
-    None when the directory holds no checkpoint; CheckpointError when it holds some but none loads
-    (silently starting over would overwrite them one epoch at a time).
-    """
-    damaged = []
-    for path in list_checkpoints(run_dir):
-        try:
-            return path, load_checkpoint(path, map_location)
-        except FileNotFoundError:
-            continue  # pruned by a run training in this directory since we listed it
-        except CheckpointError as e:
-            damaged.append(path.name)
-            warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
-    if damaged:
-        raise CheckpointError(
-            f"none of the checkpoints in {run_dir} loads ({', '.join(damaged)}; the warnings above "
-            "say why). Move them away, or start over with fresh=True (--fresh)."
-        )
-    return None
-
-
-@contextmanager
-def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `run_dir` (its `.lock` file) or raise RunDirBusyError at once.
-
-    Two processes writing one run directory would interleave their checkpoints and metrics. The
-    kernel drops the lock when its process dies, even by SIGKILL, so a killed run never leaves a
-    stale lock behind.
-    """
-    if fcntl is None:
-        yield
-        return
-    with open(Path(run_dir) / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RunDirBusyError(f"{run_dir} is in use by another run (pid {holder}); wait for it to "
-                                  "finish, or use another run directory") from None
-        f.truncate(0)
-        f.write(f"{os.getpid()}\n")  # for the message above, in the process that waits
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def remove_temp_files(run_dir: str | Path) -> None:
-    """Delete the temp files of writes that a kill interrupted (call it holding the run's lock)."""
-    for p in Path(run_dir).iterdir():
-        if TEMP_RE.match(p.name):
-            p.unlink(missing_ok=True)
-
-
-def config_differences(saved: dict, current: Config) -> list[str]:
-    """Fields (other than RESUMABLE_FIELDS) whose values differ, as 'name: saved -> current'. A field
-    that a checkpoint predates counts as its default, which is what such a run used."""
-    now, default = current.to_dict(), Config().to_dict()
-    saved = {k: saved.get(k, default[k]) for k in now}
-    return [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
-            if k not in RESUMABLE_FIELDS and _plain(saved[k]) != _plain(now[k])]
-
-
-def _plain(v):
-    """Tuples and lists compare equal after a round trip through a checkpoint."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return list(v) if isinstance(v, (tuple, list)) else v
-
-
-# ----------------------------------------------------------------------------- the run
+def run_key(state: dict) -> dict:
+    """What a checkpoint must share with the run that resumes it: every field but RESUMABLE_FIELDS. A
+    field that a checkpoint predates counts as its default, which is what such a run used."""
+    config = {**Config().to_dict(), **state["config"]}
+    return {k: v for k, v in config.items() if k not in RESUMABLE_FIELDS}
 
 
 @dataclass
@@ -313,146 +56,9 @@ class PretrainResult:
     run_dir: Path
     checkpoint: Path
     model: Autoencoder
-    metrics: list[dict]
+    metrics: list[dict]  # per epoch: epoch, train_loss, test_loss, seconds, images_per_s
     config: Config
     dataset: str  # what actually ran: "cifar100", "shapes", "folder:/abs/path", ...
-
-
-def _rng_state(shuffle_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
-    return {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
-            "torch": torch.get_rng_state()}
-
-
-def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    """Rewrite the run's metrics log (one JSON line per epoch) atomically."""
-    text = "".join(json.dumps(m) + "\n" for m in metrics)
-    atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
-
-
-def discard_run(run_dir: Path) -> None:
-    """What `fresh=True` removes: the run's checkpoints and its metrics log."""
-    for p in list_checkpoints(run_dir):
-        p.unlink()
-    (run_dir / METRICS_FILE).unlink(missing_ok=True)
-
-
-def resolve_data(cfg: Config, data: Dataset | None) -> tuple[Config, Dataset]:
-    """`data` cut to cfg's sizes (loaded when None), and cfg with the dataset that "auto" became."""
-    if data is None:
-        with distributed.main_first():  # one process downloads and caches, the others read
-            data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                                validation=cfg.validation)
-    else:
-        data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
-    return cfg.replace(dataset=data.name), data
-
-
-def restore_rng(state: dict, path: Path, seed: int, shuffle_gen: torch.Generator,
-                aug_gen: torch.Generator) -> None:
-    """Put a checkpoint's random streams back (`seed` restarts augmentation across device kinds)."""
-    rng = state["rng"]
-    # map_location moved every tensor to the training device, but generator states live on the CPU.
-    shuffle_gen.set_state(rng["shuffle"].cpu())
-    torch.set_rng_state(rng["torch"].cpu())
-    try:
-        aug_gen.set_state(rng["augment"].cpu())
-    except RuntimeError:  # a CUDA generator's state, resumed on the CPU (or the reverse)
-        warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
-                      "stream restarts, so this run will not match an uninterrupted one bit for bit",
-                      stacklevel=4)
-        aug_gen.manual_seed(seed + 1 + state["epoch"])
-
-
-def _check_weights(model: Autoencoder, test_loss: float, epoch: int) -> None:
-    """NonFiniteLossError when the weights are NaN/inf after `epoch`, before they are checkpointed.
-
-    The last step's update is never seen by a training loss: a checkpoint of broken weights would
-    fail every resume from it.
-    """
-    finite = torch.stack([p.isfinite().all() for p in model.parameters()]).all()  # one sync
-    if not (math.isfinite(test_loss) and finite):
-        raise NonFiniteLossError(
-            f"the weights became non-finite at the end of epoch {epoch} (held-out loss {test_loss}); "
-            "the run stopped before checkpointing them and the last checkpoint is intact. Lower the "
-            "learning rate."
-        )
-
-
-def _resume(state: dict, path: Path, cfg: Config, model: Autoencoder, optimizer: torch.optim.Optimizer,
-            shuffle_gen: torch.Generator, aug_gen: torch.Generator, run_dir: Path) -> None:
-    """Load a checkpoint's weights, optimizer and random streams into a fresh run, after checks."""
-    diffs = config_differences(state["config"], cfg)
-    if diffs:
-        raise ConfigMismatchError(
-            f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
-            + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
-        )
-    if state["epoch"] > cfg.epochs:
-        raise ConfigMismatchError(
-            f"{run_dir} holds {state['epoch']} epochs of this run ({path.name}), more than the "
-            f"{cfg.epochs} asked for, and a run cannot be shortened. Ask for epochs={state['epoch']} (or "
-            "more), use another run directory, or fresh=True (--fresh) to discard it and start over."
-        )
-    if "rng" not in state:
-        raise CheckpointError(f"checkpoint {path} has no random states, so it cannot be resumed "
-                              "exactly; start over with fresh=True (--fresh)")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit a {cfg.run_name} model: {e}") from e
-    restore_rng(state, path, cfg.seed, shuffle_gen, aug_gen)
-
-
-def resume_run(run_dir: Path, device: torch.device, load: Callable[[dict, Path], None],
-               config: dict) -> tuple[int, list[dict], Path | None]:
-    """Pick up a run directory (locked by the caller): the epochs done, their metrics, the checkpoint.
-
-    `load(state, path)` checks the newest checkpoint against the run and loads it into the fresh
-    model, optimizer and generators (or raises). Then metrics.jsonl is cut back to that checkpoint's
-    epochs and config.json rewritten with `config` (by rank 0). (0, [], None) for a directory without
-    one. Under torchrun every process calls it after rank 0 has prepared the directory
-    (`prepare_run_dir`), and all of them find the same newest checkpoint.
-    """
-    start, metrics, checkpoint = 0, [], None
-    found = latest_checkpoint(run_dir, map_location=device)
-    if found:
-        checkpoint, state = found
-        load(state, checkpoint)
-        start, metrics = state["epoch"], state["metrics"]
-    if distributed.is_main():
-        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-        config_text = json.dumps(config, indent=2) + "\n"
-        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
-    return start, metrics, checkpoint
-
-
-@contextmanager
-def prepare_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
-    """Rank 0 creates and locks `run_dir` for the block, removes interrupted writes' temp files, and
-    with `fresh` discards the old run; the other processes wait until it has (then only read)."""
-    with lock_run_dir(run_dir) if distributed.is_main() else nullcontext():
-        if distributed.is_main():
-            remove_temp_files(run_dir)
-            if fresh:
-                discard_run(run_dir)
-        distributed.barrier()
-        yield
-
-
-def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict]) -> Path:
-    """Rank 0 writes the epoch's checkpoint, then the metrics log, then prunes old checkpoints.
-
-    After the checkpoint: the log never lists an epoch that no checkpoint holds, and a kill between
-    the two is repaired by the rewrite from the checkpoint on resume. Returns the checkpoint's path.
-    """
-    checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
-    if distributed.is_main():
-        save_checkpoint(checkpoint, state)
-        write_metrics(run_dir, metrics)
-        for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
-            old.unlink()
-    return checkpoint
 
 
 def pretrain(
@@ -479,47 +85,18 @@ def pretrain(
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
                          f"no full batch to train on; use a batch_size <= {n_train} or more images")
     distributed.check_batch(cfg.batch_size)
-    progress = progress and distributed.is_main()
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with prepare_run_dir(run_dir, fresh):
-        train_images = data.train_images.to(device)
-        test_images = data.test_images.to(device)
+    data = data.to(device)  # the whole dataset lives on the device as uint8
 
-        torch.manual_seed(cfg.seed)
-        model = distributed.prepare_model(build_model(cfg.model, cfg.tower, cfg.encoding).to(device),
-                                          device, sync_bn)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        start, metrics, checkpoint = resume_run(
-            run_dir, device, lambda state, path: _resume(state, path, cfg, model, optimizer, shuffle_gen,
-                                                         aug_gen, run_dir),
-            {**cfg.to_dict(), "data": data.provenance()})
-        step = make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen, device,
-                               compile=cfg.compile)
-
-        epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
-                      desc=cfg.run_name, disable=not progress)
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            model.train()
-            train_loss = train_one_epoch(step, train_images, cfg.batch_size, shuffle_gen, epoch, progress)
-            seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
-            distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
-            test_loss = evaluate(model, test_images, cfg.eval_batch_size)
-            _check_weights(model, test_loss, epoch)
-            seen = (n_train // cfg.batch_size) * cfg.batch_size
-            metrics.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
-                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-            checkpoint = save_epoch(run_dir, epoch, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": cfg.to_dict(), "epoch": epoch, "metrics": metrics, "data": data.provenance(),
-                "rng": _rng_state(shuffle_gen, aug_gen), "provenance": provenance(device),
-            }, metrics)
-            epochs.set_postfix(train=f"{train_loss:.4f}", test=f"{test_loss:.4f}",
-                               img_s=f"{metrics[-1]['images_per_s']:.0f}")
-    model.eval()
+    torch.manual_seed(cfg.seed)
+    model = distributed.prepare_model(build_model(cfg.model, cfg.tower, cfg.encoding).to(device),
+                                      device, sync_bn)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    checkpoint, metrics = run_epochs(
+        run_dir, cfg, data, model, optimizer,
+        lambda aug_gen: make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen,
+                                        device, compile=cfg.compile),
+        lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
+        run_key, cfg.batch_size, name=cfg.run_name, fresh=fresh, progress=progress)
     return PretrainResult(run_dir, checkpoint, model, metrics, cfg, data.name)
 
 

@@ -6,42 +6,26 @@ batch 128, random crop with 4-pixel zero padding and a horizontal flip, and no w
 is built without one). The row's number is the test top-1 accuracy of
 one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
-Checkpoints, the run directory's lock, resume and provenance are `vwe.pretrain`'s: a run directory
-holds checkpoint-EEEE.pt (the last two), metrics.jsonl and config.json, and rerunning resumes from
-the newest checkpoint. Under torchrun it trains data-parallel as `vwe.pretrain.pretrain` does.
+The run directory, its checkpoints, resume and the epoch loop are `vwe.runs`'s, as for pretraining:
+this module supplies the step, the accuracy, the lr schedule and what a resume must share (RUN_FIELDS
+and the recipe). Under torchrun it trains data-parallel as `vwe.pretrain.pretrain` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from vwe import distributed
 from vwe.config import Config, resolve_device
 from vwe.data import Dataset, batches, to_float
 from vwe.models import Classifier
-from vwe.pretrain import (
-    KEEP_CHECKPOINTS,
-    CheckpointError,
-    ConfigMismatchError,
-    NonFiniteLossError,
-    list_checkpoints,
-    prepare_run_dir,
-    provenance,
-    resolve_data,
-    restore_rng,
-    resume_run,
-    save_checkpoint,
-    write_metrics,
-)
+from vwe.runs import resolve_data, run_epochs
 
 # The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
 # augmentation, the probe) do not touch it and may change without invalidating its checkpoints.
@@ -151,39 +135,6 @@ def make_supervised_step(
     return step
 
 
-def train_one_epoch(
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    shuffle_gen: torch.Generator,
-    epoch: int,
-    progress: bool = True,
-) -> float:
-    """One pass over (N, 3, 32, 32) uint8 `images` and (N,) `labels`; returns the mean loss.
-
-    Like `vwe.pretrain.train_one_epoch`, the finiteness check waits for the end of the epoch, so
-    no step waits on a host sync.
-    """
-    steps = len(images) // batch_size
-    if steps == 0:
-        raise ValueError(f"{len(images)} training images are fewer than one batch of {batch_size}; "
-                         "use more images or a smaller SupervisedRecipe.batch_size")
-    losses = torch.zeros(steps, device=images.device)
-    order = batches(len(images), batch_size, shuffle=True, generator=shuffle_gen, drop_last=True,
-                    device=images.device)
-    for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
-                                 disable=not progress)):
-        losses[i] = step(images[idx], labels[idx])
-    losses = distributed.sum_across(losses) / distributed.world()  # the global batches' mean losses
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise NonFiniteLossError(f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i}; "
-                                 "the last checkpoint is intact. Lower the learning rate.")
-    return losses.mean().item()
-
-
 @torch.no_grad()
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     """Top-1 accuracy in percent of `model` (eval mode, no augmentation) on (N, 3, 32, 32) uint8.
@@ -213,33 +164,10 @@ class SupervisedResult:
     test_acc: float  # top-1 on the test split after the last epoch, percent
 
 
-def _run_key(config: dict, recipe: dict) -> dict:
-    """What a checkpoint must share with the current run to be resumed (JSON-plain values)."""
-    default = Config().to_dict()  # a field that a checkpoint predates: what such a run used
-    return json.loads(json.dumps({"config": {k: config.get(k, default[k]) for k in RUN_FIELDS},
-                                  "recipe": recipe}))
-
-
-def _resume(state: dict, path: Path, key: dict, model: Classifier, optimizer: torch.optim.Optimizer,
-            shuffle_gen: torch.Generator, aug_gen: torch.Generator, run_dir: Path) -> None:
-    """Load a checkpoint into a fresh run after checking that it is the same run (as vwe.pretrain)."""
-    saved = _run_key(state["config"], state.get("recipe", {}))
-    if saved != key:
-        diffs = [f"{k}: {saved['config'][k]!r} -> {key['config'][k]!r}" for k in RUN_FIELDS
-                 if saved["config"][k] != key["config"][k]]
-        if saved["recipe"] != key["recipe"]:
-            diffs.append(f"recipe: {saved['recipe']} -> {key['recipe']}")
-        raise ConfigMismatchError(
-            f"{run_dir} holds a supervised run with another config ({path.name}):\n  " + "\n  ".join(diffs)
-            + f"\nUse another run directory, or fresh=True (or delete {run_dir}) to start over."
-        )
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit a supervised {key['config']['tower']} "
-                              f"classifier: {e}") from e
-    restore_rng(state, path, key["config"]["seed"], shuffle_gen, aug_gen)
+def run_key(state: dict) -> dict:
+    """What a checkpoint must share with the run that resumes it: RUN_FIELDS and the recipe."""
+    config = {**Config().to_dict(), **state["config"]}  # a field a checkpoint predates: its default
+    return {**{k: config[k] for k in RUN_FIELDS}, "recipe": state.get("recipe", {})}
 
 
 def train_supervised(
@@ -268,57 +196,17 @@ def train_supervised(
         raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
                          "training images; use more images or a smaller SupervisedRecipe.batch_size")
     distributed.check_batch(recipe.batch_size)
-    progress = progress and distributed.is_main()
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-    with prepare_run_dir(run_dir, fresh):
-        data = data.to(device)  # the whole dataset lives on the device as uint8
+    data = data.to(device)  # the whole dataset lives on the device as uint8
 
-        torch.manual_seed(cfg.seed)
-        model = distributed.prepare_model(Classifier(cfg.tower, data.num_classes).to(device), device, sync_bn)
-        optimizer = recipe.optimizer(model.parameters())
-        shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        key = _run_key(cfg.to_dict(), dataclasses.asdict(recipe))
-        start, metrics, checkpoint = resume_run(
-            run_dir, device, lambda state, path: _resume(state, path, key, model, optimizer, shuffle_gen,
-                                                         aug_gen, run_dir),
-            {**cfg.to_dict(), "supervised_recipe": key["recipe"], "data": data.provenance()})
-        step = make_supervised_step(model, optimizer, recipe.pad, aug_gen, device, compile=cfg.compile)
-
-        epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs,
-                      desc="supervised", disable=not progress)
-        for epoch in epochs:
-            lr = lr_at(epoch, cfg.epochs, recipe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            model.train()
-            train_loss = train_one_epoch(step, data.train_images, data.train_labels, recipe.batch_size,
-                                         shuffle_gen, epoch, progress)
-            seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync
-            distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
-            test_acc = accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)
-            # The last update is in no training loss: never checkpoint non-finite weights.
-            if not torch.stack([p.isfinite().all() for p in model.parameters()]).all():
-                raise NonFiniteLossError(f"the weights became non-finite in epoch {epoch}; the last "
-                                         "checkpoint is intact. Lower the learning rate.")
-            seen = (n_train // recipe.batch_size) * recipe.batch_size
-            metrics.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_acc": test_acc,
-                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-            checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
-            if distributed.is_main():  # the one process that writes
-                save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "config": cfg.to_dict(), "recipe": key["recipe"], "epoch": epoch, "metrics": metrics,
-                    "provenance": provenance(device), "data": data.provenance(),
-                    "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state(),
-                            "torch": torch.get_rng_state()},
-                })
-                write_metrics(run_dir, metrics)  # after the checkpoint, as in vwe.pretrain
-                for old in list_checkpoints(run_dir)[KEEP_CHECKPOINTS:]:
-                    old.unlink()
-            epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.1f}",
-                               img_s=f"{metrics[-1]['images_per_s']:.0f}")
-    model.eval()
+    torch.manual_seed(cfg.seed)
+    model = distributed.prepare_model(Classifier(cfg.tower, data.num_classes).to(device), device, sync_bn)
+    optimizer = recipe.optimizer(model.parameters())
+    checkpoint, metrics = run_epochs(
+        run_dir, cfg, data, model, optimizer,
+        lambda aug_gen: make_supervised_step(model, optimizer, recipe.pad, aug_gen, device,
+                                             compile=cfg.compile),
+        lambda: {"test_acc": accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)},
+        run_key, recipe.batch_size, name=f"supervised-{cfg.tower}", labels=True,
+        lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe),
+        record={"recipe": dataclasses.asdict(recipe)}, fresh=fresh, progress=progress)
     return SupervisedResult(run_dir, checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])

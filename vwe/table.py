@@ -39,10 +39,9 @@ from pathlib import Path
 import torch
 
 from vwe import distributed
-from vwe.config import Config, resolve_device
+from vwe.config import PROBE_NORMS, Config, resolve_device
 from vwe.data import Dataset
 from vwe.evaluate import (
-    PROBE_NORMS,
     extract_features,
     linear_eval,
     pixel_features,
@@ -50,7 +49,8 @@ from vwe.evaluate import (
     random_image_model,
     random_weights_model,
 )
-from vwe.pretrain import CHECKPOINT_RE, atomic_write, list_checkpoints, pretrain, provenance, resolve_data
+from vwe.pretrain import pretrain
+from vwe.runs import CHECKPOINT_RE, atomic_write, list_checkpoints, provenance, resolve_data
 from vwe.supervised import SupervisedRecipe, train_supervised
 from vwe.words import knn_accuracy
 

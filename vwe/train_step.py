@@ -11,22 +11,17 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
     compile          torch.compile of augment + forward + loss (backward comes with it)
     cuda_graph       capture the whole step (forward, backward, Adam) once and replay it
     dense_convs      tower convolutions on maps of at most this many pixels (the 4x4 and 2x2 maps
-                     of a patch) run as one matrix product each (`vwe.models.Conv2d`), 0 = never
-    row_convs        the other tower convolutions on maps of at most this many pixels (64: the 8x8
-                     maps of a patch) run as a convolution down the rows (`vwe.models.row_conv2d`)
-    subpixel         the decoder's upsample + first convolution as one convolution on the 4x4 map
-                     (`vwe.models.subpixel_conv2d`)
+                     of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never
 
 Under torchrun (`vwe.distributed`) the step draws the augmentation for the whole global batch, as
 one process does, and trains on this process's slice of it inside DistributedDataParallel; there the
 compiled model is the DDP module (not fullgraph) and the CUDA graph is off, both unmeasured on a GPU.
 
-The last three change only how the same sums are computed. The CUDA default is the first five
-with dense_convs=16; row_convs and subpixel are off until a GPU measures them (BENCHMARKS.md
-measures each). Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4
-and 2x2 maps, their BatchNorms, the decoder, the augmentation, and the backward of it all), many of
-which the GPU finishes as fast as Python can launch them; one replay launches them all. The graph
-fixes every address, so:
+The last one changes only how the same sums are computed. The CUDA default is all of them, with
+dense_convs=16 (BENCHMARKS.md measures each). Why the graph: a step is hundreds of small kernels
+(31 convolutions on 8x8, 4x4 and 2x2 maps, their BatchNorms, the decoder, the augmentation, and
+the backward of it all), many of which the GPU finishes as fast as Python can launch them; one
+replay launches them all. The graph fixes every address, so:
 - the augmentation parameters are drawn eagerly with the caller's generator (one small launch)
   and copied into a static buffer that the graph reads; the generator advances exactly as in the
   plain step, so a run is reproducible and resumable the same way on either path;
@@ -50,11 +45,11 @@ from torch.utils._pytree import tree_leaves
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.data import to_float
 from vwe.distributed import ForwardLoss, batch_slice, check_batch, data_parallel, is_main, world
-from vwe.models import Autoencoder, use_conv_forms
+from vwe.fast import use_conv_forms
+from vwe.models import Autoencoder
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
-ROW_PIXELS = 64  # a patch's 8x8 maps, for row_convs (off by default until measured on a GPU)
 WARMUP_STEPS = 3  # before a capture: compile, autotune (cuDNN and Triton), create Adam's state
 # ops that read a device value on the host: each is a sync, and illegal inside a CUDA graph
 SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique2")
@@ -74,14 +69,11 @@ class StepOptions:
     backend: str = "inductor"  # torch.compile backend; "eager" only traces (finds graph breaks fast)
     cuda_graph: bool = False  # capture and replay the whole step (CUDA, Adam only)
     dense_convs: int = 0  # tower convs on maps of <= this many pixels run as a matrix product
-    row_convs: int = 0  # the other tower convs on maps of <= this many pixels run down the rows
-    subpixel: bool = False  # the decoder's upsample + first conv as one conv on the small map
 
     def __post_init__(self) -> None:
-        for name in ("dense_convs", "row_convs"):
-            pixels = getattr(self, name)
-            if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
-                raise ValueError(f"{name} is a number of pixels >= 0 (0: never), got {pixels!r}")
+        pixels = self.dense_convs
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+            raise ValueError(f"dense_convs is a number of pixels >= 0 (0: never), got {pixels!r}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {self.compile!r}; choose None or one of {COMPILE_MODES}")
         if self.cuda_graph and self.compile in ("reduce-overhead", "max-autotune"):
@@ -103,10 +95,6 @@ class StepOptions:
             parts.append("cuda_graph")
         if self.dense_convs:
             parts.append(f"dense_convs({self.dense_convs} px)")
-        if self.row_convs:
-            parts.append(f"row_convs({self.row_convs} px)")
-        if self.subpixel:
-            parts.append("subpixel")
         return " + ".join(parts)
 
 
@@ -235,7 +223,7 @@ class TrainStep:
         self.device, self.options = device, options
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
-        use_conv_forms(model, options.dense_convs, options.row_convs, options.subpixel)
+        use_conv_forms(model, options.dense_convs)
         _match_state_layout(optimizer)
         # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
         # take Adam's ordinary path, and only the captured one needs the step count on the device
@@ -383,8 +371,7 @@ def make_train_step(
     `aug=None` trains without augmentation (the paper's ablation). `options` defaults to
     `default_options(device, compile)`: the fast step on CUDA, the plain fp32 step on the CPU
     (where `compile` is ignored). Side effects: the model may be converted to channels_last and
-    its convolutions switched to other forms of the same sums (`options.dense_convs`, `row_convs`,
-    `subpixel`),
+    its tower's convolutions switched to another form of the same sums (`options.dense_convs`),
     Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on
     (the shapes never change, so its search pays off).
     """

@@ -1,0 +1,70 @@
+"""A faster form of the towers' convolutions for the GPU training step: the same sums, on small maps
+computed as one matrix product each.
+
+Measured (BENCHMARKS.md, run 2, H200): the tower's convolutions on 4x4 and 2x2 maps as matrix
+products took the step's kernel time from 8.13 to 7.89 ms (-3 %), and the simple autoencoder's
+epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.train_step.DENSE_PIXELS`). The model
+(`vwe.models`) builds plain `nn.Conv2d`s; `use_conv_forms` switches the tower's to `Conv2d`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def dense_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv(x)` computed as one matrix product: (B, C, H, W) -> (B, O, H', W').
+
+    On a map of a few pixels a convolution is a small dense linear map from the C*H*W inputs to the
+    O*H'*W' outputs. Its matrix is the convolution of the identity basis (row i: the output for an
+    input that is 1 at position i, 0 elsewhere), which is exact and differentiable in the weight; the
+    product with it sums the same weight x input terms as the convolution, plus zeros. Rows and
+    columns are in (H, W, C) order, so a channels_last input and output need no copy.
+    """
+    b, c, h, w = x.shape
+    d = c * h * w
+    basis = torch.eye(d, dtype=x.dtype, device=x.device).view(d, h, w, c).permute(0, 3, 1, 2)
+    matrix = F.conv2d(basis, conv.weight, None, conv.stride, conv.padding, conv.dilation)  # (d, O, H', W')
+    o, h2, w2 = matrix.shape[1:]
+    y = x.permute(0, 2, 3, 1).reshape(b, d) @ matrix.permute(0, 2, 3, 1).reshape(d, o * h2 * w2)
+    y = y.view(b, h2, w2, o).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last strides
+    return y if conv.bias is None else y + conv.bias.view(1, o, 1, 1)
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters, same function) that on maps of at most `dense_pixels` pixels
+    runs as one matrix product (`dense_conv2d`); 0, the default, never.
+
+    Why: the towers run on 8x8 patches, so their convolutions see 8x8, 4x4 and 2x2 maps with 16 to
+    64 channels, where convolution kernels keep the tensor cores mostly idle; as a matrix product
+    (B*16 rows of C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md).
+    """
+
+    dense_pixels: int = 0
+
+    def form(self, pixels: int) -> str:
+        """How `forward` computes a map of `pixels` pixels: "dense" or "conv" (the library's)."""
+        if self.groups == 1 and self.padding_mode == "zeros" and pixels <= self.dense_pixels:
+            return "dense"
+        return "conv"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form(x.shape[-2] * x.shape[-1]) == "dense":
+            return dense_conv2d(x, self)
+        return super().forward(x)
+
+
+def use_conv_forms(model: nn.Module, dense_pixels: int) -> None:
+    """Run the convolutions of `model.tower` on maps of at most `dense_pixels` pixels as a matrix
+    product (0: never); the function, the parameters and the state_dict stay the same.
+
+    Each `nn.Conv2d` of the tower becomes a `Conv2d` in place (its class is switched): `Conv2d` adds
+    no parameter or buffer, so the optimizer's references and the checkpoints' keys are untouched.
+    """
+    for m in model.tower.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = Conv2d
+        if isinstance(m, Conv2d):
+            m.dense_pixels = dense_pixels
