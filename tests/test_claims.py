@@ -4,8 +4,11 @@ Claim: pretraining the context autoencoder gives features that a linear probe cl
 than the same ResNet-32 tower with random weights (paper Table 1: 34.08 vs 7.65 % on CIFAR-100).
 
 Size: 2000 train / 1000 test Shapes images, 4 epochs of the `cpu` profile's recipe at batch 64
-(125 Adam steps), probe 30 epochs x seeds 0, 1, 2. Measured on the 2-core CPU, one torch thread, for
-four data seeds (context AE vs random weights, top-1 %, mean ± std over the probe seeds):
+(125 Adam steps), probe 30 epochs x seeds 0, 1, 2, standardised features (the default probe),
+against [24]'s random baseline (an untrained ResNet-32 on the whole image). Measured on the 2-core
+CPU, one torch thread, seed 0: 23.23 ± 0.12 vs 15.93 ± 0.32 % (gap 23 x the larger std). Before the
+probe standardised its features and the random row was the 16-patch tower, four data seeds gave
+(context AE vs random weights, top-1 %, mean ± std over the probe seeds):
   seed 0: 21.50 ± 1.08 vs 12.03 ± 0.35   (gap 8.8 x the larger std)
   seed 1: 20.97 ± 2.41 vs 12.20 ± 0.60   (3.6 x)
   seed 2: 19.13 ± 1.70 vs 12.43 ± 1.19   (3.9 x)
@@ -35,5 +38,5 @@ def test_context_autoencoder_beats_random_weights(tmp_path):
         f"context AE {context.mean:.2f} ± {context.std:.2f} % vs random weights "
         f"{random.mean:.2f} ± {random.std:.2f} %: gap below 3 x {spread:.2f}"
     )
-    # Chance is 10 % (10 balanced classes); the random tower stays near it, the context AE does not.
-    assert random.mean < 15 < context.mean
+    # Chance is 10 % (10 balanced classes): the random tower stays near it, the context AE does not.
+    assert random.mean < 20 < context.mean
