@@ -220,6 +220,10 @@ for norm in ("standard", "raw"):
 #   losses, notebook 06's pictures), yet the paper finds its features far worse for classification
 #   (17.81 % against 34.08 %): rebuilding a patch from itself needs no understanding of the image,
 #   rebuilding it from its neighbours does.
-# - The paper's 34.08 % for the context autoencoder comes from 200 epochs on 50 000 images on a GPU:
-#   the README's results table gives what this repository measured at each scale it could run, beside
-#   the paper's, and `make paper` on a GPU runs the full protocol.
+# - **What the shipped models show, plainly.** Measured on all 10 000 test images with probes on
+#   20 000 training images (README, Results), the shipped context autoencoder (4 epochs on 20 000
+#   images, a 2-core CPU) reaches 15.35 % on its 8192-d embedding and 18.80 % on its tower's 1024
+#   patch features: above the raw pixels (11.94 %) and [24]'s random weights (9.47 %), so it has
+#   learned something, but **below the simple autoencoder (19.37 %)**. At this scale the paper's
+#   central ordering does not hold, and this course does not claim it does. The paper's 34.08 % comes
+#   from 200 epochs on 50 000 images; `make paper` on a GPU runs that protocol.
