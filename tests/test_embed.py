@@ -78,7 +78,8 @@ def test_a_folder_of_files_gives_file_names_and_no_labels(run, tmp_path):
     assert len(load_images(str(tmp_path / "pics"), skip_bad=True, progress=False).images) == 3
 
 
-def test_cli_pretrain_then_embed_on_a_folder_of_your_own(tmp_path, capsys):
+def test_cli_pretrain_then_embed_on_a_folder_of_your_own(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VWE_DATA_DIR", str(tmp_path / "data"))  # the folder's cache goes there, not in data/
     gen = torch.Generator().manual_seed(0)
     for c, name in enumerate(("bright", "dark", "stripes")):
         for i in range(30):  # 40x48 images: the loader resizes and crops them to 32x32
@@ -96,6 +97,7 @@ def test_cli_pretrain_then_embed_on_a_folder_of_your_own(tmp_path, capsys):
     main(["embed", "--checkpoint", str(run), "--images", dataset, "--out", str(out), "--patches",
           "--no-progress"])
     assert "wrote" in capsys.readouterr().out
+    assert len(list((tmp_path / "data" / "folders").glob("*.pt"))) == 1  # decoded once, cached once
     back = load_embeddings(out)
     assert back["embeddings"].shape == (90, 8192) and back["patch_embeddings"].shape == (90, 16, 64)
     assert len(back["files"]) == 90 and back["classes"] == ["bright", "dark", "stripes"]
