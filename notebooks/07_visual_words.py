@@ -49,14 +49,13 @@ from IPython.display import display
 
 from vwe.course import load_models, start
 from vwe.data import to_float
-from vwe.evaluate import linear_eval, random_weights_model
+from vwe.evaluate import knn_accuracy, linear_eval, random_weights_model
 from vwe.patches import gather_neighbours, patchify
 from vwe.plots import save
 from vwe.words import (
     assign,
     bag_of_words,
     kmeans,
-    knn_accuracy,
     nearest_neighbours,
     patch_embeddings,
     patch_pixels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,7 +150,8 @@ def test_cifar100_available(tmp_path):
 
 def test_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("VWE_DATA_DIR", raising=False)
-    assert data_dir() == data_dir(None) and str(data_dir()) == "data"
+    # the project's data/, wherever the command or the notebook's kernel runs from
+    assert data_dir() == data_dir(None) == Path(__file__).resolve().parent.parent / "data"
     monkeypatch.setenv("VWE_DATA_DIR", str(tmp_path))
     assert data_dir() == tmp_path
     assert data_dir(tmp_path / "x") == tmp_path / "x"

@@ -16,12 +16,11 @@ import vwe.table
 from vwe.__main__ import default_table_dir, main
 from vwe.config import get_config
 from vwe.data import make_shapes
-from vwe.evaluate import extract_features, linear_eval, random_weights_model
+from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
 from vwe.models import Classifier
 from vwe.runs import ConfigMismatchError, load_checkpoint
 from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, train_supervised
 from vwe.table import CSV_COLUMNS, ROW_KEYS, ROWS, data_fingerprint, row_config, run_table, select_rows
-from vwe.words import knn_accuracy
 
 # Paper Table 1 (linear evaluation on CIFAR-100, percent), typed in from the paper; None: our extra rows.
 PAPER = {
@@ -356,9 +355,10 @@ def test_cli_table(tmp_path, capsys):
 
 def test_a_table_with_other_epochs_gets_its_own_folder():
     # the course trains runs/cpu/<run> for the profile's 4 epochs; a 30-epoch table must not reuse them
-    assert default_table_dir(get_config("cpu")) == Path("runs/cpu")
-    assert default_table_dir(get_config("cpu", epochs=30)) == Path("runs/cpu-30ep")
-    assert default_table_dir(get_config("paper")) == Path("runs/paper")
+    runs = Path(__file__).resolve().parent.parent / "runs"  # the project's runs/, wherever it starts
+    assert default_table_dir(get_config("cpu")) == runs / "cpu"
+    assert default_table_dir(get_config("cpu", epochs=30)) == runs / "cpu-30ep"
+    assert default_table_dir(get_config("paper")) == runs / "paper"
 
 
 def _row(key: str, mean: float, std: float) -> vwe.table.RowResult:

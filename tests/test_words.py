@@ -7,14 +7,13 @@ import torch.nn.functional as F
 
 import vwe.words as words
 from vwe.data import make_shapes, to_float
+from vwe.evaluate import knn_accuracy, knn_classify  # built on nearest_neighbours, tested beside it
 from vwe.models import ContextAutoencoder, PatchAutoencoder
 from vwe.patches import patchify
 from vwe.words import (
     assign,
     bag_of_words,
     kmeans,
-    knn_accuracy,
-    knn_classify,
     nearest_neighbours,
     patch_embeddings,
     patch_pixels,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve_device
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset, project_dir
 from vwe.evaluate import FEATURES
 from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
@@ -134,7 +134,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                      augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
-    run_dir = a.run_dir or Path("runs") / cfg.profile / cfg.run_name
+    run_dir = a.run_dir or project_dir() / "runs" / cfg.profile / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
@@ -176,7 +176,7 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
         cfg = get_config(a.profile or "cpu", **overrides)
         model = random_weights_model(a.random_weights, a.seed or 0).to(resolve_device(cfg.device))
         name = f"random-{a.random_weights}"
-        out_dir = Path("runs") / cfg.profile / name
+        out_dir = project_dir() / "runs" / cfg.profile / name
     data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
                         validation=cfg.validation)
     print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on {data.describe()}")
@@ -198,8 +198,8 @@ def default_table_dir(cfg: Config) -> Path:
     number of epochs gets a folder of its own (runs/cpu-30ep), or its runs would resume, or refuse
     to shorten, the course's."""
     if cfg.epochs == PROFILES[cfg.profile].epochs:
-        return Path("runs") / cfg.profile
-    return Path("runs") / f"{cfg.profile}-{cfg.epochs}ep"
+        return project_dir() / "runs" / cfg.profile
+    return project_dir() / "runs" / f"{cfg.profile}-{cfg.epochs}ep"
 
 
 def cmd_table(a: argparse.Namespace) -> None:

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import Dataset, absolute_dataset_name, dataset_type, load_dataset
+from vwe.data import Dataset, absolute_dataset_name, dataset_type, load_dataset, project_dir
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
 from vwe.runs import atomic_write, latest_checkpoint
@@ -38,16 +37,6 @@ NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name 
 # is a problem of the notebook. A cell's errors, warnings and prints reach the executed notebook (and
 # papermill raises on an error) whatever this level: only the kernel application's own log goes.
 QUIET_KERNEL = ["--IPKernelApp.log_level=CRITICAL"]
-
-
-def project_dir() -> Path:
-    """The repository checkout (pyproject.toml beside vwe/), else the current directory.
-
-    Paths default to it rather than to the cwd because JupyterLab starts a notebook's kernel in
-    notebooks/, the CLI in the repository root: both should find the same runs/ and data/.
-    """
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
 @dataclass
@@ -72,8 +61,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     repository. The data folder is $VWE_DATA_DIR, else `data/` in the repository.
     """
     cfg = get_config(profile, dataset=dataset, device=device, **overrides)
-    root = None if os.environ.get("VWE_DATA_DIR") else project_dir() / "data"
-    data = load_dataset(cfg.dataset, root=root, n_train=cfg.n_train, n_test=cfg.n_test,
+    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test,
                         seed=cfg.data_seed, validation=cfg.validation)
     cfg = cfg.replace(dataset=data.name)  # what "auto" resolved to
     dev = resolve_device(cfg.device)

@@ -287,11 +287,21 @@ def expected_cifar10_md5() -> str:
     return expected_md5(CIFAR10)
 
 
+def project_dir() -> Path:
+    """The repository checkout (pyproject.toml beside vwe/), else the current directory.
+
+    `data/` and `runs/` default to it rather than to the cwd because JupyterLab starts a notebook's
+    kernel in notebooks/ and the CLI runs wherever it is started: all should find the same folders.
+    """
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
 def data_dir(root: str | Path | None = None) -> Path:
-    """The data folder: `root` if given, else $VWE_DATA_DIR, else `data` (relative to the cwd)."""
+    """The data folder: `root` if given, else $VWE_DATA_DIR, else the project's `data/`."""
     if root is not None:
         return Path(root)
-    return Path(os.environ.get("VWE_DATA_DIR") or "data")
+    return Path(os.environ.get("VWE_DATA_DIR") or project_dir() / "data")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from vwe.config import PROBE_NORMS, Config, resolve_device
 from vwe.data import Dataset
 from vwe.evaluate import (
     extract_features,
+    knn_accuracy,
     linear_eval,
     pixel_features,
     probe_settings,
@@ -52,7 +53,6 @@ from vwe.evaluate import (
 from vwe.pretrain import pretrain
 from vwe.runs import CHECKPOINT_RE, atomic_write, list_checkpoints, provenance, resolve_data
 from vwe.supervised import SupervisedRecipe, train_supervised
-from vwe.words import knn_accuracy
 
 RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)

@@ -1,5 +1,5 @@
-"""Visual words: per-patch embeddings, cosine nearest neighbours, a k-means vocabulary, bags of
-words and kNN classification.
+"""Visual words: per-patch embeddings, cosine nearest neighbours, a k-means vocabulary and bags of
+words (the kNN classifier built on the neighbours lives with the other evaluations, vwe.evaluate).
 
 word2vec users look at their embeddings through nearest neighbours and a vocabulary; this module
 does the same for patches. Every patch of every image is one row: row i*16 + k is patch k of
@@ -333,57 +333,3 @@ def bag_of_words(labels: torch.Tensor, k: int) -> torch.Tensor:
     image = torch.arange(len(labels), device=labels.device) // N_PATCHES
     counts = torch.bincount(image * k + labels.long(), minlength=n_images * k)  # (N_images*k,)
     return counts.view(n_images, k).float() / N_PATCHES
-
-
-# ----------------------------------------------------------------------------- kNN evaluation
-
-
-@torch.no_grad()
-def knn_classify(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    chunk: int = 65536,
-) -> torch.Tensor:
-    """Weighted kNN labels of test rows: (N, D), (N,), (M, D) -> (M,) int64 on test_feats' device.
-
-    The k most cosine-similar training rows vote for their class with weight exp(sim / temperature),
-    as in the kNN evaluation of self-supervised features (Wu et al. 2018, InstDisc; DINO). Ties
-    between classes go to the lowest class index.
-    """
-    if train_labels.shape != train_feats.shape[:1]:
-        raise ValueError(f"train_labels must be (N,) = ({len(train_feats)},), "
-                         f"got {tuple(train_labels.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    labels = train_labels.to(test_feats.device, torch.long)
-    num_classes = num_classes or int(labels.max()) + 1
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"train labels must lie in [0, {num_classes}), got "
-                         f"{labels.min().item()}..{labels.max().item()}")
-    sims, idx = nearest_neighbours(test_feats, train_feats, k=k, chunk=chunk)  # (M, k) each
-    # exp((sim - best) / T) has the same argmax per row as exp(sim / T) and cannot overflow at small T.
-    weights = ((sims - sims[:, :1]) / temperature).exp()  # (M, k)
-    votes = torch.zeros(len(test_feats), num_classes, dtype=weights.dtype, device=weights.device)
-    votes.scatter_add_(1, labels[idx], weights)  # (M, classes)
-    return votes.argmax(dim=1)
-
-
-def knn_accuracy(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    chunk: int = 65536,
-) -> float:
-    """Top-1 accuracy (percent) of `knn_classify` on the test rows."""
-    if test_labels.shape != test_feats.shape[:1]:
-        raise ValueError(f"test_labels must be (M,) = ({len(test_feats)},), got {tuple(test_labels.shape)}")
-    pred = knn_classify(train_feats, train_labels, test_feats, k, temperature, num_classes, chunk)
-    return 100.0 * (pred == test_labels.to(pred.device)).float().mean().item()
