@@ -2,7 +2,7 @@
 
     python -m vwe embed --checkpoint runs/cpu/context-resnet32-aug --images folder:photos --out emb.npy
 
-An image's embedding is the model's `image_embedding` (DESIGN.md 11): its 16 patch embeddings
+An image's embedding is the model's `image_embedding` (docs/design.md §11): its 16 patch embeddings
 concatenated, 16 * 512 = 8192 numbers for the context autoencoder, 16 * 64 = 1024 for the simple
 one. With `patches`, also the tower's 64-d output on each of the 16 patches, (N, 16, 64): the
 "word vectors" of notebook 07 (`vwe.words.patch_embeddings`, one row per patch).
