@@ -163,7 +163,7 @@ for key in ("random-resnet32", "random-resnet32-patches", "pixels", "patch-resne
     features = {"embedding": feature_sets[key]}
     if key.startswith("context"):
         features["tower"] = feature_sets["context tower"]
-    evaluation = table.evaluate_features(rows[key], features, data, cfg)
+    evaluation = table.evaluate_features(features, data, cfg)
     results.append(table.row_result(rows[key], evaluation, data.name, epochs.get(key, 0), 0.0, s.run_dir))
     print(f"{key:<24} standardised {evaluation['mean']:6.2f} ± {evaluation['std']:.2f} %   raw "
           f"{evaluation['probes']['embedding/raw']['mean']:6.2f} %")

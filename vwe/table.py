@@ -251,8 +251,8 @@ def _probes(train: torch.Tensor, test: torch.Tensor, data: Dataset, cfg: Config,
             for norm in PROBE_NORMS}
 
 
-def evaluate_features(row: Row, features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset,
-                      cfg: Config, test_acc: float | None = None) -> dict:
+def evaluate_features(features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset, cfg: Config,
+                      test_acc: float | None = None) -> dict:
     """A row's evaluation on features extracted once, `features[kind] = (train (N, dim), test (M, dim))`
     with kind "embedding" (the headline's) and optionally "tower": every probe (each norm, seeds of
     `cfg`), the kNN column, and the headline (`test_acc` for the supervised row's own head)."""
@@ -315,7 +315,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
         if row.model == "context":  # the 16 patches' own tower features, beside the 8192-d contexts
             extra["tower"] = features(res.model, "tower")
         train, test = features(res.model)
-    evaluation = evaluate_features(row, {"embedding": (train, test), **extra}, data, cfg_row, test_acc)
+    evaluation = evaluate_features({"embedding": (train, test), **extra}, data, cfg_row, test_acc)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         **_spec(row, cfg_row, checkpoint, fingerprint),
