@@ -179,14 +179,14 @@ def load_models(s: Session, models: str = "auto") -> dict[str, Pretrained]:
         if models == "shipped":
             loaded[name] = load_shipped(model, s.device)
             continue
-        cfg = s.cfg.replace(model=model)
-        run_dir = s.run_dir / cfg.run_name
-        if latest_checkpoint(run_dir) is None:
+        run_dir = s.run_dir / s.cfg.replace(model=model).run_name
+        try:
+            net, trained, state = load_pretrained(run_dir, str(s.device))
+        except FileNotFoundError as e:  # no run directory, or one without a checkpoint
             raise FileNotFoundError(
                 f"no pretrained {name} in {run_dir}: run notebook 04 first with the same parameters "
                 f"(or `make run-all PROFILE={s.cfg.profile}`, or `python -m vwe pretrain --profile "
-                f"{s.cfg.profile} --model {model} --run-dir {run_dir}`)")
-        net, trained, state = load_pretrained(run_dir, str(s.device))
+                f"{s.cfg.profile} --model {model} --run-dir {run_dir}`)") from e
         loaded[name] = Pretrained(net, trained, state["metrics"],
                                   f"notebook 04's run {run_dir.name} ({len(state['metrics'])} epochs)")
     return loaded

@@ -288,8 +288,8 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     images = (data.train_images, data.test_images)
 
     def features(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(extract_features(source, x.to(device), cfg.eval_batch_size, device, progress, kind)
-                     for x in images)  # (N, dim), (M, dim)
+        return tuple(extract_features(source, x, cfg.eval_batch_size, device, progress, kind)
+                     for x in images)  # (N, dim), (M, dim); each batch goes to the device on its own
 
     checkpoint, epochs, extra, test_acc = None, 0, {}, None
     if row.kind == "supervised":
