@@ -20,7 +20,17 @@ from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_wei
 from vwe.models import Classifier
 from vwe.runs import ConfigMismatchError, load_checkpoint
 from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, train_supervised
-from vwe.table import CSV_COLUMNS, ROW_KEYS, ROWS, data_fingerprint, row_config, run_table, select_rows
+from vwe.table import (
+    AUTHOR_PROBE,
+    AUTHOR_PROBE_EPOCHS,
+    CSV_COLUMNS,
+    ROW_KEYS,
+    ROWS,
+    data_fingerprint,
+    row_config,
+    run_table,
+    select_rows,
+)
 
 # Paper Table 1 (linear evaluation on CIFAR-100, percent), typed in from the paper; None: our extra rows.
 PAPER = {
@@ -110,11 +120,14 @@ def test_numbers_paper_and_difference(table):
         assert 0 <= r.mean <= 100 and 0 <= r.knn <= 100 and not r.skipped
         assert r.dim == DIMS[r.key]
         # every row is probed on standardised and on raw features; context rows also on their tower
-        kinds = {"embedding/standard", "embedding/raw"}
+        # and every row gets the author's evaluation (raw, AUTHOR_PROBE_EPOCHS, whatever the profile's)
+        kinds = {"embedding/standard", "embedding/raw", AUTHOR_PROBE}
         tower = {"tower/standard", "tower/raw"} if r.key.startswith("context") else set()
         assert set(r.probes) == kinds | tower
-        for probe in r.probes.values():  # the probe's training curve is kept, one entry per epoch
-            assert [e["epoch"] for e in probe["epochs"]] == [1, 2] and 0 <= probe["train_acc"] <= 100
+        for name, probe in r.probes.items():  # the probe's training curve is kept, one entry per epoch
+            epochs = AUTHOR_PROBE_EPOCHS if name == AUTHOR_PROBE else 2
+            assert [e["epoch"] for e in probe["epochs"]] == list(range(1, epochs + 1))
+            assert 0 <= probe["train_acc"] <= 100
             assert probe["final_loss"] == pytest.approx(probe["epochs"][-1]["loss"])
         if r.key == "supervised-resnet32":
             assert r.std is None and r.accs == [r.mean] and r.epochs == 1
@@ -149,6 +162,10 @@ def test_untrained_rows_equal_an_independent_evaluation(table, data, key):
         ev = linear_eval(train, data.train_labels, test, data.test_labels, seeds=(0, 1), epochs=2,
                          num_classes=10, norm=norm)
         assert row.probes[f"embedding/{norm}"]["accs"] == pytest.approx(ev.accs, abs=1e-9)
+    # the author's evaluation: the same features (these rows have no tower of their own), raw, 10 epochs
+    ev = linear_eval(train, data.train_labels, test, data.test_labels, seeds=(0, 1),
+                     epochs=AUTHOR_PROBE_EPOCHS, num_classes=10, norm="raw")
+    assert row.probes[AUTHOR_PROBE]["accs"] == pytest.approx(ev.accs, abs=1e-9)
     assert row.knn == pytest.approx(knn_accuracy(train, data.train_labels, test, data.test_labels, k=20,
                                                  temperature=0.07))
 
@@ -168,6 +185,12 @@ def test_difference_is_computed_on_cifar100():
     r = vwe.table._result(BY_KEY["context-resnet32-aug"], saved, False, Path("x"))
     assert r.difference == pytest.approx(40.0 - 34.08)
     assert vwe.table._result(BY_KEY["pixels"], saved, False, Path("x")).difference is None  # no paper row
+    # like for like: with the author's evaluation the difference is its accuracy against the paper's
+    author = {**saved, "probes": {AUTHOR_PROBE: {"mean": 33.0, "std": 0.1, "accs": [33.0]}}}
+    r = vwe.table._result(BY_KEY["context-resnet32-aug"], author, False, Path("x"))
+    assert r.mean == 40.0 and r.difference == pytest.approx(33.0 - 34.08)
+    supervised = vwe.table._result(BY_KEY["supervised-resnet32"], author, False, Path("x"))
+    assert supervised.difference == pytest.approx(40.0 - 65.32)  # [24]'s own head, not a probe
 
 
 # ----------------------------------------------------------------------------- reuse and resume

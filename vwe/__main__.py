@@ -50,6 +50,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     _data_options(p)
 
 
+def _views(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--views", type=int, help="augmented views of every image in a batch (author: 3)")
+    p.add_argument("--original", action=argparse.BooleanOptionalAction,
+                   help="the un-augmented image too, in the same batch (author: yes)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vwe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--no-augment", action="store_true", help="the paper's no-augmentation ablation")
+    _views(p)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
     p.add_argument("--run-dir", type=Path,
                    help="where checkpoints go (default: runs/<profile>/<model>-<tower>-<aug>)")
@@ -99,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-norm", choices=PROBE_NORMS,
                    help="the headline probe (both are run and reported): standard (default) or raw")
     p.add_argument("--encoding", choices=ENCODINGS, help="the context rows' encoder (default shared)")
+    _views(p)
     p.add_argument("--seeds", type=int, nargs="+", help="probe seeds (default: the profile's)")
     p.add_argument("--rows", nargs="+", choices=ROW_KEYS, metavar="ROW",
                    help=f"rows to run (default: all): {', '.join(ROW_KEYS)}")
@@ -132,12 +140,12 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
     cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
                      validation=a.validation, device=a.device, seed=a.seed, model=a.model, tower=a.tower,
                      encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                     augment=False if a.no_augment else None,
+                     views=a.views, original=a.original, augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
     run_dir = a.run_dir or project_dir() / "runs" / cfg.profile / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
+        f"{cfg.epochs} epochs, lr {cfg.lr}")
     res = pretrain(cfg, run_dir, fresh=a.fresh, progress=not a.no_progress, sync_bn=not a.no_sync_bn)
     if res.metrics and distributed.is_main():
         first, last = res.metrics[0], res.metrics[-1]
@@ -208,7 +216,7 @@ def cmd_table(a: argparse.Namespace) -> None:
     cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
                      validation=a.validation, device=a.device, seed=a.seed, epochs=a.epochs,
                      batch_size=a.batch_size, lr=a.lr, encoding=a.encoding, probe_norm=a.probe_norm,
-                     data_seed=a.data_seed, probe_epochs=a.probe_epochs,
+                     views=a.views, original=a.original, data_seed=a.data_seed, probe_epochs=a.probe_epochs,
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)
     out_dir = a.out_dir or default_table_dir(cfg)

@@ -40,7 +40,9 @@ class AugmentConfig:
 
     crop_scale: tuple[float, float] = (0.5, 1.0)  # fraction of the image area kept, in (0, 1]
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height, sampled log-uniformly
-    rotation: float = 15.0  # degrees, uniform in [-rotation, rotation], positive = counter-clockwise
+    # degrees, uniform in [-rotation, rotation], or in [low, high] for a (low, high) pair (the author's
+    # code: (0, 180)); positive = counter-clockwise
+    rotation: float | tuple[float, float] = 15.0
     brightness: float = 0.4  # factor uniform in [max(0, 1 - x), 1 + x]
     contrast: float = 0.4  # same
     saturation: float = 0.4  # same
@@ -61,7 +63,11 @@ class AugmentConfig:
         lo, hi = self.crop_ratio
         if not 0 < lo <= hi:
             raise ValueError(f"AugmentConfig.crop_ratio needs 0 < low <= high, got {(lo, hi)}")
-        if not 0 <= self.rotation <= 180:
+        if isinstance(self.rotation, tuple):
+            if len(self.rotation) != 2 or not -180 <= self.rotation[0] <= self.rotation[1] <= 180:
+                raise ValueError(f"AugmentConfig.rotation as a (low, high) range needs -180 <= low <= high "
+                                 f"<= 180 degrees, got {self.rotation}")
+        elif not 0 <= self.rotation <= 180:
             raise ValueError(f"AugmentConfig.rotation must be in [0, 180] degrees, got {self.rotation}")
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
@@ -70,6 +76,13 @@ class AugmentConfig:
             raise ValueError(f"AugmentConfig.hue must be in [0, 0.5] (of a turn), got {self.hue}")
         if not 0 <= self.jitter_p <= 1:
             raise ValueError(f"AugmentConfig.jitter_p must be a probability in [0, 1], got {self.jitter_p}")
+
+
+    @property
+    def rotation_range(self) -> tuple[float, float]:
+        """(low, high) degrees of the uniform rotation angle."""
+        r = self.rotation
+        return r if isinstance(r, tuple) else (-r, r)
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,7 @@ def sample_params(
         ratio=torch.exp(uniform(1, log_lo, log_hi)),
         cx=uniform(2, -1.0, 1.0),
         cy=uniform(3, -1.0, 1.0),
-        angle=uniform(4, -cfg.rotation, cfg.rotation),
+        angle=uniform(4, *cfg.rotation_range),
         brightness=factor(5, cfg.brightness),
         contrast=factor(6, cfg.contrast),
         saturation=factor(7, cfg.saturation),
@@ -289,7 +302,7 @@ def apply_params(images: Tensor, params: AugmentParams, cfg: AugmentConfig) -> T
     H, W = images.shape[-2:]
     whole_image = cfg.crop_scale == (1, 1) and cfg.crop_ratio == (W / H, W / H)
     out = images
-    if not (whole_image and cfg.rotation == 0):
+    if not (whole_image and cfg.rotation_range == (0, 0)):
         # bilinear weights sum to 1 only up to rounding: keep the promise of [0, 1]
         out = crop_rotate(out, params.scale, params.ratio, params.cx, params.cy, params.angle).clamp(0.0, 1.0)
     if cfg.jitter_p > 0:

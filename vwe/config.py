@@ -16,7 +16,7 @@ import torch
 
 from vwe.augment import AugmentConfig
 from vwe.data import check_dataset_name
-from vwe.models import ENCODINGS, MODELS, TOWERS
+from vwe.models import DECODERS, ENCODINGS, MODELS, TOWERS
 
 PROBE_NORMS = ("standard", "raw")  # standardised with the training features' statistics | as they are
 
@@ -32,6 +32,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return dev
+
+
+def batch_text(images: int, views: int = 1) -> str:
+    """A batch in both units: '8 images x 4 views = 512 (context, target) pairs'."""
+    shown = f"{images} images" + (f" x {views} views" if views > 1 else "")
+    return f"{shown} = {images * views * 16} (context, target) pairs"
 
 
 def _is_int(v: object) -> bool:
@@ -59,12 +65,16 @@ class Config:
     # model
     model: str = "context"  # "context" (the method) | "patch" (the simple autoencoder)
     tower: str = "resnet32"  # "resnet32" | "conv4"
-    encoding: str = "shared"  # "shared" | "literal" (context model only)
+    encoding: str = "shared"  # "shared" | "literal" | "slots" (context model only; docs/design.md §6)
+    decoder: str = "text"  # "text" (docs/design.md §7) | "author" (the author's code, with BatchNorm)
+    normalize: bool = True  # the tower standardises its [0, 1] input (False: as the author's code)
     # pretraining (paper 4.1)
     epochs: int = 200
     batch_size: int = 512  # images per step
     lr: float = 1e-4  # Adam learning rate
     augment: bool = True  # False is the paper's no-augmentation ablation
+    views: int = 1  # augmented views of every image in a batch (the author's code: 3)
+    original: bool = False  # the un-augmented image too, in the same batch (the author's code: True)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0  # weights, shuffling and augmentation
     device: str = "auto"  # "auto" (cuda when there is one) | "cpu" | "cuda" | "cuda:N"
@@ -79,24 +89,25 @@ class Config:
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
-        choices = {"model": MODELS, "tower": TOWERS, "encoding": ENCODINGS, "probe_norm": PROBE_NORMS}
+        choices = {"model": MODELS, "tower": TOWERS, "encoding": ENCODINGS, "decoder": DECODERS,
+                   "probe_norm": PROBE_NORMS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")
         # Types first: "3" > 0 would raise a bare TypeError, True would pass as 1, 2.5 as a count.
         for name in ("epochs", "batch_size", "probe_epochs", "probe_batch_size", "eval_batch_size",
-                     "seed", "data_seed", "validation"):
+                     "seed", "data_seed", "validation", "views"):
             _require(name, getattr(self, name), _is_int, "an int")
         for name in ("n_train", "n_test"):
             _require(name, getattr(self, name), lambda v: v is None or _is_int(v), "an int or None")
         for name in ("lr", "probe_lr"):
             _require(name, getattr(self, name), _is_real, "a number")
-        for name in ("augment", "compile"):
+        for name in ("augment", "compile", "original", "normalize"):
             _require(name, getattr(self, name), lambda v: isinstance(v, bool), "True or False")
         _require("aug", self.aug, lambda v: isinstance(v, AugmentConfig), "an AugmentConfig")
         _require("probe_seeds", self.probe_seeds,
                  lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v)), "a tuple of ints")
-        positive = ("epochs", "batch_size", "lr", "probe_epochs", "probe_batch_size", "probe_lr",
+        positive = ("epochs", "batch_size", "views", "lr", "probe_epochs", "probe_batch_size", "probe_lr",
                     "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:  # also refuses nan
@@ -139,6 +150,34 @@ class Config:
         return cls(**d)
 
     @property
+    def model_args(self) -> dict:
+        """`vwe.models.build_model`'s arguments: build_model(**cfg.model_args)."""
+        return {"model": self.model, "tower": self.tower, "encoding": self.encoding,
+                "decoder": self.decoder, "normalize": self.normalize}
+
+    @property
+    def views_per_image(self) -> int:
+        """Views of each image in a batch: the augmented ones, plus the original when asked (or alone,
+        without augmentation)."""
+        return self.views + self.original if self.augment else 1
+
+    @property
+    def pairs_per_step(self) -> int:
+        """(context, target) pairs in one optimiser step: images x views x 16 targets."""
+        return self.batch_size * self.views_per_image * 16
+
+    @property
+    def batch_text(self) -> str:
+        """The pretraining batch in images (and views) and in pairs."""
+        return batch_text(self.batch_size, self.views_per_image)
+
+    def cost_text(self, n_train: int) -> str:
+        """What pretraining on `n_train` images costs, printed before it starts."""
+        steps = n_train // self.batch_size
+        return (f"batch {self.batch_text}: {steps:,} steps an epoch, {steps * self.epochs:,} steps and "
+                f"{steps * self.epochs * self.pairs_per_step:,} pairs in {self.epochs} epochs")
+
+    @property
     def run_name(self) -> str:
         """Folder name of a pretraining run, e.g. `context-resnet32-aug`."""
         parts = [self.model, self.tower]
@@ -147,6 +186,11 @@ class Config:
         parts.append("aug" if self.augment else "noaug")
         return "-".join(parts)
 
+
+# The author's augmentation (`train.py` of mahadev1995/Self-supervised_Learning): RandomResizedCrop(32,
+# scale 0.08-1), RandomRotation((0, 180)), ColorJitter(0.8, 0.8, 0.8, 0.2) applied with p 0.8.
+AUTHOR_AUG = AugmentConfig(crop_scale=(0.08, 1.0), rotation=(0.0, 180.0), brightness=0.8, contrast=0.8,
+                           saturation=0.8, hue=0.2, jitter_p=0.8)
 
 PROFILES: dict[str, Config] = {
     # CI and nbval: every notebook in seconds on a CPU.
@@ -158,8 +202,15 @@ PROFILES: dict[str, Config] = {
     # paper's 20 k steps).
     "cpu": Config(profile="cpu", dataset="auto", n_train=4000, n_test=1000, epochs=4,
                   batch_size=128, lr=1e-3, probe_epochs=30, eval_batch_size=256),
-    # The paper's protocol on one GPU (docs/design.md §9 and §12).
+    # The paper's text on one GPU (docs/design.md §9 and §12): batches of 512 images = 8 192 pairs.
     "paper": Config(profile="paper", dataset="cifar100"),
+    # The paper as its author ran it (docs/design.md, The paper as its author ran it): 8 images x
+    # (3 augmented views + the original) x 16 targets = 512 pairs a step, 6 250 steps an epoch; the
+    # tower once per neighbour slot on [0, 1] pixels, the decoder with BatchNorm; the probe raw, 10
+    # epochs (the table adds it on the tower's 1 024 features).
+    "author": Config(profile="author", dataset="cifar100", encoding="slots", decoder="author",
+                     normalize=False, batch_size=8, views=3, original=True, aug=AUTHOR_AUG,
+                     probe_norm="raw", probe_epochs=10),
 }
 
 

@@ -119,13 +119,13 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
         raise ValueError(f"{folder / entry['file']} does not match the sha256 in {MANIFEST}: the file is "
                          "damaged or was replaced; restore it with git (git checkout -- checkpoints)")
     cfg = Config.from_dict(entry["config"])
-    net = build_model(cfg.model, cfg.tower, cfg.encoding)
+    net = build_model(**cfg.model_args)
     weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     data = entry["data"]
     source = (f"shipped {entry['file']}: {cfg.run_name} pretrained on {data['dataset']} ({data['n_train']} "
               f"training images, archive md5 {data['archive_md5']}), {cfg.epochs} epochs, batch "
-              f"{cfg.batch_size}, lr {cfg.lr}")
+              f"{cfg.batch_text}, lr {cfg.lr}")
     return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
 
 

@@ -14,8 +14,9 @@ from torch import nn
 
 from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_neighbours, patchify
 
-TOWERS = ("resnet32", "conv4")
-ENCODINGS = ("shared", "literal")
+TOWERS = ("resnet32", "conv4", "conv4-strided")
+DECODERS = ("text", "author")  # the paper's text (docs/design.md §7) | the author's code
+ENCODINGS = ("shared", "literal", "slots")
 FEATURES = 64  # D, the tower's output size
 
 # Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
@@ -63,9 +64,10 @@ class ResNet32(nn.Module):
     image 32x32 -> 16x16 -> 8x8 -> pool. About 0.46 M parameters.
     """
 
-    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES)):
+    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES),
+                 normalize: bool = True):
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize() if normalize else nn.Identity()  # the author's code: [0, 1] pixels
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -95,9 +97,9 @@ class Conv4(nn.Module):
     blocks 1-3, global average pool after block 4. (B, 3, H, W) -> (B, 64). About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES)):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES), normalize: bool = True):
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
         for i, cout in enumerate(widths):
             layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -111,32 +113,68 @@ class Conv4(nn.Module):
         return self.features(self.normalize(x)).mean(dim=(2, 3))  # (B, 64)
 
 
-def make_tower(name: str) -> nn.Module:
-    """A fresh tower by name: "resnet32" or "conv4"."""
+class StridedConv4(nn.Module):
+    """The Conv4 of the author's code (`models/conv4.py`): four conv3x3-BN-ReLU blocks of 8/16/32/64
+    filters with strides 2, 2, 4, 2 and no pooling. (B, 3, 8, 8) -> (B, 64): 8x8 => 4x4 => 2x2 =>
+    1x1 => 1x1, flattened. On a larger input the map is averaged to one pixel. About 25 k parameters.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES),
+                 strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True):
+        super().__init__()
+        self.normalize = Normalize() if normalize else nn.Identity()
+        layers, cin = [], 3
+        for cout, stride in zip(widths, strides, strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.out_features = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # normal(0, sqrt(2 / (k * k * C_out))), as the author's code
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.normalize(x)).mean(dim=(2, 3))  # (B, 64)
+
+
+def make_tower(name: str, normalize: bool = True) -> nn.Module:
+    """A fresh tower by name (one of TOWERS); `normalize=False` feeds it the [0, 1] pixels as they are."""
     if name == "resnet32":
-        return ResNet32()
+        return ResNet32(normalize=normalize)
     if name == "conv4":
-        return Conv4()
+        return Conv4(normalize=normalize)
+    if name == "conv4-strided":
+        return StridedConv4(normalize=normalize)
     raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
 
 
 class Decoder(nn.Module):
     """Patch embedding -> 8x8 patch: two linear layers, reshape, nearest upsample, three convs.
 
-    (B, E) -> (B, 3, 8, 8) in [0, 1].
+    (B, E) -> (B, 3, 8, 8) in [0, 1]. style="text" is docs/design.md §7 (hidden 512, convs 64 -> 64
+    -> 32 -> 3, no BatchNorm); style="author" is the author's code (`models/ConvPatchAE.py`,
+    `models/ResnetAE.py`): hidden 512 for the context model and 128 for the simple one, convs 64 ->
+    32 -> 16 -> 3 with BatchNorm after the first two.
     """
 
-    def __init__(self, in_features: int):
+    def __init__(self, in_features: int, style: str = "text"):
         super().__init__()
+        if style not in DECODERS:
+            raise ValueError(f"unknown decoder {style!r}; choose one of {DECODERS}")
+        hidden = 128 if style == "author" and in_features == FEATURES else 512
         self.fc = nn.Sequential(
-            nn.Linear(in_features, 512), nn.ReLU(),
-            nn.Linear(512, 64 * 4 * 4), nn.ReLU(),
+            nn.Linear(in_features, hidden), nn.ReLU(),
+            nn.Linear(hidden, 64 * 4 * 4), nn.ReLU(),
         )
+        if style == "text":
+            convs = [nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
+                     nn.Conv2d(32, 3, 3, 1, 1)]
+        else:
+            convs = [nn.Conv2d(64, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                     nn.Conv2d(32, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 3, 3, 1, 1)]
         self.up = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),  # 4x4 => 8x8
-            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(64, 32, 3, 1, 1), nn.ReLU(),
-            nn.Conv2d(32, 3, 3, 1, 1), nn.Sigmoid(),
+            *convs, nn.Sigmoid(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -175,12 +213,13 @@ class Autoencoder(nn.Module):
 
     embed_dim: int
 
-    def __init__(self, tower: str | nn.Module, embed_dim_per_tower: int):
+    def __init__(self, tower: str | nn.Module, embed_dim_per_tower: int, decoder: str = "text",
+                 normalize: bool = True):
         super().__init__()
-        self.tower = make_tower(tower) if isinstance(tower, str) else tower
+        self.tower = make_tower(tower, normalize) if isinstance(tower, str) else tower
         self.tower_name = tower if isinstance(tower, str) else type(tower).__name__.lower()
         self.embed_dim = embed_dim_per_tower * self.tower.out_features
-        self.decoder = Decoder(self.embed_dim)
+        self.decoder = Decoder(self.embed_dim, decoder)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -218,11 +257,14 @@ class ContextAutoencoder(Autoencoder):
     """The context patch autoencoder: each patch is rebuilt from the tower features of its 8 neighbours.
 
     encoding="literal" runs the tower on all B*16*8 context patches, as the paper is written (128
-    tower passes per image). encoding="shared" (default) runs it once on the 16 patches plus once on
-    the zero patch and gathers the features into contexts (17 passes per image). The two
-    are equal in eval mode. In train mode BatchNorm's batch statistics differ: the literal form sees
-    every patch once per neighbour slot and 44 zero patches per image, the shared form each patch
-    once and the zero patch once per batch.
+    tower passes per image). encoding="slots" does the same work as 8 tower calls, one per neighbour
+    slot on its B*16 patches, as the author's code does (`models/ResnetPatchAE.py`). encoding="shared"
+    (default) runs it once on the 16 patches plus once on the zero patch and gathers the features
+    into contexts (17 passes per image). The three are equal in eval mode. In train mode BatchNorm's
+    batch statistics differ: the literal form sees every patch once per neighbour slot and 44 zero
+    patches per image in one batch, the slots form the same patches as 8 batches (each slot's own
+    statistics, zero patches included), the shared form each patch once and the zero patch once per
+    batch.
     """
 
     # A data-parallel run with synchronised BatchNorm sets (has_zero_patch, sum_across_processes)
@@ -230,10 +272,11 @@ class ContextAutoencoder(Autoencoder):
     # batch and the others receive its feature, so BatchNorm sees the global B*16 + 1 patches once.
     zero_patch_sharing: tuple[bool, Callable[[torch.Tensor], torch.Tensor]] | None = None
 
-    def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared"):
+    def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared", decoder: str = "text",
+                 normalize: bool = True):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
-        super().__init__(tower, N_NEIGHBOURS)
+        super().__init__(tower, N_NEIGHBOURS, decoder, normalize)
         self.encoding = encoding
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,6 +288,10 @@ class ContextAutoencoder(Autoencoder):
             context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
             feats = self.tower(context.flatten(0, 2))  # (B*16*8, D)
             return feats.view(b, n, -1)  # (B, 16, 8*D)
+        if self.encoding == "slots":
+            context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
+            feats = [self.tower(context[:, :, k].flatten(0, 1)) for k in range(N_NEIGHBOURS)]  # 8 x (B*16, D)
+            return torch.cat(feats, dim=1).view(b, n, -1)  # (B, 16, 8*D), slot by slot
         # One tower call on the 16*B patches and the zero patch together, so BatchNorm in train mode
         # normalises them as one batch (a separate batch of one zero patch would break Conv4's 1x1 BN).
         sharing = self.zero_patch_sharing if self.training else None
@@ -262,8 +309,8 @@ class ContextAutoencoder(Autoencoder):
 class PatchAutoencoder(Autoencoder):
     """The simple autoencoder baseline: each patch is rebuilt from the tower features of itself."""
 
-    def __init__(self, tower: str | nn.Module = "resnet32"):
-        super().__init__(tower, 1)
+    def __init__(self, tower: str | nn.Module = "resnet32", decoder: str = "text", normalize: bool = True):
+        super().__init__(tower, 1, decoder, normalize)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, D)."""
@@ -273,12 +320,14 @@ class PatchAutoencoder(Autoencoder):
 MODELS = ("context", "patch")
 
 
-def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared") -> Autoencoder:
-    """An autoencoder by name: model "context" (with `encoding`) or "patch" (the simple baseline)."""
+def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared",
+                decoder: str = "text", normalize: bool = True) -> Autoencoder:
+    """An autoencoder by name: model "context" (with `encoding`) or "patch" (the simple baseline),
+    `decoder` one of DECODERS, `normalize=False` for towers that see the [0, 1] pixels as they are."""
     if model == "context":
-        return ContextAutoencoder(tower, encoding)
+        return ContextAutoencoder(tower, encoding, decoder, normalize)
     if model == "patch":
-        return PatchAutoencoder(tower)
+        return PatchAutoencoder(tower, decoder, normalize)
     raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
 
 

@@ -459,3 +459,39 @@ def results_bar_chart(rows: Sequence[Mapping[str, object]], title: str | None = 
     fig.tight_layout()
     return fig
 
+
+
+# ----------------------------------------------------------------------------- the scale curve
+
+_MODEL_STYLE = {"context": ("tab:red", "context AE"), "patch": ("tab:blue", "simple AE")}
+_PROFILE_MARKER = {"author": ("o", "-"), "cpu": ("s", "--")}
+CURVE_PROBES = {"author": "author's evaluation (tower 1 024-d, raw, 10 ep)",
+                "standard": "standardised probe (tower 1 024-d, 30 ep)"}
+
+
+def plot_scale_curve(points: Sequence[Mapping[str, object]]) -> Figure:
+    """Validation accuracy against pretraining compute, one panel per probe, one line per (profile,
+    model): the points that `scripts/scale_curve.py` writes (x: (context, target) pairs trained on,
+    log scale; error bars: the probe seeds' std)."""
+    if not points:
+        raise ValueError("no points to plot: run scripts/scale_curve.py first")
+    fig, axes = plt.subplots(1, len(CURVE_PROBES), figsize=(11, 4), sharex=True, dpi=DPI)
+    curves: dict[tuple[str, str], list[Mapping[str, object]]] = {}
+    for p in points:
+        curves.setdefault((str(p["profile"]), str(p["model"])), []).append(p)
+    for ax, (probe, title) in zip(axes, CURVE_PROBES.items(), strict=True):
+        for (profile, model), pts in sorted(curves.items()):
+            pts = sorted(pts, key=lambda p: p["pairs"])
+            colour, name = _MODEL_STYLE.get(model, ("tab:grey", model))
+            marker, line = _PROFILE_MARKER.get(profile, ("^", ":"))
+            ax.errorbar([p["pairs"] for p in pts], [p[probe]["mean"] for p in pts],
+                        yerr=[p[probe]["std"] for p in pts], color=colour, marker=marker, linestyle=line,
+                        capsize=3, label=f"{name}, {profile} recipe")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining compute: (context, target) pairs trained on")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation top-1 (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

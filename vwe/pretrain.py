@@ -85,16 +85,19 @@ def pretrain(
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
                          f"no full batch to train on; use a batch_size <= {n_train} or more images")
     distributed.check_batch(cfg.batch_size)
+    if progress and distributed.is_main():
+        print(f"{cfg.run_name} on {device}: {cfg.cost_text(n_train)}", flush=True)
     data = data.to(device)  # the whole dataset lives on the device as uint8
 
     torch.manual_seed(cfg.seed)
-    model = distributed.prepare_model(build_model(cfg.model, cfg.tower, cfg.encoding).to(device),
+    model = distributed.prepare_model(build_model(**cfg.model_args).to(device),
                                       device, sync_bn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     checkpoint, metrics = run_epochs(
         run_dir, cfg, data, model, optimizer,
         lambda aug_gen: make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen,
-                                        device, compile=cfg.compile),
+                                        device, compile=cfg.compile, views=cfg.views,
+                                        original=cfg.original),
         lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
         run_key, cfg.batch_size, name=cfg.run_name, fresh=fresh, progress=progress)
     return PretrainResult(run_dir, checkpoint, model, metrics, cfg, data.name)
@@ -117,7 +120,7 @@ def load_pretrained(path: str | Path, device: str = "auto") -> tuple[Autoencoder
         state = load_checkpoint(path, map_location=dev)
     try:
         cfg = Config.from_dict(state["config"])
-        model = build_model(cfg.model, cfg.tower, cfg.encoding).to(dev)
+        model = build_model(**cfg.model_args).to(dev)
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} does not hold a model vwe can rebuild: {e}") from e

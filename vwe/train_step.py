@@ -202,7 +202,11 @@ class TrainStep:
         aug_gen: torch.Generator,
         device: torch.device,
         options: StepOptions,
+        views: int = 1,
+        original: bool = False,
     ):
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ValueError(f"views is the number of augmented views of each image, >= 1, got {views!r}")
         if options.cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
         if options.cuda_graph and not isinstance(optimizer, torch.optim.Adam):
@@ -221,6 +225,8 @@ class TrainStep:
                 print("note: no CUDA graph under DDP (unproven there); the step runs without it")
         self.model, self.optimizer, self.aug, self.aug_gen = model, optimizer, aug, aug_gen
         self.device, self.options = device, options
+        # without augmentation every view would be the same image: the batch is the images alone
+        self.views, self.original = (views, original) if aug is not None else (1, True)
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
         use_conv_forms(model, options.dense_convs)
@@ -252,14 +258,20 @@ class TrainStep:
         """
         if self.aug is None:
             return ()
-        params = sample_params(batch, self.aug, self.aug_gen, self.device)
+        # view-major: draw v * B + i is view v of image i
+        params = sample_params(batch * self.views, self.aug, self.aug_gen, self.device)
         return tuple(getattr(params, f.name) for f in fields(params))
 
     def forward_loss(self, images: Tensor, *params: Tensor) -> Tensor:
-        """uint8 (B, 3, 32, 32) and the drawn parameters -> MSE loss (0-d fp32)."""
+        """uint8 (B, 3, 32, 32) and the drawn parameters -> MSE loss (0-d fp32) over every view.
+
+        The batch the model sees is (V * B, 3, 32, 32): the V augmented views of each image, after
+        the B originals when `original` (the author's code trains on 3 views plus the original).
+        """
         x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
         if self.aug is not None:
-            x = apply_params(x, AugmentParams(*params), self.aug)
+            views = apply_params(x.repeat(self.views, 1, 1, 1), AugmentParams(*params), self.aug)
+            x = torch.cat([x, views]) if self.original else views  # ((V + 1) * B or V * B, 3, 32, 32)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
             return self.loss_fn(x)
 
@@ -280,7 +292,8 @@ class TrainStep:
         if self.parallel:
             check_batch(images.shape[0])
             part = batch_slice(images.shape[0])  # this process's slice of the images and their draws
-            images, params = images[part], tuple(p[part] for p in params)
+            images = images[part]
+            params = tuple(p.view(self.views, -1)[:, part].flatten() for p in params)
         if self.options.cuda_graph and self.graph is None:
             self._capture(images, params)  # may fall back: options.cuda_graph becomes False
         if not self.options.cuda_graph:
@@ -365,10 +378,13 @@ def make_train_step(
     device: torch.device | str,
     compile: bool = True,
     options: StepOptions | None = None,
+    views: int = 1,
+    original: bool = False,
 ) -> TrainStep:
     """A step function: (B, 3, 32, 32) uint8 on `device` -> loss (0-d tensor, fp32).
 
-    `aug=None` trains without augmentation (the paper's ablation). `options` defaults to
+    `aug=None` trains without augmentation (the paper's ablation). With `aug`, the model sees
+    `views` augmented views of every image, and the image itself too when `original`. `options` defaults to
     `default_options(device, compile)`: the fast step on CUDA, the plain fp32 step on the CPU
     (where `compile` is ignored). Side effects: the model may be converted to channels_last and
     its tower's convolutions switched to another form of the same sums (`options.dense_convs`),
@@ -376,7 +392,8 @@ def make_train_step(
     (the shapes never change, so its search pays off).
     """
     device = torch.device(device)
-    step = TrainStep(model, optimizer, aug, aug_gen, device, options or default_options(device, compile))
+    step = TrainStep(model, optimizer, aug, aug_gen, device, options or default_options(device, compile),
+                     views, original)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return step
