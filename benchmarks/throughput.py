@@ -17,6 +17,11 @@ CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resid
                           convolutions as matrix products (dense_convs 16 px); on the CPU the same
                           step as shared-fp32 (not re-measured)
     fast-autotune         opt-in: fast with compile mode max-autotune-no-cudagraphs (CUDA only)
+    author-slots          opt-in: the `author` profile's step: 8 images x 4 views = 512 pairs a step,
+                          the tower once per neighbour slot, the author's decoder and augmentation,
+                          with `make_train_step`'s default options on the device (the CUDA graph
+                          on CUDA); its batch is the profile's whatever --batch-size says
+    author-shared         opt-in: the same with the shared encoding (8x less tower work)
 
 Warm-up steps run first and are not timed (compilation and graph capture happen there); each
 repeat is timed between device synchronisations, and the median repeat is reported. Also timed:
@@ -52,9 +57,10 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
+from vwe.config import get_config
 from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
-from vwe.models import ContextAutoencoder, Decoder, ResNet32
+from vwe.models import ContextAutoencoder, Decoder, ResNet32, build_model
 from vwe.patches import N_PATCHES, PATCH
 from vwe.runs import atomic_write
 from vwe.train_step import (
@@ -106,7 +112,7 @@ DEFAULTS = {
 
 
 VARIANTS = ("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled", "fast-conv",
-            "fast-dense2x2", "fast", "fast-autotune")
+            "fast-dense2x2", "fast", "fast-autotune", "author-slots", "author-shared")
 
 
 def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
@@ -121,6 +127,8 @@ def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
         "fast-dense2x2": ("shared", replace(default_options(device), dense_convs=4)),
         "fast": ("shared", default_options(device)),
         "fast-autotune": ("shared", replace(default_options(device), compile="max-autotune-no-cudagraphs")),
+        "author-slots": ("slots", default_options(device)),
+        "author-shared": ("shared", default_options(device)),
     }
     if name not in setups:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
@@ -170,15 +178,20 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     """Time one training-step variant; a row of the results table."""
     device = images.device
     encoding, options = variant_setup(name, device)
+    recipe = get_config("author", encoding=encoding) if name.startswith("author") else None
     reset_peak(device)
     torch.manual_seed(0)
-    model = ContextAutoencoder("resnet32", encoding).to(device).train()
+    if recipe is None:
+        model = ContextAutoencoder("resnet32", encoding).to(device).train()
+        aug, views, b = AugmentConfig(), {}, cfg.batch_size
+    else:
+        model = build_model(**recipe.model_args).to(device).train()
+        aug, views, b = recipe.aug, {"views": recipe.views, "original": recipe.original}, recipe.batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     aug_gen = torch.Generator(device=device).manual_seed(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        step = make_train_step(model, optimizer, AugmentConfig(), aug_gen, device, options=options)
-        b = cfg.batch_size
+        step = make_train_step(model, optimizer, aug, aug_gen, device, options=options, **views)
         usable = len(images) // b * b  # drop_last, as train_one_epoch does
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
         losses = torch.zeros(cfg.steps, device=device)
@@ -197,8 +210,10 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     ips = statistics.median(per_s)
     steps_per_epoch = PAPER_IMAGES // b
     return {
-        "variant": name, "encoding": encoding, "options": step.options.describe(),
-        "images_per_s": ips, "step_ms": 1000 * b / ips, "repeats_images_per_s": per_s,
+        "variant": name, "encoding": encoding, "options": step.options.describe(), "batch_size": b,
+        "pairs_per_step": b * step.views_per_image * N_PATCHES, "images_per_s": ips,
+        "pairs_per_s": ips * step.views_per_image * N_PATCHES, "step_ms": 1000 * b / ips,
+        "repeats_images_per_s": per_s,
         "warmup_s": compile_s, "paper_200_epochs_h": PAPER_EPOCHS * steps_per_epoch * b / ips / 3600,
         "peak_mib": peak_mib(device), "final_loss": losses[-1].item(),
         "warnings": [str(w.message) for w in caught],
@@ -413,7 +428,8 @@ def report(results: dict) -> str:
            f"batch {cfg['batch_size']}, {cfg['steps']} steps x {cfg['repeats']} repeats (median), "
            f"{cfg['warmup']} warm-up steps, {cfg['images']} resident images", "",
            markdown(results["train"], [
-               ("variant", "variant", "s"), ("images/s", "images_per_s", ",.0f"),
+               ("variant", "variant", "s"), ("batch (pairs)", "pairs_per_step", ",d"),
+               ("images/s", "images_per_s", ",.0f"), ("pairs/s", "pairs_per_s", ",.0f"),
                ("x literal fp32", "vs_literal_fp32", ".2f"), ("step ms", "step_ms", ".1f"),
                ("200 epochs on 50k, h", "paper_200_epochs_h", ".2f"), ("peak MiB", "peak_mib", ",.0f"),
                ("warm-up s", "warmup_s", ".1f"), ("how", "options", "s"), ("note", "note", "s")]),

@@ -248,6 +248,11 @@ class TrainStep:
                                                backend=options.backend, fullgraph=True)
         self.graph: torch.cuda.CUDAGraph | None = None
 
+    @property
+    def views_per_image(self) -> int:
+        """Images the model sees per image of the batch (its views, and the original when asked)."""
+        return self.views + self.original if self.aug is not None else 1
+
     # ------------------------------------------------------------------ the parts of a step
 
     def draw(self, batch: int) -> tuple[Tensor, ...]:
