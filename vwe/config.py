@@ -68,6 +68,7 @@ class Config:
     encoding: str = "shared"  # "shared" | "literal" | "slots" (context model only; docs/design.md §6)
     decoder: str = "text"  # "text" (docs/design.md §7) | "author" (the author's code, with BatchNorm)
     normalize: bool = True  # the tower standardises its [0, 1] input (False: as the author's code)
+    conv4: str = "conv4"  # the table's Conv4 row: "conv4" ([24]'s, pooled) | "conv4-strided" (the author's)
     # pretraining (paper 4.1)
     epochs: int = 200
     batch_size: int = 512  # images per step
@@ -90,7 +91,7 @@ class Config:
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
         choices = {"model": MODELS, "tower": TOWERS, "encoding": ENCODINGS, "decoder": DECODERS,
-                   "probe_norm": PROBE_NORMS}
+                   "conv4": ("conv4", "conv4-strided"), "probe_norm": PROBE_NORMS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")
@@ -209,7 +210,8 @@ PROFILES: dict[str, Config] = {
     # tower once per neighbour slot on [0, 1] pixels, the decoder with BatchNorm; the probe raw, 10
     # epochs (the table adds it on the tower's 1 024 features).
     "author": Config(profile="author", dataset="cifar100", encoding="slots", decoder="author",
-                     normalize=False, batch_size=8, views=3, original=True, aug=AUTHOR_AUG,
+                     normalize=False, conv4="conv4-strided", batch_size=8, views=3, original=True,
+                     aug=AUTHOR_AUG,
                      probe_norm="raw", probe_epochs=10),
 }
 

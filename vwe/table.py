@@ -159,9 +159,11 @@ def select_rows(keys: Sequence[str] | None = None) -> list[Row]:
 
 
 def row_config(cfg: Config, row: Row) -> Config:
-    """The config a row runs with: the table's, with the row's model, tower and augmentation."""
+    """The config a row runs with: the table's, with the row's model, tower and augmentation (the
+    Conv4 row's tower is the config's form of Conv4, `cfg.conv4`)."""
     if row.kind == "pretrained":
-        return cfg.replace(model=row.model, tower=row.tower, augment=row.augment)
+        tower = cfg.conv4 if row.tower == "conv4" else row.tower
+        return cfg.replace(model=row.model, tower=tower, augment=row.augment)
     # Model and augmentation do not apply; fixed so that they never make a finished row look stale.
     return cfg.replace(model="patch", tower=row.tower, augment=False)
 
