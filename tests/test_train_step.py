@@ -3,6 +3,7 @@ step (same draws, same Adam, loss and gradients within bf16 tolerance), the undo
 the checks that keep a CUDA graph capturable. Tests marked `cuda` run on a GPU machine only."""
 
 import copy
+import functools
 from dataclasses import fields, replace
 
 import pytest
@@ -129,17 +130,19 @@ def test_step_augments_with_the_generator_like_augment_does(options):
     assert torch.equal(gen.get_state(), ref_gen.get_state())
 
 
-def test_compiled_step_traces_as_one_graph_and_matches_eager():
-    # fullgraph=True raises on any graph break; the "eager" backend checks the tracing without the
-    # minutes of code generation, and must give the eager step's numbers
+def test_compiled_step_traces_as_one_graph_and_matches_eager(monkeypatch):
+    # fullgraph=True raises on any graph break. torch.compile's "eager" backend checks the tracing
+    # without the minutes of code generation, and runs the traced ops with the same kernels in the
+    # same order as the eager step: the same numbers, bit for bit, on any machine.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     images = batch()
     results = []
-    for options in (FAST_CPU, replace(FAST_CPU, compile="default", backend="eager")):
+    for options in (FAST_CPU, replace(FAST_CPU, compile="default")):
         model, opt = fresh()
         losses, _ = run(options, model, opt, images, steps=2)
         results.append((torch.stack(losses), flat(model.parameters())))
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=0)
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+    assert torch.equal(results[1][0], results[0][0])
+    assert torch.equal(results[1][1], results[0][1])
 
 
 def float64_gradients(dense_pixels: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -198,18 +201,21 @@ def test_the_dense_form_check_catches_a_wrong_form(monkeypatch, wrong):
 
 
 def test_the_dense_bf16_step_traces_as_one_graph():
-    # fullgraph=True raises on any graph break; the eager backend checks the tracing without the
-    # minutes of code generation. Its loss is the plain fp32 step's within bf16's rounding (8 bits:
-    # 2**-8 ~ 4e-3 relative per rounding, a few roundings deep in a mean).
+    # The compiled step is `torch.compile(step.forward_loss, fullgraph=True)`, which raises on any
+    # graph break; the eager backend checks the tracing without the minutes of code generation. Its
+    # loss is the plain fp32 step's within bf16's rounding (8 bits: 2**-8 ~ 4e-3 relative per
+    # rounding, a few roundings deep in a mean).
     images = batch()
-    results = []
-    for options in (PLAIN, StepOptions(bf16=True, channels_last=True, compile="default", backend="eager",
-                                       dense_convs=16)):
-        model, opt = fresh()
-        losses, _ = run(options, model, opt, images)
-        results.append(losses[0])
+    model, opt = fresh()
+    plain = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), "cpu", options=PLAIN)
+    loss = plain.forward_loss(images, *plain.draw(len(images)))
+    model, opt = fresh()
+    fast_step = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), "cpu",
+                                options=StepOptions(bf16=True, channels_last=True, dense_convs=16))
+    traced = torch.compile(fast_step.forward_loss, backend="eager", fullgraph=True)
+    traced_loss = traced(images, *fast_step.draw(len(images)))
     assert model.tower.features[4].dense_pixels == 16  # Conv4's second conv, on the 4x4 map
-    torch.testing.assert_close(results[1], results[0], rtol=2e-2, atol=0)
+    torch.testing.assert_close(traced_loss, loss, rtol=2e-2, atol=0)
 
 
 def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():

@@ -277,16 +277,6 @@ def expected_md5(fmt: CifarFormat) -> str:
     return named
 
 
-def expected_cifar100_md5() -> str:
-    """The md5 the CIFAR-100 archive must have: $VWE_CIFAR100_MD5 when set, else the official one."""
-    return expected_md5(CIFAR100)
-
-
-def expected_cifar10_md5() -> str:
-    """The md5 the CIFAR-10 archive must have: $VWE_CIFAR10_MD5 when set, else the official one."""
-    return expected_md5(CIFAR10)
-
-
 def project_dir() -> Path:
     """The repository checkout (pyproject.toml beside vwe/), else the current directory.
 

@@ -38,13 +38,12 @@ def extract_features(
     device: str | torch.device | None = None,
     progress: bool = False,
     features: str = "embedding",
-    bf16: bool = False,
 ) -> torch.Tensor:
     """Image embeddings of `images` (N, 3, 32, 32) uint8 -> (N, dim) float32 on `device`.
 
     `model` is an autoencoder (in eval mode; `features` picks its `image_embedding` or its
     `tower_embedding`) or any function of a float batch in [0, 1]. `device` defaults to the model's.
-    The forward runs in fp32 unless `bf16` (CUDA only): accuracies are reported on fp32 features.
+    The forward runs in fp32: accuracies are reported on fp32 features.
     """
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")
@@ -62,8 +61,7 @@ def extract_features(
     order = batches(len(images), batch_size, shuffle=False)
     for idx in tqdm(order, total=-(-len(images) // batch_size), desc="features", disable=not progress):
         x = to_float(images[idx].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            out.append(fn(x).float())
+        out.append(fn(x).float())
     return torch.cat(out)
 
 

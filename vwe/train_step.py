@@ -66,7 +66,6 @@ class StepOptions:
     bf16: bool = False  # bf16 autocast around the model
     channels_last: bool = False  # convert the model's conv weights to NHWC
     compile: str | None = None  # a torch.compile mode from COMPILE_MODES, None runs eagerly
-    backend: str = "inductor"  # torch.compile backend; "eager" only traces (finds graph breaks fast)
     cuda_graph: bool = False  # capture and replay the whole step (CUDA, Adam only)
     dense_convs: int = 0  # tower convs on maps of <= this many pixels run as a matrix product
 
@@ -89,8 +88,7 @@ class StepOptions:
         if self.channels_last:
             parts.append("channels_last")
         if self.compile:
-            backend = "" if self.backend == "inductor" else f", {self.backend}"
-            parts.append(f"compile({self.compile}{backend})")
+            parts.append(f"compile({self.compile})")
         if self.cuda_graph:
             parts.append("cuda_graph")
         if self.dense_convs:
@@ -240,12 +238,11 @@ class TrainStep:
         if options.compile and self.parallel:
             # torch.compile's DDP support splits the graph at DDP's gradient buckets; synchronised
             # BatchNorm breaks it too, so no fullgraph (unmeasured: no GPU has run this path yet)
-            self.loss_fn = torch.compile(self.loss_fn, mode=options.compile, backend=options.backend)
+            self.loss_fn = torch.compile(self.loss_fn, mode=options.compile)
         elif options.compile:
             # fullgraph: a graph break would silently split the step and cost speed; the generator
             # stays outside (draw), so there is nothing dynamo cannot trace
-            self._forward_loss = torch.compile(self.forward_loss, mode=options.compile,
-                                               backend=options.backend, fullgraph=True)
+            self._forward_loss = torch.compile(self.forward_loss, mode=options.compile, fullgraph=True)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     @property
