@@ -6,8 +6,6 @@ Letters (docs/design.md, Notation): B batch, N = 16 patches, K = 8 neighbours, D
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -267,11 +265,6 @@ class ContextAutoencoder(Autoencoder):
     batch.
     """
 
-    # A data-parallel run with synchronised BatchNorm sets (has_zero_patch, sum_across_processes)
-    # (vwe.distributed.prepare_model): in train mode only rank 0 adds the zero patch to its tower
-    # batch and the others receive its feature, so BatchNorm sees the global B*16 + 1 patches once.
-    zero_patch_sharing: tuple[bool, Callable[[torch.Tensor], torch.Tensor]] | None = None
-
     def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared", decoder: str = "text",
                  normalize: bool = True):
         if encoding not in ENCODINGS:
@@ -292,18 +285,19 @@ class ContextAutoencoder(Autoencoder):
             context = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
             feats = [self.tower(context[:, :, k].flatten(0, 1)) for k in range(N_NEIGHBOURS)]  # 8 x (B*16, D)
             return torch.cat(feats, dim=1).view(b, n, -1)  # (B, 16, 8*D), slot by slot
-        # One tower call on the 16*B patches and the zero patch together, so BatchNorm in train mode
-        # normalises them as one batch (a separate batch of one zero patch would break Conv4's 1x1 BN).
-        sharing = self.zero_patch_sharing if self.training else None
-        zeros = 1 if sharing is None or sharing[0] else 0
-        flat = torch.cat([patches.flatten(0, 1), patches.new_zeros(zeros, *patches.shape[2:])])
-        feats = self.tower(flat)  # (B*16 + zeros, D)
-        # the zero patch's feature; a process without it sums no rows: zeros, still in the graph
-        zero = feats[b * n:].sum(0)  # (D,)
-        if sharing is not None:
-            zero = sharing[1](zero)  # rank 0's feature on every process
-        context = gather_neighbours(feats[:b * n].view(b, n, -1), zero)  # (B, 16, 8, D)
+        feats, zero = self.tower_with_zero_patch(patches.flatten(0, 1))  # (B*16, D), (D,)
+        context = gather_neighbours(feats.view(b, n, -1), zero)  # (B, 16, 8, D)
         return context.flatten(2)  # (B, 16, 8*D)
+
+    def tower_with_zero_patch(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower on (M, 3, 8, 8) patches and on the zero patch: (M, D) and the zero patch's (D,).
+
+        One tower call on both together, so BatchNorm in train mode normalises them as one batch (a
+        separate batch of one zero patch would break Conv4's 1x1 BatchNorm). Data-parallel training
+        replaces this stage (`vwe.distributed.prepare_model`).
+        """
+        feats = self.tower(torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])]))  # (M + 1, D)
+        return feats[:-1], feats[-1]
 
 
 class PatchAutoencoder(Autoencoder):
