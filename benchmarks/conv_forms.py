@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vwe.fast import Conv2d, dense_conv2d, use_conv_forms
+from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder
-from vwe.runs import atomic_write
 from vwe.train_step import default_options
 
 FORMS = ("conv", "dense")

@@ -60,9 +60,9 @@ from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_param
 from vwe.config import get_config
 from vwe.data import to_float
 from vwe.evaluate import extract_features, linear_probe
+from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder, Decoder, ResNet32, build_model
 from vwe.patches import N_PATCHES, PATCH
-from vwe.runs import atomic_write
 from vwe.train_step import (
     PLAIN,
     GraphFallbackWarning,

@@ -24,8 +24,8 @@ import torch
 from vwe.config import get_config, resolve_device
 from vwe.data import load_dataset
 from vwe.evaluate import extract_features, linear_eval
+from vwe.files import atomic_write
 from vwe.pretrain import pretrain
-from vwe.runs import atomic_write
 
 PROBES = {"author": dict(norm="raw", epochs=10), "standard": dict(norm="standard", epochs=30)}
 

@@ -91,14 +91,16 @@ def test_unreadable_cache_is_rebuilt_from_the_archive(tmp_path):
 def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
     fx = write_fake_cifar100(tmp_path)
 
-    def read_only(*args, **kwargs):
+    def read_only(obj, f, *args, **kwargs):
+        open(f, "wb").close()  # the temp file exists, then the write fails
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(torch, "save", read_only)
     with pytest.warns(UserWarning, match="cannot write the CIFAR-100 cache"):
         ds = load_cifar100(tmp_path, md5=fx["md5"])
     assert torch.equal(ds.test_images, reference_images(fx["test_data"]))
     assert not (tmp_path / CIFAR100_CACHE).exists()
+    assert not list(tmp_path.glob(".*.tmp*"))  # no half-written temp file left behind
 
 
 def assert_says_where_to_put_it(message: str, folder) -> None:

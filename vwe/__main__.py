@@ -162,8 +162,9 @@ def say(text: str) -> None:
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
+    from vwe.files import atomic_write
     from vwe.pretrain import load_pretrained
-    from vwe.runs import atomic_write, provenance
+    from vwe.runs import provenance
 
     if not distributed.is_main():
         return  # one probe is not worth sharding: under torchrun rank 0 does it all

@@ -26,9 +26,10 @@ import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve_device
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, load_dataset, project_dir
+from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
-from vwe.runs import atomic_write, latest_checkpoint
+from vwe.runs import latest_checkpoint
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -92,10 +93,6 @@ class Pretrained:
     source: str  # where it came from, in words (file, data, scale)
 
 
-def _sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
-
-
 def shipped_manifest(folder: str | Path | None = None) -> dict:
     """checkpoints/manifest.json: {"models": {model: {"file", "sha256", "config", "metrics", ...}}, ...}."""
     path = Path(folder or project_dir() / SHIPPED_DIR) / MANIFEST
@@ -115,7 +112,7 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
     if entry is None:
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
     blob = (folder / entry["file"]).read_bytes()
-    if _sha256(blob) != entry["sha256"]:
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
         raise ValueError(f"{folder / entry['file']} does not match the sha256 in {MANIFEST}: the file is "
                          "damaged or was replaced; restore it with git (git checkout -- checkpoints)")
     cfg = Config.from_dict(entry["config"])
@@ -145,7 +142,7 @@ def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: 
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{cfg.dataset}-{cfg.run_name}.pt"
     atomic_write(folder / name, lambda tmp: tmp.write_bytes(buf.getvalue()))
-    entry = {"file": name, "sha256": _sha256(buf.getvalue()), "config": state["config"],
+    entry = {"file": name, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "config": state["config"],
              "data": data or state.get("data") or {"dataset": cfg.dataset, "n_train": cfg.n_train,
                                                    "archive_md5": None},
              "metrics": state["metrics"], "provenance": state.get("provenance"), "from": path.name}

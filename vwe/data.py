@@ -17,7 +17,6 @@ Python or PIL work happens in the loop.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import math
 import os
@@ -25,7 +24,6 @@ import pickle
 import re
 import socket
 import tarfile
-import tempfile
 import urllib.parse
 import warnings
 import zlib
@@ -36,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vwe.files import atomic_write, file_digest
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -454,23 +454,14 @@ def load_cache(path: Path) -> dict | None:
 
 def save_cache(payload: dict, path: Path, what: str) -> None:
     """Write `payload` to `path` atomically; on failure only warn (a cache is optional)."""
-    # Temp file + os.replace: an interrupted save never leaves a half-written cache behind, and
-    # two processes filling one data dir each write their own temp file.
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
     # A read-only dir or a full disk (OSError, or RuntimeError from torch's zip writer): the data
     # in hand is good, losing the cache only costs a re-read next time.
     except (OSError, RuntimeError) as err:
         warnings.warn(f"cannot write the {what} cache {path} ({err}); the data will be read again "
                       "next time", stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _from_cache(path: Path, md5: str, fmt: CifarFormat) -> Dataset | None:
@@ -499,14 +490,6 @@ def download_url(url: str, root: str, filename: str, md5: str) -> None:
     from torchvision.datasets.utils import download_url as torchvision_download
 
     torchvision_download(url, root, filename, md5)
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download(archive: Path, md5: str, fmt: CifarFormat) -> None:
@@ -545,7 +528,7 @@ def load_cifar(fmt: CifarFormat, root: str | Path | None = None, download: bool 
             raise FileNotFoundError(_missing_message(archive, md5, reason, fmt))
         folder.mkdir(parents=True, exist_ok=True)
         _download(archive, md5, fmt)
-    found = _md5(archive)
+    found = file_digest(archive, "md5")
     if found != md5:
         expected = f"the official {fmt.title} archive's" if md5 == fmt.official_md5() else f"${fmt.md5_env}'s"
         raise ValueError(

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from vwe import distributed
 from vwe.config import Config
 from vwe.data import Dataset, batches, load_dataset
+from vwe.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -87,27 +88,6 @@ def provenance(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"git": rev, "torch": str(torch.__version__), "device": name,
             "processes": distributed.world(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: readers see the old file or the new one,
-    never half of one. A failure (a full disk, say) leaves `path` untouched and removes the temp file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

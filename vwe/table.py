@@ -50,8 +50,9 @@ from vwe.evaluate import (
     random_image_model,
     random_weights_model,
 )
+from vwe.files import atomic_write, file_digest
 from vwe.pretrain import pretrain
-from vwe.runs import CHECKPOINT_RE, atomic_write, list_checkpoints, provenance, resolve_data
+from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance, resolve_data
 from vwe.supervised import SupervisedRecipe, train_supervised
 
 RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
@@ -177,14 +178,6 @@ def row_dir(out_dir: str | Path, cfg: Config, row: Row) -> Path:
     return Path(out_dir) / (f"{row.key}-{cfg.epochs}ep" if row.kind == "supervised" else row.key)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(data: Dataset) -> str:
     """SHA-256 of both splits' images and labels: a result is tied to the exact data it was computed
     on (the config names a dataset and its size, not its content, which a new version may change)."""
@@ -201,7 +194,7 @@ def _spec(row: Row, cfg_row: Config, checkpoint: Path | None, fingerprint: str) 
         "row": row.key, "config": config, "data_sha256": fingerprint, "knn_protocol": KNN,
         "recipe": dataclasses.asdict(SupervisedRecipe()) if row.kind == "supervised" else None,
         "checkpoint": checkpoint.name if checkpoint else None,
-        "checkpoint_sha256": _sha256(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
     }
     return json.loads(json.dumps(spec))
 
