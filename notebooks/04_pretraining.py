@@ -61,9 +61,16 @@ cfg, data = s.cfg, s.data
 #
 # The paper (section 4.1): Adam with learning rate 1e-4, batch 512, 200 epochs on the 50 000 CIFAR-100
 # training images, the mean squared error between every reconstructed patch and the true one. The
-# `paper` profile follows it; `cpu` and `smoke` shrink the data and the epochs, and raise the learning
-# rate to 1e-3 because a few epochs are far fewer steps. Augmentation (random resized crop, rotation,
-# colour jitter) is applied per sample to the float batch on the training device, before patching.
+# `paper` profile follows the text; `cpu` and `smoke` shrink the data and the epochs, and raise the
+# learning rate to 1e-3 because a few epochs are far fewer steps. Augmentation (random resized crop,
+# rotation, colour jitter) is applied per sample to the float batch on the training device, before
+# patching.
+#
+# A batch has two units: **images** and **(context, target) pairs**, 16 of them per image (or per view
+# of an image). The text's "batch size of 512" reads as 512 images = 8 192 pairs; the author's code
+# (the `author` profile, notebook 05 section 7) means 512 pairs: 8 images x 4 views (3 augmented and
+# the original) x 16 targets, so 6 250 steps an epoch instead of 97. Every batch below is printed in
+# both units.
 #
 # Both models get the same recipe; only the encoder differs. Each has its own run directory under the
 # run dir, named after the model, its tower and the augmentation setting.
@@ -72,13 +79,14 @@ cfg, data = s.cfg, s.data
 configs = {"context AE": cfg.replace(model="context"), "simple AE": cfg.replace(model="patch")}
 n_train = len(data.train_labels)
 print(data.describe())
-print(f"epochs {cfg.epochs} | batch {cfg.batch_size} | Adam lr {cfg.lr} | augmentation {cfg.augment}")
+print(f"epochs {cfg.epochs} | batch {cfg.batch_text} | Adam lr {cfg.lr} | augmentation {cfg.augment}")
 print(cfg.aug)
 print()
 for name, c in configs.items():
     steps = n_train // c.batch_size  # the last, short batch is dropped
     print(f"{name:<11} run {c.run_name:<22} {steps:5d} steps/epoch x {c.epochs} epochs = "
-          f"{steps * c.epochs:6d} steps, {steps * c.batch_size * c.epochs:8,d} images seen")
+          f"{steps * c.epochs:6d} steps, {steps * c.batch_size * c.epochs:8,d} images seen, "
+          f"{steps * c.pairs_per_step * c.epochs:10,d} pairs")
 
 # %% [markdown]
 # ## 2. One training step, written out

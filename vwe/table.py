@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, Config, batch_text, resolve_device
@@ -339,6 +340,45 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
     distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
+
+
+# The rows a pair of trained autoencoders (simple, context) fills, with the untrained baselines.
+MODEL_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-resnet32-aug",
+              "context-resnet32-aug")
+
+
+def feature_sets(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config, device: torch.device,
+                 progress: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(train (N, dim), test (M, dim)) features of every MODEL_ROWS row, for a trained simple and
+    context autoencoder (notebook 05, `scripts/shipped_table.py`), plus "context tower": the context
+    model's tower on the 16 patches."""
+    def both(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(extract_features(source, x, cfg.eval_batch_size, device, progress, kind)
+                     for x in (data.train_images, data.test_images))
+
+    return {
+        "pixels": tuple(pixel_features(x) for x in (data.train_images, data.test_images)),
+        "random-resnet32": both(random_image_model(cfg.tower, cfg.seed).to(device).forward_features),
+        "random-resnet32-patches": both(random_weights_model(cfg.tower, cfg.seed).to(device)),
+        "patch-resnet32-aug": both(simple),
+        "context-resnet32-aug": both(context),
+        "context tower": both(context, "tower"),
+    }
+
+
+def rows_from_features(features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset, cfg: Config,
+                       epochs: dict[str, int], run_dir: str | Path) -> list[RowResult]:
+    """Every MODEL_ROWS row evaluated on `feature_sets`' features with cfg's probes (and the author's
+    evaluation); `epochs` gives each trained row's pretraining epochs."""
+    by_key = {r.key: r for r in ROWS}
+    results = []
+    for key in MODEL_ROWS:
+        kinds = {"embedding": features[key]}
+        if key.startswith("context"):
+            kinds["tower"] = features["context tower"]
+        evaluation = evaluate_features(kinds, data, cfg)
+        results.append(row_result(by_key[key], evaluation, data.name, epochs.get(key, 0), 0.0, run_dir))
+    return results
 
 
 def _result_of_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:

@@ -1,0 +1,53 @@
+"""The README's real-CIFAR-100 table of the shipped autoencoders, in both readings of the paper.
+
+    VWE_CIFAR100_MD5=<md5 of a verified copy> python scripts/shipped_table.py --n-train 20000 \
+        --n-test 10000 --out runs/shipped-table
+
+Loads the two shipped models (`checkpoints/`, sha256 checked), extracts the features of every row they
+fill (`vwe.table.MODEL_ROWS`: [24]'s random ResNet-32, the random 16-patch tower, raw pixels, the simple
+and the context autoencoder) on the first N training and M test images, and probes each with the
+author's evaluation (tower 1 024-d, raw, 10 epochs), the text's raw probe and the standardised one
+(the `cpu` profile's 30 epochs x seeds 0, 1, 2). Writes results.{json,csv,md,png} like `make paper`.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from vwe import table
+from vwe.config import get_config, resolve_device
+from vwe.course import load_shipped
+from vwe.data import load_dataset
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-train", type=int, default=20_000, help="the probes' training images (the first N)")
+    p.add_argument("--n-test", type=int, default=10_000, help="test images (the first M)")
+    p.add_argument("--profile", default="cpu", help="whose probe settings (epochs, seeds)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("runs/shipped-table"))
+    a = p.parse_args()
+    t0 = time.perf_counter()
+    device = resolve_device(a.device)
+    cfg = get_config(a.profile, dataset="cifar100", n_train=a.n_train, n_test=a.n_test, device=str(device))
+    data = load_dataset("cifar100", n_train=a.n_train, n_test=a.n_test)
+    simple, context = (load_shipped(m, device) for m in ("patch", "context"))
+    for m in (simple, context):
+        print(m.source, flush=True)
+    features = table.feature_sets(simple.model, context.model, data, cfg, device, progress=True)
+    epochs = {"patch-resnet32-aug": simple.config.epochs, "context-resnet32-aug": context.config.epochs}
+    rows = table.rows_from_features(features, data, cfg, epochs, a.out)
+    header = table.table_header(cfg, data, device, table.data_fingerprint(data))
+    header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
+                  views_per_image=context.config.views_per_image, lr=context.config.lr,
+                  profile=f"shipped ({context.config.profile} recipe)")
+    files = table.write_results(header, rows, a.out)
+    print(files["md"].read_text())
+    print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")
+
+
+if __name__ == "__main__":
+    main()
