@@ -120,9 +120,11 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
     weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     data = entry["data"]
-    source = (f"shipped {entry['file']}: {cfg.run_name} pretrained on {data['dataset']} ({data['n_train']} "
-              f"training images, archive md5 {data['archive_md5']}), {cfg.epochs} epochs, batch "
-              f"{cfg.batch_text}, lr {cfg.lr}")
+    steps = data["n_train"] // cfg.batch_size * cfg.epochs
+    source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with the {cfg.profile} recipe on "
+              f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
+              f"{cfg.epochs} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
+              f"{steps * cfg.pairs_per_step:,} pairs")
     return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
 
 
