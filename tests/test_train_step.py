@@ -233,8 +233,13 @@ def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
     # small tower gradients of an untrained net carry ~10 % noise, the output layers far less
     assert torch.nn.functional.cosine_similarity(g_fast, g_plain, dim=0) > 0.99
     assert (g_fast - g_plain).norm() / g_plain.norm() < 0.2
+    # The output layer's gradient is a few bf16 roundings (2**-8 ~ 0.4 % each) from the loss: within
+    # 5 % in norm. Not element by element: an entry near zero has no relative accuracy at all, and
+    # which entries are near zero depends on the CPU's kernels (one of 864 missed atol=1e-5 by 6 %
+    # with ATEN_CPU_CAPABILITY=default).
     last = grads["plain names"].index("decoder.up.5.weight")
-    torch.testing.assert_close(grads["fast"][last].float(), grads["plain"][last], rtol=0.05, atol=1e-5)
+    g_last, ref_last = grads["fast"][last].float(), grads["plain"][last]
+    assert (g_last - ref_last).norm() < 0.05 * ref_last.norm()
 
 
 @pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
@@ -244,7 +249,10 @@ def test_step_is_exactly_adams_first_update_of_its_own_gradients(options):
     before = [p.detach().clone() for p in model.parameters()]
     run(options, model, opt, images)
     for w0, p in zip(before, model.parameters(), strict=True):
-        torch.testing.assert_close(p.detach(), adam_first_step(w0, p.grad), rtol=0, atol=1e-7)
+        # exact up to fp32 rounding: sqrt(g * g) and |g| may differ by an ulp, and w0 - update rounds
+        # to an ulp of the weight (2**-23 relative; 1.2e-7 for a BatchNorm weight of 1). A wrong step
+        # (another lr, no bias correction, a second step) is off by ~lr = 1e-3.
+        torch.testing.assert_close(p.detach(), adam_first_step(w0, p.grad), rtol=2 * 2**-23, atol=1e-9)
         assert opt.state[p]["step"].item() == 1
 
 
