@@ -203,12 +203,14 @@ for norm in ("standard", "raw"):
 #   (17.81 % against 34.08 %): rebuilding a patch from itself needs no understanding of the image,
 #   rebuilding it from its neighbours does.
 # - **What the shipped models show, plainly.** Measured on all 10 000 test images with probes on
-#   20 000 training images (README, Results), the shipped context autoencoder (4 epochs on 20 000
-#   images, a 2-core CPU) reaches 15.35 % on its 8192-d embedding and 18.80 % on its tower's 1024
-#   patch features: above the raw pixels (11.94 %) and [24]'s random weights (9.47 %), so it has
-#   learned something, but **below the simple autoencoder (19.37 %)**. At this scale the paper's
-#   central ordering does not hold, and this course does not claim it does. The paper's 34.08 % comes
-#   from 200 epochs on 50 000 images; `make paper` on a GPU runs that protocol.
+#   20 000 training images (README, Results), the shipped models (the author's recipe, 4 epochs on
+#   5 000 images, a 2-core CPU) give: on the **author's evaluation** the context autoencoder 16.49 %
+#   against the simple autoencoder's 15.48 % (the paper's order, by 4.6 seed standard deviations), above
+#   the raw pixels (13.68 %) and [24]'s random weights (2.98 %). On the standardised probe the simple
+#   autoencoder is ahead (18.99 % against 15.49 % on the context embedding and 18.48 % on its tower).
+#   So at this scale the paper's central ordering holds on the paper's own evaluation and not on the
+#   others, and far below the paper's 34.08 %, which comes from about 300 times more pretraining;
+#   `make paper PROFILE=author` on a GPU runs that protocol.
 
 # %% [markdown]
 # ## 7. The paper as its author ran it
@@ -273,3 +275,23 @@ for p in sorted(curve, key=lambda p: (p["profile"], p["model"], p["pairs"])):
     print(f"{p['profile']:<7} {p['model']:<8} epoch {p['epoch']:3d} {p['pairs']:>10,d} pairs   author's "
           f"evaluation {p['author']['mean']:6.2f} ± {p['author']['std']:.2f}   standardised "
           f"{p['standard']['mean']:6.2f} ± {p['standard']['std']:.2f} %")
+
+# %% [markdown]
+# What the curve says (README, Results, has the table of every point):
+#
+# - **The curves cross.** With the `cpu` recipe the simple autoencoder leads by 1–2 points up to
+#   320 000 pairs; at 640 000 the two are level. With the author's recipe the context autoencoder
+#   leads on the author's evaluation at every point, by 0.8, 1.4, 1.7 and 2.1 points, a gap that
+#   widens with compute (no single point clears three seed standard deviations).
+# - **The author's recipe learns faster per pair**: 13.7 % at 320 000 pairs, where the `cpu` recipe is
+#   at 8.3 %.
+# - **The author's evaluation flatters the context model**: the simple autoencoder's raw 10-epoch probe
+#   falls as it trains while its standardised probe rises, and on the standardised probe the two models
+#   are level from 640 000 pairs on.
+# - **The paper's scale** is about 384 million pairs, 300 times the largest point here. The trend
+#   points the paper's way on its own evaluation; how far it goes is the GPU run's to measure
+#   (`make paper PROFILE=author`).
+#
+# That is why the course ships the author's recipe at the curve's largest point: the models this
+# notebook studied on CIFAR-100 (their scale is printed at the top).
+
