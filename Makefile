@@ -1,5 +1,5 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
-#   make test                        set up .venv if needed, run every test (notebooks included)
+#   make test [TEST_WORKERS=2]       set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
 #   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...] [NPROC=N]
 #                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
@@ -15,6 +15,10 @@ DATASET_FLAG = $(if $(DATASET),--dataset $(DATASET))
 # The CPU table pretrains 30 epochs, not the cpu profile's 4 (the course's): at 4 epochs the methods'
 # differences on Shapes sit inside the seeds' spread; at 30 the losses have flattened (README, Results).
 PAPER_EPOCHS = $(or $(EPOCHS),$(if $(filter cpu,$(PROFILE)),30))
+# `make test` on TEST_WORKERS pytest-xdist processes (2: CI's cores; 0 runs in this process). Each module,
+# and tests/e2e, stays on one worker and the longest start first (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # `python -m vwe`, or N processes of it started by torchrun (README, More than one GPU)
 VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
@@ -32,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup  ## the whole test suite: unit tests, notebooks (papermill + nbval), browser tests if Chromium
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(PYTEST_PARALLEL) --durations=25
 
 lint: setup  ## ruff
 	$(PY) -m ruff check .

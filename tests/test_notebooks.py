@@ -5,15 +5,20 @@ Every `notebooks/NN_name.ipynb` runs under the smoke profile with papermill (thr
 notebooks reuse the checkpoints of earlier ones. Then nbval re-runs each executed copy in a fresh
 kernel and compares its text outputs with the first run (cells tagged `nbval-ignore-output` excepted,
 `tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and progress bars). nbval runs in a
-subprocess so that its collection of .ipynb files stays out of this session. Static checks: each pair
-is in sync, committed notebooks carry no outputs, a `parameters` cell comes first and `start(` next.
+subprocess so that its collection of .ipynb files stays out of this session: one for all the copies, in
+order, each still in a kernel of its own (a pytest start with nbval costs about 3 CPU-seconds, most of it
+jsonschema's import, and it was paid once per notebook), its JUnit report telling each notebook's cells
+apart. Static checks: each pair is in sync, committed notebooks carry no outputs, a `parameters` cell
+comes first and `start(` next.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import jupytext
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_PATTERN))
 PARAMETERS = {"profile", "dataset", "device", "run_dir"}  # every notebook's; some add their own
+COLOUR = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
 ids = [p.stem for p in NOTEBOOKS]
 
 
@@ -193,12 +199,38 @@ def test_notebook_executes(executed, path):
     assert "profile smoke | dataset shapes | device cpu" in printed
 
 
+@pytest.fixture(scope="session")
+def nbval_run(executed, tmp_path_factory) -> dict[str, list[str]]:
+    """nbval over every executed copy, in notebook order, in one subprocess: {notebook: the failures
+    of its cells (an empty list when all pass)}; a notebook nbval did not report on is absent."""
+    copies = [p for p in executed.values() if isinstance(p, Path)]
+    if not copies:
+        return {}
+    report = tmp_path_factory.mktemp("nbval") / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
+           "--nbval-sanitize-with", str(SANITIZE), *map(str, copies), "-p", "no:cacheprovider", "-q",
+           f"--junitxml={report}", "-o", "junit_family=xunit1"]  # xunit1: each case names its file
+    # 900 s a notebook, as when each had a subprocess of its own
+    proc = subprocess.run(cmd, cwd=copies[0].parent, capture_output=True, text=True,
+                          timeout=900 * len(copies))
+    if proc.returncode not in (0, 1) or not report.is_file():  # 1: some cell failed; else nbval broke
+        pytest.fail(f"nbval did not run (exit {proc.returncode}):\n{proc.stdout[-8000:]}\n"
+                    f"{proc.stderr[-2000:]}", pytrace=False)
+    failures: dict[str, list[str]] = {}
+    for case in ET.parse(report).iter("testcase"):  # file ".../01_patching.ipynb", name "Cell 3"
+        notebook = Path(case.get("file", "")).stem
+        found = failures.setdefault(notebook, [])
+        for bad in (*case.iter("failure"), *case.iter("error")):
+            text = COLOUR.sub("", bad.text or bad.get("message", ""))  # nbval colours; JUnit escapes ESC
+            found.append(f"{case.get('name')}: {text}")
+    return failures
+
+
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
-def test_notebook_nbval(executed, path):
+def test_notebook_nbval(executed, nbval_run, path):
     """nbval re-runs the executed copy and compares every untagged cell's text output."""
     copy = _executed_copy(executed, path)
-    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
-           "--nbval-sanitize-with", str(SANITIZE), str(copy), "-p", "no:cacheprovider", "-q"]
-    proc = subprocess.run(cmd, cwd=copy.parent, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"nbval failed on {copy}:\n{proc.stdout[-8000:]}\n{proc.stderr[-2000:]}"
+    assert path.stem in nbval_run, f"nbval reported nothing on {copy}"
+    failures = nbval_run[path.stem]
+    assert not failures, f"nbval failed on {copy}:\n" + "\n".join(failures)[-8000:]

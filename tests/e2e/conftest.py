@@ -1,53 +1,29 @@
 """Fixtures of the browser tests: Debian's Chromium through Playwright, one private JupyterLab per run.
 
 Without Chromium (or Playwright) the test files here are not collected at all, and the run ends with one
-line saying so and how to enable them.
+line saying so and how to enable them (tests/conftest.py prints it, and the screenshots' paths: under
+pytest-xdist only the controlling process writes the summary, and it never imports this file).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chromium import find_chromium, missing
 
-HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
-if HAVE_PLAYWRIGHT:
-    from labdriver import CHROMIUM_ARGS, REPO, LabServer, find_chromium, start_lab
+if missing() is None:
+    from labdriver import CHROMIUM_ARGS, REPO, LabServer, start_lab
     from playwright.sync_api import Browser, Page, sync_playwright
 
     CHROMIUM = find_chromium()
     OUTPUT_DIR = REPO / "test-output" / "e2e"  # gitignored; screenshots a person can look at
 else:
-    CHROMIUM = None
-
-CALL_FAILED = pytest.StashKey[bool]()
-
-if CHROMIUM is None:
     # Not collected rather than skipped one by one: a single clear line instead of one per test.
     collect_ignore_glob = ["test_*.py"]
-    MISSING = "Chromium (/usr/bin/chromium)" if HAVE_PLAYWRIGHT else "the playwright package"
 
-SESSION_START = time.time()  # screenshots newer than this are this run's
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if CHROMIUM is None:
-        terminalreporter.write_line(f"SKIPPED tests/e2e: browser tests not run, {MISSING} is not installed; "
-                                    "enable them with `bash scripts/install-chromium.sh` or `make e2e`",
-                                    yellow=True)
-        return
-    shots = sorted(p for p in OUTPUT_DIR.glob("*.png") if p.stat().st_mtime >= SESSION_START)
-    if shots:
-        terminalreporter.write_line("e2e screenshots: " + " ".join(str(p.relative_to(REPO)) for p in shots))
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # `pytest tests/e2e` on a machine without Chromium collected nothing on purpose: not a failure.
-    if CHROMIUM is None and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
-        session.exitstatus = pytest.ExitCode.OK
+CALL_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")

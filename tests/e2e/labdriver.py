@@ -29,7 +29,6 @@ from playwright.sync_api import Page
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -55,11 +54,6 @@ CELL_ERRORS_JS = """() => {
     }
     return errors;
 }"""
-
-
-def find_chromium() -> str | None:
-    """Path of Debian's Chromium, or None when it is not installed."""
-    return next((p for p in CHROMIUM_PATHS if os.access(p, os.X_OK)), None)
 
 
 def free_port() -> int:
