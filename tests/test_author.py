@@ -22,14 +22,6 @@ from vwe.table import ROWS, row_config
 from vwe.train_step import PLAIN, make_train_step
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(b: int = 4, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen)
