@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vwe.fast import use_conv_forms
-from vwe.models import ContextAutoencoder
+from vwe.models import ENCODINGS, ContextAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,8 @@ def test_cuda_without_a_gpu_is_refused(capsys):
 def test_every_variant_name_has_a_setup():
     for name in throughput.VARIANTS:
         encoding, options = throughput.variant_setup(name, torch.device("cuda"))
-        assert encoding in ("literal", "shared")
+        assert encoding in ENCODINGS
+    assert throughput.variant_setup("author-slots", torch.device("cuda"))[0] == "slots"
     assert set(throughput.DEFAULTS["cuda"].variants) <= set(throughput.VARIANTS)
     assert throughput.variant_setup("fast", torch.device("cuda"))[1].describe().endswith("dense_convs(16 px)")
 
