@@ -196,11 +196,16 @@ def copy_package(dest: Path) -> Path:
 # ---------------------------------------------------------------- driving a notebook in the page
 
 
-def open_notebook(page: Page, server: LabServer, filename: str, timeout_ms: int = 60_000) -> None:
-    """Open a notebook and wait until its kernel reports Idle in the status bar."""
+def open_notebook(page: Page, server: LabServer, filename: str, timeout_ms: int = 120_000) -> None:
+    """Open a notebook and wait until its kernel reports Idle in the status bar.
+
+    Each step may take `timeout_ms`, the page load included (Playwright's own default is 30 s): under
+    `make test` the other pytest-xdist worker trains on one of the two cores meanwhile, and on a busy
+    machine (load 7) loading JupyterLab's page took over 30 s and starting a kernel over 60 s.
+    """
     start = time.monotonic()
     # `reset`: an empty workspace, or JupyterLab would reopen the notebooks of earlier tests beside it.
-    page.goto(server.url(f"lab/tree/{filename}") + "&reset")
+    page.goto(server.url(f"lab/tree/{filename}") + "&reset", timeout=timeout_ms)
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=timeout_ms)
     page.locator(".jp-Notebook").first.wait_for(timeout=timeout_ms)
     wait_idle(page, timeout_ms)
