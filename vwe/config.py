@@ -17,6 +17,7 @@ import torch
 from vwe.augment import AugmentConfig
 from vwe.data import check_dataset_name
 from vwe.models import DECODERS, ENCODINGS, MODELS, TOWERS
+from vwe.patches import N_PATCHES
 
 PROBE_NORMS = ("standard", "raw")  # standardised with the training features' statistics | as they are
 
@@ -37,7 +38,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def batch_text(images: int, views: int = 1) -> str:
     """A batch in both units: '8 images x 4 views = 512 (context, target) pairs'."""
     shown = f"{images} images" + (f" x {views} views" if views > 1 else "")
-    return f"{shown} = {images * views * 16} (context, target) pairs"
+    return f"{shown} = {images * views * N_PATCHES} (context, target) pairs"
 
 
 def _is_int(v: object) -> bool:
@@ -165,7 +166,7 @@ class Config:
     @property
     def pairs_per_step(self) -> int:
         """(context, target) pairs in one optimiser step: images x views x 16 targets."""
-        return self.batch_size * self.views_per_image * 16
+        return self.batch_size * self.views_per_image * N_PATCHES
 
     @property
     def batch_text(self) -> str:
