@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vwe.fast import Conv2d, dense_conv2d, use_conv_forms
+from vwe.fast_step import default_options
 from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder
-from vwe.train_step import default_options
 
 FORMS = ("conv", "dense")
 DENSE_ENTRIES = 1 << 21  # a larger dense matrix (inputs x outputs) costs 10x+ the convolution's work

@@ -4,7 +4,7 @@
     python benchmarks/profile_step.py --device cuda --by-shape     (which layer is each kernel)
     python benchmarks/profile_step.py --device cuda --supervised   (the supervised baseline's step)
 
-The step is `make_train_step` with the CUDA defaults minus the CUDA graph (a replayed graph shows
+The step is `FastStep` with the CUDA defaults minus the CUDA graph (a replayed graph shows
 up as one opaque launch), on random uint8 images: context autoencoder, ResNet-32 tower, Adam,
 augmentation on, as `benchmarks/throughput.py` times it. Prints torch.profiler's table of device
 time per kernel name over `--steps` steps after warm-up, and the share of the few largest groups
@@ -35,9 +35,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vwe.augment import AugmentConfig
+from vwe.engine import PretrainStep
+from vwe.fast_step import FastStep, StepOptions, default_options
 from vwe.models import Classifier, ContextAutoencoder
-from vwe.supervised import SupervisedRecipe, make_supervised_step
-from vwe.train_step import default_options, make_train_step
+from vwe.supervised import SupervisedRecipe, SupervisedStep
 
 # kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)
 GROUPS = (("convolution / matmul", r"conv|gemm|xmma|cutlass|sm90|wgrad|dgrad|implicit|winograd|cudnn"),
@@ -62,8 +63,11 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
         model = Classifier("resnet32", 100).to(device).train()
         optimizer = recipe.optimizer(model.parameters())  # as train_supervised makes it
         labels = torch.randint(0, 100, (len(images),), device=device)
-        step = make_supervised_step(model, optimizer, recipe.pad, gen, device, compile=not a.by_shape)
-        cuda = device.type == "cuda"  # the supervised step compiles and autocasts on CUDA only
+        step = SupervisedStep(model, optimizer, recipe.pad, gen)
+        cuda = device.type == "cuda"  # as train_supervised: compiled and autocast on CUDA only
+        if cuda:
+            step = FastStep(step, StepOptions(bf16=True, channels_last=True,
+                                              compile=None if a.by_shape else "default"))
         label = (f"supervised ResNet-32, SGD, {'compiled' if cuda and not a.by_shape else 'eager'} "
                  f"{'bf16' if cuda else 'fp32'}")
         return (lambda i: step(images[batch(i)], labels[batch(i)])), label
@@ -72,7 +76,7 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
     options = replace(default_options(device), cuda_graph=False)
     if a.by_shape:
         options = replace(options, compile=None)
-    step = make_train_step(model, optimizer, AugmentConfig(), gen, device, options=options)
+    step = FastStep(PretrainStep(model, optimizer, AugmentConfig(), gen), options)
     return (lambda i: step(images[batch(i)])), options.describe()
 
 

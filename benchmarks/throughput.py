@@ -13,13 +13,13 @@ CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resid
     shared-bf16-compiled  + torch.compile of augment + forward + loss (CUDA only)
     fast-conv             + the whole step in one CUDA graph (CUDA only; the default before dense_convs)
     fast-dense2x2         + the 2x2-map tower convolutions as matrix products (CUDA only)
-    fast                  `make_train_step`'s default on the device: on CUDA the 4x4- and 2x2-map
+    fast                  the trainers' step (`FastStep`, `default_options`): on CUDA the 4x4- and 2x2-map
                           convolutions as matrix products (dense_convs 16 px); on the CPU the same
                           step as shared-fp32 (not re-measured)
     fast-autotune         opt-in: fast with compile mode max-autotune-no-cudagraphs (CUDA only)
     author-slots          opt-in: the `author` profile's step: 8 images x 4 views = 512 pairs a step,
                           the tower once per neighbour slot, the author's decoder and augmentation,
-                          with `make_train_step`'s default options on the device (the CUDA graph
+                          with the default options on the device (the CUDA graph
                           on CUDA); its batch is the profile's whatever --batch-size says
     author-shared         opt-in: the same with the shared encoding (8x less tower work)
 
@@ -59,17 +59,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.config import get_config
 from vwe.data import to_float
+from vwe.engine import PretrainStep
 from vwe.evaluate import extract_features, linear_probe
+from vwe.fast_step import PLAIN, FastStep, GraphFallbackWarning, StepOptions, default_options
 from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder, Decoder, ResNet32, build_model
 from vwe.patches import N_PATCHES, PATCH
-from vwe.train_step import (
-    PLAIN,
-    GraphFallbackWarning,
-    StepOptions,
-    default_options,
-    make_train_step,
-)
 
 PAPER_IMAGES, PAPER_EPOCHS = 50_000, 200  # CIFAR-100's training set, the paper's schedule
 BF16_BYTES = 2  # activations in the fast step
@@ -183,15 +178,18 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     torch.manual_seed(0)
     if recipe is None:
         model = ContextAutoencoder("resnet32", encoding).to(device).train()
-        aug, views, b = AugmentConfig(), {}, cfg.batch_size
+        aug, views, b, per_image = AugmentConfig(), {}, cfg.batch_size, 1
     else:
         model = build_model(**recipe.model_args).to(device).train()
         aug, views, b = recipe.aug, {"views": recipe.views, "original": recipe.original}, recipe.batch_size
+        per_image = recipe.views_per_image
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     aug_gen = torch.Generator(device=device).manual_seed(1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        step = make_train_step(model, optimizer, aug, aug_gen, device, options=options, **views)
+        step = PretrainStep(model, optimizer, aug, aug_gen, **views)
+        if options != PLAIN:  # the plain step is the baseline; every other variant is a FastStep
+            step = FastStep(step, options)
         usable = len(images) // b * b  # drop_last, as train_one_epoch does
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
         losses = torch.zeros(cfg.steps, device=device)
@@ -210,9 +208,9 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     ips = statistics.median(per_s)
     steps_per_epoch = PAPER_IMAGES // b
     return {
-        "variant": name, "encoding": encoding, "options": step.options.describe(), "batch_size": b,
-        "pairs_per_step": b * step.views_per_image * N_PATCHES, "images_per_s": ips,
-        "pairs_per_s": ips * step.views_per_image * N_PATCHES, "step_ms": 1000 * b / ips,
+        "variant": name, "encoding": encoding, "options": getattr(step, "options", PLAIN).describe(),
+        "batch_size": b, "pairs_per_step": b * per_image * N_PATCHES, "images_per_s": ips,
+        "pairs_per_s": ips * per_image * N_PATCHES, "step_ms": 1000 * b / ips,
         "repeats_images_per_s": per_s,
         "warmup_s": compile_s, "paper_200_epochs_h": PAPER_EPOCHS * steps_per_epoch * b / ips / 3600,
         "peak_mib": peak_mib(device), "final_loss": losses[-1].item(),

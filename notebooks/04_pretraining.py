@@ -47,11 +47,11 @@ import torch
 from vwe.augment import augment
 from vwe.course import start
 from vwe.data import to_float
+from vwe.engine import PretrainStep
 from vwe.models import build_model
 from vwe.plots import plot_losses, save
 from vwe.pretrain import held_out_loss, load_pretrained, pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
-from vwe.train_step import make_train_step
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
 cfg, data = s.cfg, s.data
@@ -93,7 +93,7 @@ for name, c in configs.items():
 #
 # A step takes a uint8 batch that already lives on the training device, converts it to [0, 1] floats,
 # augments it, reconstructs all 16 patches of every image and takes one Adam step on the MSE. Below, the
-# step by hand on a copy of a fresh model, then `make_train_step` (what `pretrain` uses) on another copy
+# step by hand on a copy of a fresh model, then `PretrainStep` (the step `pretrain` trains with, in `vwe/engine.py`) on another copy
 # with the same random generator state: the two losses must be equal.
 
 # %%
@@ -110,17 +110,17 @@ opt.zero_grad()
 loss.backward()
 opt.step()
 
-step = make_train_step(by_library, torch.optim.Adam(by_library.parameters(), lr=cfg.lr), cfg.aug,
-                       torch.Generator().manual_seed(1), torch.device("cpu"))
+step = PretrainStep(by_library, torch.optim.Adam(by_library.parameters(), lr=cfg.lr), cfg.aug,
+                    torch.Generator().manual_seed(1))
 library_loss = step(images)
 assert torch.allclose(loss.detach(), library_loss)
 assert all(torch.allclose(a, b) for a, b in zip(by_hand.parameters(), by_library.parameters(), strict=True))
-print("by hand and make_train_step: same loss, same updated weights")
+print("by hand and PretrainStep: same loss, same updated weights")
 
 # %% [markdown]
 # ## 3. Pretrain the context autoencoder
 #
-# `pretrain(config, run_dir, data=data)` runs the visible epoch loop of `vwe/runs.py`: one
+# `pretrain(config, run_dir, data, device)` runs the visible epoch loop of `vwe/engine.py` (`fit`): one
 # `train_one_epoch` and one `held_out_loss` per epoch, a checkpoint after every epoch (written
 # atomically: a kill never leaves half a file) and one line per epoch in `metrics.jsonl`.
 #
@@ -134,7 +134,7 @@ print("by hand and make_train_step: same loss, same updated weights")
 # throughput in images per second.
 
 # %% tags=["nbval-ignore-output"]
-context = pretrain(configs["context AE"], s.run_dir / configs["context AE"].run_name, data=data)
+context = pretrain(configs["context AE"], s.run_dir / configs["context AE"].run_name, data, s.device)
 
 # %% [markdown]
 # ## 4. Pretrain the simple autoencoder
@@ -142,7 +142,7 @@ context = pretrain(configs["context AE"], s.run_dir / configs["context AE"].run_
 # The same recipe for the baseline whose encoder sees the target patch itself.
 
 # %% tags=["nbval-ignore-output"]
-simple = pretrain(configs["simple AE"], s.run_dir / configs["simple AE"].run_name, data=data)
+simple = pretrain(configs["simple AE"], s.run_dir / configs["simple AE"].run_name, data, s.device)
 
 # %% [markdown]
 # What each run left behind (the last two checkpoints are kept: the newest and one to fall back on):
@@ -202,7 +202,7 @@ print("provenance fields:", sorted(state["provenance"]))
 # %% tags=["nbval-ignore-output"]
 test_images = data.test_images.to(s.device)
 for name, r in runs.items():
-    model, loaded_cfg, _ = load_pretrained(r.checkpoint, device=str(s.device))
+    model, loaded_cfg, _ = load_pretrained(r.checkpoint, s.device)
     assert loaded_cfg == r.config  # the checkpoint records the config it was trained with
     logged = r.metrics[-1]["test_loss"]
     recomputed = held_out_loss(model, test_images, cfg.eval_batch_size)

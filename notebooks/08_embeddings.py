@@ -57,7 +57,7 @@ cfg, data = s.cfg, s.data
 # The context autoencoder of notebook 04, from the same run directory (trained here when 04 has not run).
 
 # %% tags=["nbval-ignore-output"]
-run = pretrain(cfg.replace(model="context"), s.run_dir / cfg.replace(model="context").run_name, data=data)
+run = pretrain(cfg.replace(model="context"), s.run_dir / cfg.replace(model="context").run_name, data, s.device)
 
 # %%
 print(f"checkpoint {run.checkpoint.name} of {run.config.run_name}, {len(run.metrics)} epoch(s) on {run.dataset}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vwe.config import get_config, resolve_device
+from vwe.config import get_config, resolve
 from vwe.data import load_dataset
 from vwe.evaluate import extract_features, linear_eval
 from vwe.files import atomic_write
@@ -56,10 +56,10 @@ def run_curve(args: argparse.Namespace) -> None:
     cfg = get_config(args.profile, dataset=args.dataset, model=args.model, tower=args.tower,
                      encoding=args.encoding, n_train=args.n_train, n_test=min(1000, args.validation),
                      validation=args.validation, device=args.device)
-    device = resolve_device(cfg.device)
     # the probe trains on the first --probe-train images (pretraining sees the first --n-train of them)
     data = load_dataset(cfg.dataset, n_train=max(args.probe_train, args.n_train), validation=cfg.validation,
                         seed=cfg.data_seed)
+    cfg, pretrain_data, device = resolve(cfg, data)
     run_dir = out / f"{args.profile}-{cfg.run_name}"
     print(f"{run_dir.name}: pretraining on {cfg.n_train} images, probes trained on {len(data.train_labels)}, "
           f"validated on {len(data.test_labels)}; batch {cfg.batch_size} images x {cfg.views_per_image} "
@@ -70,7 +70,7 @@ def run_curve(args: argparse.Namespace) -> None:
                "validation": len(data.test_labels)}
         if any(all(p.get(k) == v for k, v in key.items()) for p in read_points(points_file)):
             continue
-        res = pretrain(cfg.replace(epochs=epochs), run_dir, data=data, progress=args.progress)
+        res = pretrain(cfg.replace(epochs=epochs), run_dir, pretrain_data, device, progress=args.progress)
         t0 = time.perf_counter()
         probes = probe_point(res.model, data, tuple(args.seeds), cfg.eval_batch_size)
         last = res.metrics[-1]

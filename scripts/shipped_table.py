@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from vwe import table
-from vwe.config import get_config, resolve_device
+from vwe.config import get_config, resolve
 from vwe.course import load_shipped
-from vwe.data import load_dataset
 
 
 def main() -> None:
@@ -31,9 +30,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/shipped-table"))
     a = p.parse_args()
     t0 = time.perf_counter()
-    device = resolve_device(a.device)
-    cfg = get_config(a.profile, dataset="cifar100", n_train=a.n_train, n_test=a.n_test, device=str(device))
-    data = load_dataset("cifar100", n_train=a.n_train, n_test=a.n_test)
+    cfg, data, device = resolve(get_config(a.profile, dataset="cifar100", n_train=a.n_train, n_test=a.n_test,
+                                           device=a.device))
     simple, context = (load_shipped(m, device) for m in ("patch", "context"))
     for m in (simple, context):
         print(m.source, flush=True)

@@ -46,20 +46,15 @@ def _patch_steps() -> None:
     import vwe.pretrain
 
     tick = _countdown("VWE_FAULT_KILL_STEP")
-    make = vwe.pretrain.make_train_step
 
-    def make_train_step(*args, **kwargs):
-        step = make(*args, **kwargs)
-
-        def killing_step(images: torch.Tensor) -> torch.Tensor:
-            loss = step(images)
+    class KillingStep(vwe.pretrain.PretrainStep):
+        def __call__(self, images: torch.Tensor) -> torch.Tensor:
+            loss = super().__call__(images)
             if tick():
                 _kill()
             return loss
 
-        return killing_step
-
-    vwe.pretrain.make_train_step = make_train_step
+    vwe.pretrain.PretrainStep = KillingStep
 
 
 def _patch_checkpoint_writes() -> None:

@@ -16,10 +16,10 @@ from torch import nn
 from vwe.augment import AugmentConfig, apply_params, sample_params
 from vwe.config import AUTHOR_AUG, batch_text, get_config
 from vwe.data import to_float
+from vwe.engine import PretrainStep
 from vwe.models import Decoder, StridedConv4, build_model
 from vwe.patches import OFFSETS, PATCH
 from vwe.table import ROWS, row_config
-from vwe.train_step import PLAIN, make_train_step
 
 
 def images(b: int = 4, seed: int = 0) -> torch.Tensor:
@@ -83,7 +83,7 @@ def test_the_step_trains_on_the_originals_and_every_augmented_view_in_one_batch(
     model.forward_loss = lambda batch: seen.append(batch.detach().clone()) or forward_loss(batch)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    step = make_train_step(model, opt, AUTHOR_AUG, gen, "cpu", options=PLAIN, views=3, original=True)
+    step = PretrainStep(model, opt, AUTHOR_AUG, gen, views=3, original=True)
     step(x)
     # the reference: the originals, then 3 x 4 draws (view-major) of the same generator
     ref_gen = torch.Generator().manual_seed(1)
@@ -101,8 +101,7 @@ def test_one_view_without_the_original_is_the_default_step():
         torch.manual_seed(0)
         model = build_model("context", "conv4")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        step = make_train_step(model, opt, AugmentConfig(), torch.Generator().manual_seed(1), "cpu",
-                               options=PLAIN, **views)
+        step = PretrainStep(model, opt, AugmentConfig(), torch.Generator().manual_seed(1), **views)
         losses.append(step(x))
     assert torch.equal(losses[0], losses[1])
 
@@ -111,7 +110,7 @@ def test_bad_views_are_refused():
     model = build_model("context", "conv4")
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="views"):
-        make_train_step(model, opt, AugmentConfig(), torch.Generator(), "cpu", views=0)
+        PretrainStep(model, opt, AugmentConfig(), torch.Generator(), views=0)
 
 
 # ----------------------------------------------------------------------------- the per-slot encoder

@@ -8,13 +8,14 @@ context model the course ships beats the pixels and random weights under linear 
 from dataclasses import replace
 
 import pytest
+from entry import pretrain
 from real_cifar100 import ARCHIVE, VERIFIED_MD5, skip_without_real_cifar100
 
 from vwe.config import get_config
 from vwe.course import load_shipped
 from vwe.data import load_cifar100
 from vwe.evaluate import extract_features, linear_eval, pixel_features, random_image_model
-from vwe.pretrain import held_out_loss, pretrain
+from vwe.pretrain import held_out_loss
 
 skip_without_real_cifar100()
 # Batches of 256 images for the features: the same features bit for bit as extract_features' default

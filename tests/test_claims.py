@@ -22,11 +22,11 @@ within noise.
 """
 
 import pytest
+from entry import pretrain
 
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.evaluate import evaluate_model, extract_features, linear_eval, probe_settings, random_image_model
-from vwe.pretrain import pretrain
 from vwe.table import ROWS, row_config
 
 BY_KEY = {r.key: r for r in ROWS}

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from entry import pretrain
 
 from vwe.config import get_config
 from vwe.course import (
@@ -17,7 +18,6 @@ from vwe.course import (
 )
 from vwe.data import make_shapes
 from vwe.evaluate import extract_features
-from vwe.pretrain import pretrain
 
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, epochs=1)
 

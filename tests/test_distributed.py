@@ -21,13 +21,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from entry import pretrain, train_supervised
 
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.models import build_model
-from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
-from vwe.supervised import SupervisedRecipe, train_supervised
+from vwe.supervised import SupervisedRecipe
 from vwe.table import run_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from entry import pretrain
 from torchvision.io import write_png
 
 from vwe.__main__ import main
@@ -15,7 +16,7 @@ from vwe.config import get_config
 from vwe.data import make_shapes, to_float
 from vwe.embed import embed_to_file, load_embeddings, load_images
 from vwe.patches import patchify
-from vwe.pretrain import load_pretrained, pretrain
+from vwe.pretrain import load_pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 SHAPES = make_shapes(64, 32, seed=0)  # what load_dataset("shapes") gives the smoke config below

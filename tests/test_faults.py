@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
+from entry import pretrain
 
 import vwe.pretrain
 import vwe.runs
@@ -35,7 +36,7 @@ from vwe.data import CIFAR100_ARCHIVE, CIFAR100_CACHE, Dataset, load_cifar100, m
 from vwe.evaluate import extract_features
 from vwe.models import build_model
 from vwe.patches import patchify
-from vwe.pretrain import load_pretrained, pretrain
+from vwe.pretrain import load_pretrained
 from vwe.runs import (
     CheckpointError,
     ConfigMismatchError,
@@ -262,36 +263,30 @@ def test_cli_refuses_another_config_unless_fresh(tmp_path, reference):
 # --- a non-finite loss --------------------------------------------------------------------------
 
 def nan_loss_at(call: int):
-    """A make_train_step whose `call`-th step reports a NaN loss."""
-    make, calls = vwe.pretrain.make_train_step, [0]
+    """A PretrainStep whose `call`-th step reports a NaN loss."""
+    calls = [0]
 
-    def make_train_step(model, *args, **kwargs):
-        step = make(model, *args, **kwargs)
-
-        def faulty(images):
+    class Faulty(vwe.pretrain.PretrainStep):
+        def __call__(self, images):
             calls[0] += 1
-            loss = step(images)
+            loss = super().__call__(images)
             return torch.tensor(float("nan")) if calls[0] == call else loss
-        return faulty
-    return make_train_step
+    return Faulty
 
 
 def nan_weights_at(call: int):
-    """A make_train_step whose `call`-th step leaves a NaN weight behind a finite loss."""
-    make, calls = vwe.pretrain.make_train_step, [0]
+    """A PretrainStep whose `call`-th step leaves a NaN weight behind a finite loss."""
+    calls = [0]
 
-    def make_train_step(model, *args, **kwargs):
-        step = make(model, *args, **kwargs)
-
-        def faulty(images):
+    class Faulty(vwe.pretrain.PretrainStep):
+        def __call__(self, images):
             calls[0] += 1
-            loss = step(images)
+            loss = super().__call__(images)
             if calls[0] == call:
                 with torch.no_grad():
-                    next(model.parameters()).view(-1)[0] = float("nan")
+                    next(self.model.parameters()).view(-1)[0] = float("nan")
             return loss
-        return faulty
-    return make_train_step
+    return Faulty
 
 
 @pytest.mark.parametrize("fault, message", [
@@ -302,7 +297,7 @@ def test_non_finite_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, shapes
                                                                  fault, message):
     pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
     before = snapshot(tmp_path)
-    monkeypatch.setattr(vwe.pretrain, "make_train_step", fault(2))  # epoch 2's second step
+    monkeypatch.setattr(vwe.pretrain, "PretrainStep", fault(2))  # epoch 2's second step
     with pytest.raises(NonFiniteLossError, match=message):
         pretrain(CFG, tmp_path, data=shapes, progress=False)
     assert snapshot(tmp_path) == before

@@ -9,12 +9,13 @@ import shutil
 
 import pytest
 import torch
+from entry import pretrain
 
 from vwe.config import get_config
 from vwe.data import make_shapes
 from vwe.models import build_model
-from vwe.pretrain import held_out_loss, load_pretrained, pretrain, run_key
-from vwe.runs import differences, list_checkpoints
+from vwe.pretrain import held_out_loss, load_pretrained
+from vwe.runs import Run, differences, list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,7 @@ def test_a_field_a_checkpoint_predates_counts_as_its_default():
     cfg = get_config("smoke")
     saved = cfg.to_dict()
     del saved["validation"]  # written before the field existed: such a run used the default
-    assert differences(run_key({"config": saved}), run_key({"config": cfg.to_dict()})) == []
-    moved = run_key({"config": cfg.replace(validation=8).to_dict()})
-    assert differences(run_key({"config": saved}), moved) == ["validation: 0 -> 8"]
+    run = Run(None, "run", cfg, cfg.identity("pretrain"), {}, make_shapes(8, 8), torch.device("cpu"))
+    assert differences(run.saved_identity({"config": saved}), cfg.identity("pretrain")) == []
+    moved = cfg.replace(validation=8).identity("pretrain")
+    assert differences(run.saved_identity({"config": saved}), moved) == ["validation: 0 -> 8"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from entry import train_supervised
 
 import vwe.runs
 import vwe.table
@@ -19,7 +20,7 @@ from vwe.data import make_shapes
 from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
 from vwe.models import Classifier
 from vwe.runs import ConfigMismatchError, load_checkpoint
-from vwe.supervised import SupervisedRecipe, accuracy, lr_at, random_crop_flip, train_supervised
+from vwe.supervised import SupervisedRecipe, accuracy, crop_flip, draw_crop_flip, lr_at
 from vwe.table import (
     AUTHOR_PROBE,
     AUTHOR_PROBE_EPOCHS,
@@ -302,7 +303,7 @@ def test_lr_schedule_matches_multisteplr():
 
 def test_crop_flip_gives_one_of_the_padded_crops():
     x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
-    out = random_crop_flip(x, 4, torch.Generator().manual_seed(0))
+    out = crop_flip(x, 4, *draw_crop_flip(len(x), 4, torch.Generator().manual_seed(0)))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = F.pad(x, (4, 4, 4, 4))
     seen = set()

@@ -13,18 +13,19 @@ import torch.nn.functional as F
 from vwe import fast
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
+from vwe.engine import PretrainStep
 from vwe.fast import use_conv_forms
-from vwe.models import build_model
-from vwe.train_step import (
+from vwe.fast_step import (
     PLAIN,
+    FastStep,
     GraphFallbackWarning,
     StepOptions,
     _match_state_layout,
     _snapshot,
     capture_hazards,
     default_options,
-    make_train_step,
 )
+from vwe.models import build_model
 
 LR = 1e-3
 BETAS = (0.9, 0.999)
@@ -64,10 +65,18 @@ def adam_first_step(w0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return w0 - LR * g / (g.abs() + EPS)
 
 
+def make_train_step(model, optimizer, aug, gen, options: StepOptions | None = None):
+    """The plain step (`options` PLAIN), else the plain step in a FastStep (default: the model's
+    device's fastest options), as the trainers build it."""
+    step = PretrainStep(model, optimizer, aug, gen)
+    options = default_options(step.device) if options is None else options
+    return step if options == PLAIN else FastStep(step, options)
+
+
 def run(options: StepOptions, model, optimizer, images, seed: int = 1, aug=AUG, steps=1):
     """`steps` steps on `images`; returns (losses, the generator after them)."""
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    step = make_train_step(model, optimizer, aug, gen, images.device, options=options)
+    step = make_train_step(model, optimizer, aug, gen, options)
     return [step(images) for _ in range(steps)], gen
 
 
@@ -207,11 +216,11 @@ def test_the_dense_bf16_step_traces_as_one_graph():
     # rounding, a few roundings deep in a mean).
     images = batch()
     model, opt = fresh()
-    plain = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), "cpu", options=PLAIN)
+    plain = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), PLAIN)
     loss = plain.forward_loss(images, *plain.draw(len(images)))
     model, opt = fresh()
-    fast_step = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), "cpu",
-                                options=StepOptions(bf16=True, channels_last=True, dense_convs=16))
+    fast_step = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1),
+                                StepOptions(bf16=True, channels_last=True, dense_convs=16))
     traced = torch.compile(fast_step.forward_loss, backend="eager", fullgraph=True)
     traced_loss = traced(images, *fast_step.draw(len(images)))
     assert model.tower.features[4].dense_pixels == 16  # Conv4's second conv, on the 4x4 map
@@ -377,13 +386,14 @@ def test_bad_options_and_inputs_are_refused():
     model, opt = fresh()
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        make_train_step(model, opt, None, gen, "cpu", options=StepOptions(cuda_graph=True))
-    with pytest.raises(ValueError, match="generator lives on cpu"):
-        make_train_step(model, opt, AugmentConfig(), gen, "cuda")
+        make_train_step(model, opt, None, gen, StepOptions(cuda_graph=True))
+    on_meta = build_model("context", "conv4").to("meta")  # a model on another device than the generator
+    with pytest.raises(ValueError, match="generator lives on cpu but the model on meta"):
+        PretrainStep(on_meta, torch.optim.Adam(on_meta.parameters()), AugmentConfig(), gen)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="supports torch.optim.Adam"):
-        make_train_step(model, sgd, None, gen, "cuda")
-    step = make_train_step(model, opt, AugmentConfig(), gen, "cpu")
+        make_train_step(model, sgd, None, gen, StepOptions(cuda_graph=True))
+    step = make_train_step(model, opt, AugmentConfig(), gen)
     with pytest.raises(TypeError, match="uint8"):
         step(to_float(batch()))
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
@@ -430,7 +440,7 @@ def test_cuda_graph_replays_equal_the_same_step_without_graph():
         model, opt = fresh("conv4", device="cuda", fused=True)
         options = StepOptions(bf16=True, channels_last=True, cuda_graph=graph)
         gen = torch.Generator(device="cuda").manual_seed(1)
-        step = make_train_step(model, opt, AugmentConfig(), gen, "cuda", options=options)
+        step = make_train_step(model, opt, AugmentConfig(), gen, options)
         losses = torch.stack([step(x) for x in images])
         assert step.options.cuda_graph == graph, "the capture fell back: see the warning"
         results.append((losses, flat(model.parameters())))
@@ -442,8 +452,8 @@ def test_cuda_graph_replays_equal_the_same_step_without_graph():
 @cuda
 def test_cuda_graph_refuses_what_it_cannot_replay():
     model, opt = fresh("conv4", device="cuda", fused=True)
-    step = make_train_step(model, opt, None, torch.Generator(device="cuda"), "cuda",
-                           options=StepOptions(bf16=True, cuda_graph=True))
+    step = make_train_step(model, opt, None, torch.Generator(device="cuda"),
+                           StepOptions(bf16=True, cuda_graph=True))
     step(batch(8, device="cuda"))
     with pytest.raises(ValueError, match="captured for batches of shape"):
         step(batch(4, device="cuda"))
@@ -463,7 +473,7 @@ def test_cuda_graph_falls_back_with_a_warning_when_the_step_cannot_be_captured()
         # a host sync in the forward: uncapturable by construction
         model.forward_loss = lambda x, f=forward_loss: f(x) + 0 * x.sum().item()
         gen = torch.Generator(device="cuda").manual_seed(1)
-        step = make_train_step(model, opt, AugmentConfig(), gen, "cuda", options=options)
+        step = make_train_step(model, opt, AugmentConfig(), gen, options)
         if name == "graph":
             with pytest.warns(GraphFallbackWarning, match="_local_scalar_dense"):
                 losses = [step(images), step(images)]

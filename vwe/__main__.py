@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from vwe import distributed
-from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve_device
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset, project_dir
+from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, project_dir
 from vwe.evaluate import FEATURES
 from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
@@ -142,11 +142,13 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                      views=a.views, original=a.original, augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
+    cfg, data, device = resolve(cfg)
     run_dir = a.run_dir or project_dir() / "runs" / cfg.profile / cfg.run_name
-    say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {resolve_device(cfg.device)}"
+    say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
         f"{cfg.epochs} epochs, lr {cfg.lr}")
-    res = pretrain(cfg, run_dir, fresh=a.fresh, progress=not a.no_progress, sync_bn=not a.no_sync_bn)
+    res = pretrain(cfg, run_dir, data, device, fresh=a.fresh, progress=not a.no_progress,
+                   sync_bn=not a.no_sync_bn)
     if res.metrics and distributed.is_main():
         first, last = res.metrics[0], res.metrics[-1]
         print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch 1) -> "
@@ -173,9 +175,9 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
                      probe_seeds=tuple(a.seeds) if a.seeds else None, dataset=a.dataset,
                      n_train=a.n_train, n_test=a.n_test, validation=a.validation)
     if a.checkpoint:
-        model, trained, state = load_pretrained(a.checkpoint, a.device or "auto")
+        model, trained, state = load_pretrained(a.checkpoint)
         # The checkpoint's own config (its data, its profile's probe) unless told otherwise.
-        name, cfg = trained.run_name, trained
+        name, cfg = trained.run_name, trained.replace(device="auto")
         if a.profile:
             data_kw = {k: getattr(trained, k) for k in ("dataset", "n_train", "n_test", "data_seed")}
             cfg = get_config(a.profile, **data_kw)
@@ -183,11 +185,11 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
         out_dir = a.checkpoint if a.checkpoint.is_dir() else a.checkpoint.parent
     else:
         cfg = get_config(a.profile or "cpu", **overrides)
-        model = random_weights_model(a.random_weights, a.seed or 0).to(resolve_device(cfg.device))
+        model = random_weights_model(a.random_weights, a.seed or 0)
         name = f"random-{a.random_weights}"
         out_dir = project_dir() / "runs" / cfg.profile / name
-    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                        validation=cfg.validation)
+    cfg, data, device = resolve(cfg)
+    model = model.to(device)
     print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on {data.describe()}")
     result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
     out = a.out or out_dir / "linear_eval.json"
@@ -196,7 +198,7 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
                        "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
                        "mean": result.mean, "std": result.std, "accs": result.accs,
                        "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
-                       "probe": result.summary(), "provenance": provenance(resolve_device(cfg.device))},
+                       "probe": result.summary(), "provenance": provenance(device)},
                       indent=2) + "\n"
     atomic_write(out, lambda tmp: tmp.write_text(text))
     print(f"top-1 accuracy: {result}\nresults: {out}")

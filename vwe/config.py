@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vwe import distributed
 from vwe.augment import AugmentConfig
-from vwe.data import check_dataset_name
+from vwe.data import Dataset, check_dataset_name, load_dataset
 from vwe.models import DECODERS, ENCODINGS, MODELS, TOWERS
 from vwe.patches import N_PATCHES
 
 PROBE_NORMS = ("standard", "raw")  # standardised with the training features' statistics | as they are
+# What identifies a run, declared once (`Config.identity`): both trainers' resume checks and the table's
+# finished rows read these.
+RUNTIME_FIELDS = ("profile", "device", "compile", "eval_batch_size")  # how a run runs, not what it computes
+PROBE_FIELDS = ("probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm")
+# the supervised row: its data, its tower, its seed, and its epochs (they place the lr drops)
+SUPERVISED_FIELDS = ("dataset", "n_train", "n_test", "validation", "data_seed", "tower", "epochs", "seed")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -151,6 +158,20 @@ class Config:
         d["probe_seeds"] = tuple(d["probe_seeds"])
         return cls(**d)
 
+    def identity(self, of: str) -> dict:
+        """The fields that make two runs the same run, with their values:
+
+        "pretrain"    every field but how it runs, the probe, and the epochs (a run may be extended)
+        "supervised"  SUPERVISED_FIELDS
+        "result"      every field but how it runs (a table row's numbers)
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        keep = {"pretrain": names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs"},
+                "supervised": set(SUPERVISED_FIELDS), "result": names - set(RUNTIME_FIELDS)}
+        if of not in keep:
+            raise ValueError(f"unknown identity {of!r}; choose one of {tuple(keep)}")
+        return {k: v for k, v in self.to_dict().items() if k in keep[of]}
+
     @property
     def model_args(self) -> dict:
         """`vwe.models.build_model`'s arguments: build_model(**cfg.model_args)."""
@@ -215,6 +236,36 @@ PROFILES: dict[str, Config] = {
                      aug=AUTHOR_AUG,
                      probe_norm="raw", probe_epochs=10),
 }
+
+
+def resolve(cfg: Config, data: Dataset | None = None) -> tuple[Config, Dataset, torch.device]:
+    """What an entry point (`vwe.course.start`, the CLI, `vwe.table.run_table`) does once with a config.
+
+    Returns the config with the dataset that "auto" became, the data (loaded, or `data` cut to the
+    config's sizes; on the CPU, where notebooks show it) and the device to train on (this process's
+    GPU under torchrun). Library functions take these values as they are and resolve nothing again.
+    """
+    device = distributed.local_device(resolve_device(cfg.device))
+    if data is None:
+        with distributed.main_first():  # one process downloads and caches, the others read
+            data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
+                                validation=cfg.validation)
+    else:
+        data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
+    return cfg.replace(dataset=data.name), data, device
+
+
+def check_resolved(cfg: Config, data: Dataset) -> None:
+    """ValueError unless `data` is what `resolve(cfg)` made: a trainer's one guard on its input."""
+    wrong = [f"cfg.dataset is {cfg.dataset!r} but the data is {data.name!r}"] if cfg.dataset != data.name else []
+    # a split may be smaller than asked (a small image folder), never larger
+    for what, asked, got in (("n_train", cfg.n_train, len(data.train_labels)),
+                             ("n_test", cfg.n_test, len(data.test_labels))):
+        if asked is not None and got > asked:
+            wrong.append(f"cfg.{what} is {asked} but the data has {got} images")
+    if wrong:
+        raise ValueError("; ".join(wrong) + ": pass the config and data that vwe.config.resolve(cfg, data) "
+                         "returns")
 
 
 def get_config(profile: str = "cpu", **overrides) -> Config:

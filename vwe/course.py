@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from vwe.config import PROFILES, Config, get_config, resolve_device
-from vwe.data import Dataset, absolute_dataset_name, dataset_type, load_dataset, project_dir
+from vwe.config import PROFILES, Config, get_config, resolve
+from vwe.data import Dataset, absolute_dataset_name, dataset_type, project_dir
 from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
@@ -61,11 +61,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     `dataset` and `device` of None keep the profile's; `run_dir` of None is `runs/<profile>` in the
     repository. The data folder is $VWE_DATA_DIR, else `data/` in the repository.
     """
-    cfg = get_config(profile, dataset=dataset, device=device, **overrides)
-    data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test,
-                        seed=cfg.data_seed, validation=cfg.validation)
-    cfg = cfg.replace(dataset=data.name)  # what "auto" resolved to
-    dev = resolve_device(cfg.device)
+    cfg, data, dev = resolve(get_config(profile, dataset=dataset, device=device, **overrides))
     run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
@@ -180,7 +176,7 @@ def load_models(s: Session, models: str = "auto") -> dict[str, Pretrained]:
             continue
         run_dir = s.run_dir / s.cfg.replace(model=model).run_name
         try:
-            net, trained, state = load_pretrained(run_dir, str(s.device))
+            net, trained, state = load_pretrained(run_dir, s.device)
         except FileNotFoundError as e:  # no run directory, or one without a checkpoint
             raise FileNotFoundError(
                 f"no pretrained {name} in {run_dir}: run notebook 04 first with the same parameters "

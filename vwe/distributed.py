@@ -87,6 +87,18 @@ def batch_slice(n: int) -> slice:
     return slice(rank() * size, (rank() + 1) * size)
 
 
+def local_part(batch: tuple[torch.Tensor, ...], params: tuple[torch.Tensor, ...]
+               ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """This process's slice of a global batch (each (B, ...)) and of the augmentation drawn for it
+    (each (V * B,), view-major: draw v * B + i is view v of image i). One process: both unchanged."""
+    if world() == 1:
+        return batch, params
+    n = len(batch[0])
+    check_batch(n)
+    part = batch_slice(n)
+    return tuple(x[part] for x in batch), tuple(p.view(-1, n)[:, part].flatten() for p in params)
+
+
 def shard(n: int) -> slice:
     """This process's contiguous share of `n` items for evaluation (sizes may differ by one)."""
     return slice(rank() * n // world(), (rank() + 1) * n // world())

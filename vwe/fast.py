@@ -3,7 +3,7 @@ computed as one matrix product each.
 
 Measured (BENCHMARKS.md, run 2, H200): the tower's convolutions on 4x4 and 2x2 maps as matrix
 products took the step's kernel time from 8.13 to 7.89 ms (-3 %), and the simple autoencoder's
-epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.train_step.DENSE_PIXELS`). The model
+epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.fast_step.DENSE_PIXELS`). The model
 (`vwe.models`) builds plain `nn.Conv2d`s; `use_conv_forms` switches the tower's to `Conv2d`.
 """
 

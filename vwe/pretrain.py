@@ -1,8 +1,10 @@
-"""Pretraining the autoencoders: the held-out loss, `pretrain` (resumable) and `load_pretrained`.
+"""Pretraining the autoencoders: `pretrain` (resumable), the held-out loss, and `load_pretrained`.
 
-The run directory, its checkpoints and the epoch loop are `vwe.runs`'s; this module supplies what
-is particular to the autoencoders: the step (`vwe.train_step.make_train_step`), the held-out
-reconstruction loss, and which config fields a resume may change (RESUMABLE_FIELDS).
+    step = PretrainStep(model, optimizer, aug, run.aug_gen, views, original)   # vwe.engine
+    fit(run, model, optimizer, step, ...)                                       # the epoch loop
+
+On CUDA the step is wrapped in `vwe.fast_step.FastStep` (bf16, torch.compile, a CUDA graph); the
+CPU trains with the plain step. The run folder and its checkpoints are `vwe.runs`'s.
 """
 
 from __future__ import annotations
@@ -13,16 +15,12 @@ from pathlib import Path
 import torch
 
 from vwe import distributed
-from vwe.config import Config, resolve_device
+from vwe.config import Config, check_resolved
 from vwe.data import Dataset, batches, to_float
+from vwe.engine import PretrainStep, fit
+from vwe.fast_step import FastStep, default_options
 from vwe.models import Autoencoder, build_model
-from vwe.runs import CheckpointError, latest_checkpoint, load_checkpoint, resolve_data, run_epochs
-from vwe.train_step import make_train_step
-
-# Fields that may change between a run and its resume: how long, where, how fast, how it is judged.
-RESUMABLE_FIELDS = {"profile", "epochs", "device", "compile", "eval_batch_size"} | {
-    "probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm",
-}
+from vwe.runs import CheckpointError, latest_checkpoint, load_checkpoint, open_run
 
 
 @torch.no_grad()
@@ -44,13 +42,6 @@ def held_out_loss(model: Autoencoder, images: torch.Tensor, batch_size: int = 10
     return (distributed.sum_across(total) / len(images)).item()
 
 
-def run_key(state: dict) -> dict:
-    """What a checkpoint must share with the run that resumes it: every field but RESUMABLE_FIELDS. A
-    field that a checkpoint predates counts as its default, which is what such a run used."""
-    config = {**Config().to_dict(), **state["config"]}
-    return {k: v for k, v in config.items() if k not in RESUMABLE_FIELDS}
-
-
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -64,22 +55,22 @@ class PretrainResult:
 def pretrain(
     cfg: Config,
     run_dir: str | Path,
-    data: Dataset | None = None,
+    data: Dataset,
+    device: torch.device | None = None,
     fresh: bool = False,
     progress: bool = True,
     sync_bn: bool = True,
 ) -> PretrainResult:
     """Train `cfg.model` for `cfg.epochs` epochs, checkpointing every epoch, resuming when possible.
 
-    `data` defaults to `load_dataset(cfg.dataset, ...)`. `fresh=True` discards earlier checkpoints
-    of this run directory instead of resuming (also needed to change the config of a run); nothing
-    is discarded before the data has loaded and the run directory's lock is held. Under torchrun
-    the processes train data-parallel (`vwe.distributed`); `sync_bn=False` lets each normalise
-    its own slice instead of the global batch.
+    `cfg`, `data` and `device` as `vwe.config.resolve` makes them (`device` None: where `data` is).
+    `fresh=True` discards earlier checkpoints of this run directory instead of resuming (also needed
+    to change the config of a run); nothing is discarded before the run directory's lock is held.
+    Under torchrun the processes train data-parallel (`vwe.distributed`); `sync_bn=False` lets each
+    normalise its own slice instead of the global batch.
     """
-    run_dir = Path(run_dir)
-    device = distributed.local_device(resolve_device(cfg.device))
-    cfg, data = resolve_data(cfg, data)
+    check_resolved(cfg, data)
+    device = device or data.train_images.device
     n_train = len(data.train_labels)
     if cfg.batch_size > n_train:
         raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
@@ -90,27 +81,28 @@ def pretrain(
     data = data.to(device)  # the whole dataset lives on the device as uint8
 
     torch.manual_seed(cfg.seed)
-    model = distributed.prepare_model(build_model(**cfg.model_args).to(device),
-                                      device, sync_bn)
+    model = distributed.prepare_model(build_model(**cfg.model_args).to(device), device, sync_bn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    checkpoint, metrics = run_epochs(
-        run_dir, cfg, data, model, optimizer,
-        lambda aug_gen: make_train_step(model, optimizer, cfg.aug if cfg.augment else None, aug_gen,
-                                        device, compile=cfg.compile, views=cfg.views,
-                                        original=cfg.original),
-        lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
-        run_key, cfg.batch_size, name=cfg.run_name, fresh=fresh, progress=progress)
-    return PretrainResult(run_dir, checkpoint, model, metrics, cfg, data.name)
+    with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, device, fresh=fresh) as run:
+        run.resume(model, optimizer)  # before the step: a CUDA graph captures the loaded optimizer
+        step = PretrainStep(model, optimizer, cfg.aug if cfg.augment else None, run.aug_gen, cfg.views,
+                            cfg.original)
+        if device.type == "cuda":  # bf16, torch.compile and a CUDA graph: the same step, faster
+            step = FastStep(step, default_options(device, cfg.compile))
+        metrics = fit(run, model, optimizer, step, (data.train_images,), cfg.batch_size,
+                      lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
+                      progress=progress)
+    return PretrainResult(run.dir, run.checkpoint, model, metrics, cfg, data.name)
 
 
-def load_pretrained(path: str | Path, device: str = "auto") -> tuple[Autoencoder, Config, dict]:
+def load_pretrained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Autoencoder, Config, dict]:
     """A trained model in eval mode from a checkpoint file or a run directory (its newest checkpoint).
 
     Returns (model, config, checkpoint dict). Raises FileNotFoundError when there is no checkpoint,
     CheckpointError when none loads or it does not fit the model its config names.
     """
     path = Path(path)
-    dev = resolve_device(device)
+    dev = torch.device(device)
     if path.is_dir():
         found = latest_checkpoint(path, map_location=dev)
         if found is None:

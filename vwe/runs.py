@@ -1,4 +1,4 @@
-"""A run folder and the one epoch loop both trainers share (`run_epochs`).
+"""A run folder: its checkpoints, its lock, resuming it (`open_run`) and saving each epoch (`Run.save`).
 
 A run directory holds `checkpoint-EEEE.pt` (the last two epochs), `metrics.jsonl` (one line per
 finished epoch), `config.json` and `.lock`. Every file is written to a temp name and renamed, so a
@@ -7,11 +7,10 @@ later on disk is caught instead of loaded. Rerunning with the same config resume
 checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves neither
 duplicated nor missing epochs. One process at a time may train in a run directory.
 
-`vwe.pretrain` (the autoencoders) and `vwe.supervised` (the supervised row) each supply a step, an
-evaluation, what a resumed checkpoint must share with the run, and (the supervised row) an lr
-schedule; `run_epochs` does the rest (docs/design.md, Runs, checkpoints and records). Under torchrun
-every process runs the loop on its slice of each batch (`vwe.distributed`): all of them resume from
-the same checkpoint, and rank 0 alone holds the lock and writes the files.
+Both trainers (`vwe.pretrain`, `vwe.supervised`) open their run folder here and train in it with
+`vwe.engine.fit` (docs/design.md, Runs, checkpoints and records). What a checkpoint must share with
+the run that resumes it is the config's `identity` (`vwe.config.Config.identity`). Under torchrun
+every process resumes from the same checkpoint, and rank 0 alone holds the lock and writes the files.
 """
 
 from __future__ import annotations
@@ -19,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -36,11 +34,10 @@ except ImportError:  # Windows: no advisory locks, run directories are not guard
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vwe import distributed
 from vwe.config import Config
-from vwe.data import Dataset, batches, load_dataset
+from vwe.data import Dataset
 from vwe.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -232,17 +229,6 @@ def discard_run(run_dir: Path) -> None:
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
 
-def resolve_data(cfg: Config, data: Dataset | None) -> tuple[Config, Dataset]:
-    """`data` cut to cfg's sizes (loaded when None), and cfg with the dataset that "auto" became."""
-    if data is None:
-        with distributed.main_first():  # one process downloads and caches, the others read
-            data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                                validation=cfg.validation)
-    else:
-        data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
-    return cfg.replace(dataset=data.name), data
-
-
 # ----------------------------------------------------------------------------- resume
 
 
@@ -288,29 +274,6 @@ def check_resumable(state: dict, path: Path, key: dict, saved_key: dict, epochs:
                               "exactly; start over with fresh=True (--fresh)")
 
 
-def resume_run(run_dir: Path, device: torch.device, load: Callable[[dict, Path], None],
-               config: dict) -> tuple[int, list[dict], Path | None]:
-    """Pick up a run directory (locked by the caller): the epochs done, their metrics, the checkpoint.
-
-    `load(state, path)` checks the newest checkpoint against the run and loads it into the fresh
-    model, optimizer and generators (or raises). Then metrics.jsonl is cut back to that checkpoint's
-    epochs and config.json rewritten with `config` (by rank 0). (0, [], None) for a directory without
-    one. Under torchrun every process calls it after rank 0 has prepared the directory
-    (`prepare_run_dir`), and all of them find the same newest checkpoint.
-    """
-    start, metrics, checkpoint = 0, [], None
-    found = latest_checkpoint(run_dir, map_location=device)
-    if found:
-        checkpoint, state = found
-        load(state, checkpoint)
-        start, metrics = state["epoch"], state["metrics"]
-    if distributed.is_main():
-        write_metrics(run_dir, metrics)  # drop epochs logged after the checkpoint we resume from
-        config_text = json.dumps(config, indent=2) + "\n"
-        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
-    return start, metrics, checkpoint
-
-
 @contextmanager
 def prepare_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
     """Rank 0 creates and locks `run_dir` for the block, removes interrupted writes' temp files, and
@@ -341,140 +304,67 @@ def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict]) -> P
     return checkpoint
 
 
-# ----------------------------------------------------------------------------- the epoch loop
+class Run:
+    """A run folder held for training (made by `open_run`): the epochs done, their metrics, the
+    random streams, and `save` for each new epoch.
 
-
-def train_one_epoch(
-    step: Callable[..., torch.Tensor],
-    inputs: tuple[torch.Tensor, ...],
-    batch_size: int,
-    shuffle_gen: torch.Generator,
-    epoch: int,
-    progress: bool = True,
-) -> float:
-    """One pass over `inputs` (images (N, 3, 32, 32) uint8, then labels (N,) for a step that takes
-    them) on the training device; returns the mean loss.
-
-    `step(*batch)` is one optimisation step on a batch of each input, returning the loss. Raises
-    NonFiniteLossError naming the epoch and step of the first non-finite loss. The check happens
-    once at the end of the epoch: a per-step `loss.item()` is a CPU-GPU sync point that would stall
-    the GPU every step.
+    `identity` is what a checkpoint must share with this run to be resumed by it (config fields,
+    `vwe.config.Config.identity`); `record`, entries the checkpoints and config.json carry besides
+    the config (the supervised recipe), which are part of the identity too.
     """
-    n, device = len(inputs[0]), inputs[0].device
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"{n} training images are fewer than one batch of {batch_size}")
-    losses = torch.zeros(steps, device=device)
-    order = batches(n, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True, device=device)
-    for i, idx in enumerate(tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False,
-                                 disable=not progress)):
-        losses[i] = step(*(x[idx] for x in inputs))
-    # each process's losses are its slices' means: their average is the global batches' mean loss,
-    # the same bits on every process, so all of them stop together on a NaN
-    losses = distributed.sum_across(losses) / distributed.world()
-    bad = (~torch.isfinite(losses)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise NonFiniteLossError(
-            f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps}; the run "
-            "stopped and the last checkpoint is intact. Lower the learning rate or check the input data."
-        )
-    return losses.mean().item()
+
+    def __init__(self, run_dir: Path, name: str, cfg: Config, identity: dict, record: dict, data: Dataset,
+                 device: torch.device):
+        self.dir, self.name, self.cfg, self.record, self.device = run_dir, name, cfg, record, device
+        self.identity = {**identity, **record}
+        self.data = data.provenance()
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.epoch, self.metrics, self.checkpoint = 0, [], None
+
+    def saved_identity(self, state: dict) -> dict:
+        """A checkpoint's identity; a field it predates counts as its default, which is what it used."""
+        config = {**Config().to_dict(), **state["config"]}
+        return {k: state.get(k, {}) if k in self.record else config.get(k) for k in self.identity}
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Load the newest checkpoint into `model`, `optimizer` and the random streams, after checking
+        that it continues this run (ConfigMismatchError, CheckpointError); then cut metrics.jsonl back
+        to its epochs and rewrite config.json (rank 0). A folder without a checkpoint starts at epoch 0.
+        """
+        found = latest_checkpoint(self.dir, map_location=self.device)
+        if found:
+            path, state = found
+            check_resumable(state, path, self.identity, self.saved_identity(state), self.cfg.epochs, self.dir)
+            try:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise CheckpointError(f"checkpoint {path} does not fit a {self.name} model: {e}") from e
+            restore_rng(state, path, self.cfg.seed, self.shuffle_gen, self.aug_gen)
+            self.epoch, self.metrics, self.checkpoint = state["epoch"], state["metrics"], path
+        if distributed.is_main():
+            write_metrics(self.dir, self.metrics)  # drop epochs logged after the checkpoint we resume from
+            config = {**self.cfg.to_dict(), **self.record, "data": self.data}
+            config_text = json.dumps(config, indent=2) + "\n"
+            atomic_write(self.dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+
+    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Checkpoint `epoch` (its metrics appended to `self.metrics` already): rank 0 writes it."""
+        self.epoch = epoch
+        self.checkpoint = save_epoch(self.dir, epoch, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "config": self.cfg.to_dict(), **self.record, "epoch": epoch, "metrics": self.metrics,
+            "data": self.data, "rng": rng_state(self.shuffle_gen, self.aug_gen),
+            "provenance": provenance(self.device),
+        }, self.metrics)
 
 
-def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> None:
-    """NonFiniteLossError when the weights (or the held-out scores) are NaN/inf after `epoch`, before
-    they are checkpointed.
-
-    The last step's update is never seen by a training loss: a checkpoint of broken weights would
-    fail every resume from it.
-    """
-    finite = torch.stack([p.isfinite().all() for p in model.parameters()]).all()  # one sync
-    if not (all(math.isfinite(v) for v in scores.values()) and finite):
-        held_out = ", ".join(f"{k} {v}" for k, v in scores.items())
-        raise NonFiniteLossError(
-            f"the weights became non-finite at the end of epoch {epoch} ({held_out}); the run stopped "
-            "before checkpointing them and the last checkpoint is intact. Lower the learning rate."
-        )
-
-
-def run_epochs(
-    run_dir: Path,
-    cfg: Config,
-    data: Dataset,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    make_step: Callable[[torch.Generator], Callable[..., torch.Tensor]],
-    evaluate: Callable[[], dict[str, float]],
-    run_key: Callable[[dict], dict],
-    batch_size: int,
-    *,
-    name: str,
-    labels: bool = False,
-    lr_at: Callable[[int], float] | None = None,
-    record: dict | None = None,
-    fresh: bool = False,
-    progress: bool = True,
-) -> tuple[Path, list[dict]]:
-    """Train `model` in `run_dir` up to `cfg.epochs` epochs, checkpointing each; returns the newest
-    checkpoint's path and the metrics of every epoch.
-
-    What the trainer supplies: `make_step(aug_gen)`, its training step (called after a resume has
-    loaded the optimizer), which takes an image batch and, with `labels`, the labels' batch;
-    `evaluate()`, the held-out scores that go into the metrics (e.g. {"test_loss": ...});
-    `run_key(state)`, what a checkpoint (or {"config": ..., **record}) must share with this run for
-    a resume; `lr_at(epoch)`, the learning rate of each 1-based epoch (None keeps the optimizer's);
-    `record`, entries the checkpoints and config.json carry besides the config. `data` is on the
-    training device. `fresh=True` discards the directory's run instead of resuming, once the lock
-    is held.
-    """
-    record = record or {}
-    device = data.train_images.device
-    progress = progress and distributed.is_main()
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    key = run_key({"config": cfg.to_dict(), **record})
-
-    def load(state: dict, path: Path) -> None:
-        check_resumable(state, path, key, run_key(state), cfg.epochs, run_dir)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {path} does not fit a {name} model: {e}") from e
-        restore_rng(state, path, cfg.seed, shuffle_gen, aug_gen)
-
+@contextmanager
+def open_run(run_dir: str | Path, name: str, cfg: Config, identity: dict, data: Dataset,
+             device: torch.device, record: dict | None = None, fresh: bool = False) -> Iterator[Run]:
+    """Hold `run_dir` for training for the block (`prepare_run_dir`) and give its `Run`; call
+    `run.resume(model, optimizer)` first. `fresh=True` discards the folder's run once the lock is held."""
+    run_dir = Path(run_dir)
     with prepare_run_dir(run_dir, fresh):
-        start, metrics, checkpoint = resume_run(run_dir, device, load,
-                                                {**cfg.to_dict(), **record, "data": data.provenance()})
-        step = make_step(aug_gen)
-        inputs = (data.train_images, data.train_labels) if labels else (data.train_images,)
-        seen = (len(data.train_images) // batch_size) * batch_size  # images per epoch
-
-        epochs = tqdm(range(start + 1, cfg.epochs + 1), initial=start, total=cfg.epochs, desc=name,
-                      disable=not progress)
-        for epoch in epochs:
-            lr = {}
-            if lr_at is not None:
-                lr = {"lr": lr_at(epoch)}
-                for group in optimizer.param_groups:
-                    group["lr"] = lr["lr"]
-            t0 = time.perf_counter()
-            model.train()
-            train_loss = train_one_epoch(step, inputs, batch_size, shuffle_gen, epoch, progress)
-            seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
-            distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
-            scores = evaluate()
-            check_weights(model, scores, epoch)
-            metrics.append({"epoch": epoch, **lr, "train_loss": train_loss, **scores,
-                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-            checkpoint = save_epoch(run_dir, epoch, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": cfg.to_dict(), **record, "epoch": epoch, "metrics": metrics,
-                "data": data.provenance(), "rng": rng_state(shuffle_gen, aug_gen),
-                "provenance": provenance(device),
-            }, metrics)
-            epochs.set_postfix(train=f"{train_loss:.4f}", **{k: f"{v:.4g}" for k, v in scores.items()},
-                               img_s=f"{metrics[-1]['images_per_s']:.0f}")
-    model.eval()
-    return checkpoint, metrics
+        yield Run(run_dir, name, cfg, identity, record or {}, data, device)

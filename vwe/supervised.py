@@ -6,15 +6,14 @@ batch 128, random crop with 4-pixel zero padding and a horizontal flip, and no w
 is built without one). The row's number is the test top-1 accuracy of
 one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
-The run directory, its checkpoints, resume and the epoch loop are `vwe.runs`'s, as for pretraining:
-this module supplies the step, the accuracy, the lr schedule and what a resume must share (RUN_FIELDS
-and the recipe). Under torchrun it trains data-parallel as `vwe.pretrain.pretrain` does.
+It trains as `vwe.pretrain.pretrain` does: a step (`SupervisedStep`), `vwe.engine.fit` in a run
+folder of `vwe.runs`, data-parallel under torchrun. A resume must share the config's supervised
+identity (`vwe.config.SUPERVISED_FIELDS`) and the recipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from vwe import distributed
-from vwe.config import Config, resolve_device
+from vwe.config import Config, check_resolved
 from vwe.data import Dataset, batches, to_float
+from vwe.engine import Step, fit
+from vwe.fast_step import FastStep, StepOptions
 from vwe.models import Classifier
-from vwe.runs import resolve_data, run_epochs
-
-# The Config fields a supervised run depends on; the rest (the autoencoder's lr, batch size and
-# augmentation, the probe) do not touch it and may change without invalidating its checkpoints.
-RUN_FIELDS = ("dataset", "n_train", "n_test", "validation", "data_seed", "tower", "epochs", "seed")
+from vwe.runs import open_run
 
 
 @dataclass(frozen=True)
@@ -66,18 +63,26 @@ def lr_at(epoch: int, epochs: int, recipe: SupervisedRecipe) -> float:
     return recipe.lr * 0.1**drops
 
 
-def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Per sample: a random HxW crop of the zero-padded image, then a horizontal flip with p = 0.5.
+def draw_crop_flip(n: int, pad: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Per sample of a batch of `n`: the crop's row and column offsets in [0, 2 * pad] and whether
+    to flip (p = 0.5), each (n,), on the generator's device."""
+    device = generator.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return dy, dx, flip
 
-    (B, 3, H, W) -> (B, 3, H, W), any dtype, on the generator's device. One gather for the whole
-    batch: the crop offsets and the flip become per-sample row and column indices.
+
+def crop_flip(images: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+              ) -> torch.Tensor:
+    """The HxW crops at (dy, dx) of the zero-padded images, flipped where `flip`.
+
+    (B, 3, H, W) -> (B, 3, H, W), any dtype. One gather for the whole batch: the crop offsets and
+    the flip become per-sample row and column indices.
     """
     b, _, h, w = images.shape
     device = images.device
     padded = F.pad(images, (pad, pad, pad, pad))  # (B, 3, H + 2p, W + 2p); zero is black
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=device)
-    flip = torch.rand(b, generator=generator, device=device) < 0.5
     rows = dy[:, None] + torch.arange(h, device=device)  # (B, H)
     cols = dx[:, None] + torch.arange(w, device=device)  # (B, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
@@ -86,53 +91,24 @@ def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator)
     return out.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
 
-def make_supervised_step(
-    model: Classifier,
-    optimizer: torch.optim.Optimizer,
-    pad: int,
-    aug_gen: torch.Generator,
-    device: torch.device,
-    compile: bool = True,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A step function: (B, 3, 32, 32) uint8 images and (B,) labels on `device` -> loss (0-d, fp32).
+class SupervisedStep(Step):
+    """(B, 3, 32, 32) uint8 images and (B,) labels -> cross-entropy of the crops (0-d, fp32).
 
-    Crop and flip run on the uint8 batch (4x less memory traffic than on floats). On CUDA the
-    forward runs in bf16 autocast on channels_last weights and is compiled, and cuDNN searches for
-    its fastest kernels (the batch shape never changes), as in `vwe.train_step`. Under torchrun the
-    crops are drawn for the whole global batch on every process, each process trains on its slice,
-    and DDP averages the gradients (the compiled CUDA form of that is unmeasured).
+    Crop and flip run on the uint8 batch (4x less memory traffic than on floats).
     """
-    cuda = device.type == "cuda"
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-        # without the search cuDNN's heuristics pick the kernels; a supervised row run before any
-        # autoencoder step in the same process would otherwise never have it on
-        torch.backends.cudnn.benchmark = True
 
-    parallel = distributed.world() > 1
-    net = distributed.data_parallel(model, device)
-    if cuda and compile and parallel:
-        net = torch.compile(net)  # torch.compile's DDP support: compile the wrapped module
+    def __init__(self, model: Classifier, optimizer: torch.optim.Optimizer, pad: int,
+                 aug_gen: torch.Generator):
+        super().__init__(model, optimizer)
+        self.pad, self.aug_gen = pad, aug_gen
+        self.net = distributed.data_parallel(model, self.device)
 
-    def forward_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            return F.cross_entropy(net(x).float(), labels)
+    def draw(self, n: int) -> tuple[torch.Tensor, ...]:
+        return draw_crop_flip(n, self.pad, self.aug_gen)
 
-    if cuda and compile and not parallel:
-        forward_loss = torch.compile(forward_loss)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        crops = random_crop_flip(images, pad, aug_gen)  # the whole global batch, on every process
-        if parallel:
-            part = distributed.batch_slice(len(images))
-            crops, labels = crops[part], labels[part]
-        loss = forward_loss(to_float(crops), labels)  # (B, 3, 32, 32) in [0, 1]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
+    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        crops = crop_flip(images, self.pad, *params)
+        return F.cross_entropy(self.net(to_float(crops)).float(), labels)  # (B, 3, 32, 32) in [0, 1]
 
 
 @torch.no_grad()
@@ -164,17 +140,12 @@ class SupervisedResult:
     test_acc: float  # top-1 on the test split after the last epoch, percent
 
 
-def run_key(state: dict) -> dict:
-    """What a checkpoint must share with the run that resumes it: RUN_FIELDS and the recipe."""
-    config = {**Config().to_dict(), **state["config"]}  # a field a checkpoint predates: its default
-    return {**{k: config[k] for k in RUN_FIELDS}, "recipe": state.get("recipe", {})}
-
-
 def train_supervised(
     cfg: Config,
     run_dir: str | Path,
-    data: Dataset | None = None,
+    data: Dataset,
     recipe: SupervisedRecipe | None = None,
+    device: torch.device | None = None,
     fresh: bool = False,
     progress: bool = True,
     sync_bn: bool = True,
@@ -183,14 +154,15 @@ def train_supervised(
 
     Resumes from the newest checkpoint in `run_dir` and trains nothing when it already holds
     `cfg.epochs` epochs. The epoch count is part of the run (it places the lr drops), so a checkpoint
-    of another epoch count, like any other change of RUN_FIELDS or the recipe, raises
-    ConfigMismatchError; `fresh=True` discards the directory's checkpoints and starts over.
+    of another epoch count, like any other change of its identity (`vwe.config.SUPERVISED_FIELDS`)
+    or the recipe, raises ConfigMismatchError; `fresh=True` discards the directory's checkpoints and
+    starts over. `cfg`, `data` and `device` as `vwe.config.resolve` makes them (`device` None: where
+    `data` is).
     Under torchrun the processes train data-parallel; `sync_bn` as in `vwe.pretrain.pretrain`.
     """
     recipe = recipe or SupervisedRecipe()
-    run_dir = Path(run_dir)
-    device = distributed.local_device(resolve_device(cfg.device))
-    cfg, data = resolve_data(cfg, data)
+    check_resolved(cfg, data)
+    device = device or data.train_images.device
     n_train = len(data.train_labels)
     if recipe.batch_size > n_train:
         raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
@@ -201,12 +173,15 @@ def train_supervised(
     torch.manual_seed(cfg.seed)
     model = distributed.prepare_model(Classifier(cfg.tower, data.num_classes).to(device), device, sync_bn)
     optimizer = recipe.optimizer(model.parameters())
-    checkpoint, metrics = run_epochs(
-        run_dir, cfg, data, model, optimizer,
-        lambda aug_gen: make_supervised_step(model, optimizer, recipe.pad, aug_gen, device,
-                                             compile=cfg.compile),
-        lambda: {"test_acc": accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)},
-        run_key, recipe.batch_size, name=f"supervised-{cfg.tower}", labels=True,
-        lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe),
-        record={"recipe": dataclasses.asdict(recipe)}, fresh=fresh, progress=progress)
-    return SupervisedResult(run_dir, checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])
+    name, record = f"supervised-{cfg.tower}", {"recipe": dataclasses.asdict(recipe)}
+    with open_run(run_dir, name, cfg, cfg.identity("supervised"), data, device, record, fresh) as run:
+        run.resume(model, optimizer)
+        step = SupervisedStep(model, optimizer, recipe.pad, run.aug_gen)
+        if device.type == "cuda":  # bf16 on channels_last weights, compiled (SGD: no CUDA graph)
+            step = FastStep(step, StepOptions(bf16=True, channels_last=True,
+                                              compile="default" if cfg.compile else None))
+        held_out = (data.test_images, data.test_labels, cfg.eval_batch_size)
+        metrics = fit(run, model, optimizer, step, (data.train_images, data.train_labels), recipe.batch_size,
+                      lambda: {"test_acc": accuracy(model, *held_out)},
+                      lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), progress=progress)
+    return SupervisedResult(run.dir, run.checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from vwe import distributed
-from vwe.config import PROBE_NORMS, Config, batch_text, resolve_device
+from vwe.config import PROBE_NORMS, Config, batch_text, check_resolved, resolve
 from vwe.data import Dataset
 from vwe.evaluate import (
     extract_features,
@@ -53,14 +53,11 @@ from vwe.evaluate import (
 )
 from vwe.files import atomic_write, file_digest
 from vwe.pretrain import pretrain
-from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance, resolve_data
+from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
 RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)
-# Config fields that do not change a row's numbers: a result computed elsewhere (on another device,
-# under another profile name) still counts as finished.
-IGNORED_FIELDS = ("profile", "device", "compile", "eval_batch_size")
 # The author's linear evaluation, the source of the paper's numbers: the tower's 16 x 64 = 1 024
 # features, raw, 10 probe epochs (docs/design.md, The paper as its author ran it).
 AUTHOR_PROBE = "author"
@@ -190,9 +187,8 @@ def data_fingerprint(data: Dataset) -> str:
 
 def _spec(row: Row, cfg_row: Config, checkpoint: Path | None, fingerprint: str) -> dict:
     """Everything a finished results file must match to be reused (JSON-plain values)."""
-    config = {k: v for k, v in cfg_row.to_dict().items() if k not in IGNORED_FIELDS}
     spec = {
-        "row": row.key, "config": config, "data_sha256": fingerprint, "knn_protocol": KNN,
+        "row": row.key, "config": cfg_row.identity("result"), "data_sha256": fingerprint, "knn_protocol": KNN,
         "recipe": dataclasses.asdict(SupervisedRecipe()) if row.kind == "supervised" else None,
         "checkpoint": checkpoint.name if checkpoint else None,
         "checkpoint_sha256": file_digest(checkpoint) if checkpoint else None,
@@ -278,16 +274,14 @@ def evaluate_features(features: dict[str, tuple[torch.Tensor, torch.Tensor]], da
             "knn": _knn(train, test, data)}
 
 
-def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress: bool = True,
-            fingerprint: str | None = None) -> RowResult:
+def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir: str | Path,
+            progress: bool = True, fingerprint: str | None = None) -> RowResult:
     """Produce one row: reuse its finished result, or train (resuming) and evaluate it.
 
-    `cfg.dataset` must already be `data.name` (what "auto" resolved to), and `data` cut to
-    cfg.n_train / cfg.n_test. `fingerprint` is `data_fingerprint(data)`, computed when not given.
+    `cfg`, `data` and `device` as `vwe.config.resolve` makes them. `fingerprint` is
+    `data_fingerprint(data)`, computed when not given.
     """
-    if cfg.dataset != data.name:
-        raise ValueError(f"cfg.dataset is {cfg.dataset!r} but the data is {data.name!r}; "
-                         "pass cfg.replace(dataset=data.name)")
+    check_resolved(cfg, data)
     fingerprint = fingerprint or data_fingerprint(data)
     done = finished_row(row, cfg, out_dir, fingerprint)
     if done is not None:
@@ -295,7 +289,6 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
     t0 = time.perf_counter()
     cfg_row = row_config(cfg, row)
     run_dir = row_dir(out_dir, cfg, row)
-    device = resolve_device(cfg.device)
     images = (data.train_images, data.test_images)
 
     def features(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,10 +297,10 @@ def run_row(row: Row, cfg: Config, data: Dataset, out_dir: str | Path, progress:
 
     checkpoint, epochs, extra, test_acc = None, 0, {}, None
     if row.kind == "supervised":
-        res = train_supervised(cfg_row, run_dir, data, progress=progress)
+        res = train_supervised(cfg_row, run_dir, data, device=device, progress=progress)
         checkpoint, epochs, test_acc = res.checkpoint, len(res.metrics), res.test_acc
     elif row.kind == "pretrained":
-        res = pretrain(cfg_row, run_dir, data=data, progress=progress)
+        res = pretrain(cfg_row, run_dir, data, device, progress=progress)
         checkpoint, epochs = res.checkpoint, res.metrics[-1]["epoch"]
         if epochs != cfg.epochs:
             raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
@@ -429,12 +422,12 @@ def run_table(
     `out_dir` matches `cfg`, so running the rows one at a time still builds the whole table.
     """
     selected = select_rows(rows)
-    cfg, data = resolve_data(cfg, data)
+    cfg, data, device = resolve(cfg, data)
     out_dir = Path(out_dir)
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
-    header = table_header(cfg, data, resolve_device(cfg.device), fingerprint)
+    header = table_header(cfg, data, device, fingerprint)
     say = print if distributed.is_main() else lambda *args, **kwargs: None
     say(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
@@ -454,7 +447,7 @@ def run_table(
     spent, done_work = 0.0, 0
     for i, row in enumerate(selected):
         t0, todo = time.perf_counter(), work(row)
-        res = run_row(row, cfg, data, out_dir, progress, fingerprint)
+        res = run_row(row, cfg, data, device, out_dir, progress, fingerprint)
         results[row.key] = res
         if res.skipped:
             line = f"[{i + 1}/{len(selected)}] {row.key}: finished result reused"

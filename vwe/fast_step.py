@@ -1,11 +1,9 @@
-"""The pretraining step (augment, forward, loss, backward, Adam), plain and at GPU speed.
+"""The GPU form of a training step: `FastStep` runs a plain step (`vwe.engine.Step`) faster.
 
-`make_train_step` returns a `TrainStep`: a function of a uint8 batch (B, 3, 32, 32) on the training
-device that does one optimisation step and returns the loss as a 0-d fp32 tensor, without a host
-sync. How it runs is a `StepOptions`; the maths is the same in every setting: the same loss, the
-same Adam, and the same per-sample augmentation drawn from the same generator in the same order.
+The maths is the plain step's: the same loss, the same optimizer, the same augmentation drawn from
+the same generator in the same order. What changes is how it is computed, set by `StepOptions`:
 
-    PLAIN            eager fp32, the reference (the CPU default, and the benchmark's baseline)
+    PLAIN            eager fp32, the plain step itself (the benchmark's baseline)
     bf16             autocast the model to bf16; weights, Adam and the loss stay fp32
     channels_last    NHWC weights, the layout cuDNN's tensor-core kernels want
     compile          torch.compile of augment + forward + loss (backward comes with it)
@@ -13,18 +11,17 @@ same Adam, and the same per-sample augmentation drawn from the same generator in
     dense_convs      tower convolutions on maps of at most this many pixels (the 4x4 and 2x2 maps
                      of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never
 
-Under torchrun (`vwe.distributed`) the step draws the augmentation for the whole global batch, as
-one process does, and trains on this process's slice of it inside DistributedDataParallel; there the
-compiled model is the DDP module (not fullgraph) and the CUDA graph is off, both unmeasured on a GPU.
+The trainers wrap their step in it on CUDA only (`default_options`: all of them, dense_convs=16;
+BENCHMARKS.md measures each). Under torchrun the compiled model is the DDP module (not fullgraph)
+and the CUDA graph is off, both unmeasured on a GPU.
 
-The last one changes only how the same sums are computed. The CUDA default is all of them, with
-dense_convs=16 (BENCHMARKS.md measures each). Why the graph: a step is hundreds of small kernels
-(31 convolutions on 8x8, 4x4 and 2x2 maps, their BatchNorms, the decoder, the augmentation, and
-the backward of it all), many of which the GPU finishes as fast as Python can launch them; one
-replay launches them all. The graph fixes every address, so:
-- the augmentation parameters are drawn eagerly with the caller's generator (one small launch)
-  and copied into a static buffer that the graph reads; the generator advances exactly as in the
-  plain step, so a run is reproducible and resumable the same way on either path;
+Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their
+BatchNorms, the decoder, the augmentation, and the backward of it all), many of which the GPU
+finishes as fast as Python can launch them; one replay launches them all. The graph fixes every
+address, so:
+- the augmentation parameters are drawn eagerly with the step's generator (one small launch) and
+  copied into a static buffer that the graph reads; the generator advances exactly as in the plain
+  step, so a run is reproducible and resumable the same way on either path;
 - warm-up steps (compilation, cuDNN autotuning, Adam's lazy state) run before the capture and
   are then undone, so the first real step starts from the caller's state;
 - Adam must be `capturable` (its step count lives on the GPU); its learning rate is baked into
@@ -35,18 +32,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
-from vwe.data import to_float
-from vwe.distributed import ForwardLoss, batch_slice, check_batch, data_parallel, is_main, world
+from vwe.distributed import is_main, local_part, world
+from vwe.engine import Step
 from vwe.fast import use_conv_forms
-from vwe.models import Autoencoder
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
@@ -186,145 +181,104 @@ def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Calla
     return restore
 
 
-class TrainStep:
-    """One optimisation step: (B, 3, 32, 32) uint8 on the device -> loss (0-d fp32 tensor).
+def _in_bf16(net: Callable[..., Tensor], device: torch.device) -> Callable[..., Tensor]:
+    """`net` run under bf16 autocast: weights stay fp32, matrix products and convolutions run in bf16."""
 
-    Made by `make_train_step`; `options` says how it runs (after a fallback, how it actually runs).
+    def run(*x: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(*x)
+
+    return run
+
+
+class FastStep:
+    """`step` (a `vwe.engine.Step`) computed as `options` say; `options` tells how it actually runs
+    (after a fallback from the CUDA graph, without it). Called like the step it wraps.
+
+    Side effects on the step's model and optimizer: the model may be converted to channels_last and
+    its tower's convolutions switched to another form of the same sums (`options.dense_convs`),
+    Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on (the
+    shapes never change, so its search pays off).
     """
 
-    def __init__(
-        self,
-        model: Autoencoder,
-        optimizer: torch.optim.Optimizer,
-        aug: AugmentConfig | None,
-        aug_gen: torch.Generator,
-        device: torch.device,
-        options: StepOptions,
-        views: int = 1,
-        original: bool = False,
-    ):
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-            raise ValueError(f"views is the number of augmented views of each image, >= 1, got {views!r}")
-        if options.cuda_graph and device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
+    def __init__(self, step: Step, options: StepOptions):
+        model, optimizer, device = step.model, step.optimizer, step.device
         if options.cuda_graph and not isinstance(optimizer, torch.optim.Adam):
             raise ValueError(f"the CUDA-graph step supports torch.optim.Adam/AdamW (their warm-up can be "
                              f"undone exactly), got {type(optimizer).__name__}; pass "
                              "options=StepOptions(..., cuda_graph=False)")
-        if aug is not None and aug_gen.device.type != device.type:
-            raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the step trains "
-                             f"on {device}; make it with torch.Generator(device={str(device)!r})")
-        # Under torchrun (vwe.distributed) each process trains on its slice of the global batch and
-        # DDP averages the gradients. A captured step with DDP's all-reduce in it is unproven: off.
+        if options.cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
+        # A captured step with DDP's all-reduce in it is unproven: off.
         self.parallel = world() > 1
         if self.parallel and options.cuda_graph:
             options = replace(options, cuda_graph=False)
             if is_main():
                 print("note: no CUDA graph under DDP (unproven there); the step runs without it")
-        self.model, self.optimizer, self.aug, self.aug_gen = model, optimizer, aug, aug_gen
-        self.device, self.options = device, options
-        # without augmentation every view would be the same image: the batch is the images alone
-        self.views, self.original = (views, original) if aug is not None else (1, True)
+        self.step, self.model, self.optimizer, self.device = step, model, optimizer, device
+        self.options = options
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
-        use_conv_forms(model, options.dense_convs)
+        if options.dense_convs:
+            use_conv_forms(model, options.dense_convs)
         _match_state_layout(optimizer)
         # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
         # take Adam's ordinary path, and only the captured one needs the step count on the device
         _set_capturable(optimizer, False)
         self._forward_loss = self.forward_loss
-        # uint8 batch -> loss: the model's forward_loss, or DDP around it (whose hooks need `forward`)
-        self.loss_fn = data_parallel(ForwardLoss(model), device) if self.parallel else model.forward_loss
         if options.compile and self.parallel:
             # torch.compile's DDP support splits the graph at DDP's gradient buckets; synchronised
             # BatchNorm breaks it too, so no fullgraph (unmeasured: no GPU has run this path yet)
-            self.loss_fn = torch.compile(self.loss_fn, mode=options.compile)
-        elif options.compile:
+            step.net = torch.compile(step.net, mode=options.compile)
+        if options.bf16:  # the model only: the augmentation before it stays fp32
+            step.net = _in_bf16(step.net, device)
+        if options.compile and not self.parallel:
             # fullgraph: a graph break would silently split the step and cost speed; the generator
             # stays outside (draw), so there is nothing dynamo cannot trace
             self._forward_loss = torch.compile(self.forward_loss, mode=options.compile, fullgraph=True)
         self.graph: torch.cuda.CUDAGraph | None = None
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
 
-    @property
-    def views_per_image(self) -> int:
-        """Images the model sees per image of the batch (its views, and the original when asked)."""
-        return self.views + self.original if self.aug is not None else 1
+    def draw(self, n: int) -> tuple[Tensor, ...]:
+        """The step's augmentation of a global batch of `n` (the only use of its generator)."""
+        return self.step.draw(n)
 
-    # ------------------------------------------------------------------ the parts of a step
+    def forward_loss(self, *inputs: Tensor) -> Tensor:
+        """The step's loss (its model in bf16 autocast when `options.bf16`)."""
+        return self.step.forward_loss(*inputs)
 
-    def draw(self, batch: int) -> tuple[Tensor, ...]:
-        """This step's augmentation parameters as a tuple of (B,) tensors (empty without augmentation).
-
-        The only use of the generator, kept outside compiled code and graphs: the same generator
-        state gives the same draws on every path.
-        """
-        if self.aug is None:
-            return ()
-        # view-major: draw v * B + i is view v of image i
-        params = sample_params(batch * self.views, self.aug, self.aug_gen, self.device)
-        return tuple(getattr(params, f.name) for f in fields(params))
-
-    def forward_loss(self, images: Tensor, *params: Tensor) -> Tensor:
-        """uint8 (B, 3, 32, 32) and the drawn parameters -> MSE loss (0-d fp32) over every view.
-
-        The batch the model sees is (V * B, 3, 32, 32): the V augmented views of each image, after
-        the B originals when `original` (the author's code trains on 3 views plus the original).
-        """
-        x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
-        if self.aug is not None:
-            views = apply_params(x.repeat(self.views, 1, 1, 1), AugmentParams(*params), self.aug)
-            x = torch.cat([x, views]) if self.original else views  # ((V + 1) * B or V * B, 3, 32, 32)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
-            return self.loss_fn(x)
-
-    def update(self, images: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-        """Forward, backward and Adam on a batch; the loss (graph-owned memory on the graph path)."""
+    def update(self, batch: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> Tensor:
+        """Forward, backward and the optimizer on a batch; the loss (graph-owned memory on the graph path)."""
         if self.options.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
-        loss = self._forward_loss(images, *params)
+        loss = self._forward_loss(*batch, *params)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    # ------------------------------------------------------------------ running it
-
-    def __call__(self, images: Tensor) -> Tensor:
-        self._check(images)
-        params = self.draw(images.shape[0])  # for the whole global batch, the same on every process
-        if self.parallel:
-            check_batch(images.shape[0])
-            part = batch_slice(images.shape[0])  # this process's slice of the images and their draws
-            images = images[part]
-            params = tuple(p.view(self.views, -1)[:, part].flatten() for p in params)
+    def __call__(self, *batch: Tensor) -> Tensor:
+        self.step.check(*batch)
+        params = self.draw(len(batch[0]))  # for the whole global batch, the same on every process
+        batch, params = local_part(batch, params)
         if self.options.cuda_graph and self.graph is None:
-            self._capture(images, params)  # may fall back: options.cuda_graph becomes False
+            self._capture(batch, params)  # may fall back: options.cuda_graph becomes False
         if not self.options.cuda_graph:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.update(images, params)
+            loss = self.update(batch, params)
             # cudagraph trees reuse their output memory at the next replay
             return loss.clone() if self.options.compile == "reduce-overhead" else loss
-        self._check_graph_still_valid(images)
-        self.static_images.copy_(images)
-        for static, p in zip(self.static_params, params, strict=True):
-            static.copy_(p)
+        self._check_graph_still_valid(batch[0])
+        for static, x in zip(self.static_batch + self.static_params, batch + params, strict=True):
+            static.copy_(x)
         self.graph.replay()
         return self.static_loss.clone()  # the next replay overwrites static_loss
 
-    def _check(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
-            raise TypeError(f"a training batch must be a uint8 tensor, got "
-                            f"{getattr(images, 'dtype', type(images).__name__)}")
-        if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-            raise ValueError(f"a training batch must have shape (B, 3, 32, 32), got {tuple(images.shape)}")
-        if images.device.type != self.device.type:
-            raise ValueError(f"the batch is on {images.device} but the step trains on {self.device}; "
-                             "move the dataset with Dataset.to(device) first")
-
     def _check_graph_still_valid(self, images: Tensor) -> None:
         """The graph replays what it captured: refuse, loudly, anything that would differ."""
-        if images.shape != self.static_images.shape:
+        if images.shape != self.static_batch[0].shape:
             raise ValueError(f"this CUDA-graph step was captured for batches of shape "
-                             f"{tuple(self.static_images.shape)}, got {tuple(images.shape)}; keep the "
+                             f"{tuple(self.static_batch[0].shape)}, got {tuple(images.shape)}; keep the "
                              "batch size fixed (drop_last=True) or make a new step")
         if self.model.training != self.captured_training:
             raise RuntimeError(f"the step was captured with model.training={self.captured_training}; "
@@ -334,18 +288,18 @@ class TrainStep:
             raise RuntimeError(f"the learning rate changed from {self.captured_lrs} to {lrs}, but the "
                                "CUDA graph has the old one baked in; make a new step after changing it")
 
-    def _capture(self, images: Tensor, params: tuple[Tensor, ...]) -> None:
+    def _capture(self, batch: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> None:
         """Warm up on this batch, undo the warm-up, capture one whole step into `self.graph`.
 
         If an op of the step cannot be captured (`capture_hazards`), warn and fall back to the
         step without a graph instead: slower, same results.
         """
         # static inputs: the graph reads these addresses at every replay
-        self.static_images = images.clone()
+        self.static_batch = tuple(x.clone() for x in batch)
         self.static_params = tuple(p.clone() for p in params)
         restore = _snapshot(self.model, self.optimizer)
         hazards = capture_hazards(
-            lambda: self.forward_loss(self.static_images, *self.static_params).backward())
+            lambda: self.forward_loss(*self.static_batch, *self.static_params).backward())
         if hazards:
             restore()
             self.options = replace(self.options, cuda_graph=False)
@@ -358,7 +312,7 @@ class TrainStep:
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self.optimizer.zero_grad(set_to_none=True)
-                self.update(self.static_images, self.static_params)
+                self.update(self.static_batch, self.static_params)
         torch.cuda.current_stream(self.device).wait_stream(side)
         restore()
         # no grads before the capture: backward then allocates them in the graph's pool, and each
@@ -369,33 +323,4 @@ class TrainStep:
         self.captured_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_loss = self.update(self.static_images, self.static_params)
-
-
-def make_train_step(
-    model: Autoencoder,
-    optimizer: torch.optim.Optimizer,
-    aug: AugmentConfig | None,
-    aug_gen: torch.Generator,
-    device: torch.device | str,
-    compile: bool = True,
-    options: StepOptions | None = None,
-    views: int = 1,
-    original: bool = False,
-) -> TrainStep:
-    """A step function: (B, 3, 32, 32) uint8 on `device` -> loss (0-d tensor, fp32).
-
-    `aug=None` trains without augmentation (the paper's ablation). With `aug`, the model sees
-    `views` augmented views of every image, and the image itself too when `original`. `options` defaults to
-    `default_options(device, compile)`: the fast step on CUDA, the plain fp32 step on the CPU
-    (where `compile` is ignored). Side effects: the model may be converted to channels_last and
-    its tower's convolutions switched to another form of the same sums (`options.dense_convs`),
-    Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on
-    (the shapes never change, so its search pays off).
-    """
-    device = torch.device(device)
-    step = TrainStep(model, optimizer, aug, aug_gen, device, options or default_options(device, compile),
-                     views, original)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return step
+            self.static_loss = self.update(self.static_batch, self.static_params)

@@ -1,0 +1,20 @@
+"""The trainers as an entry point calls them: on the config, data and device that
+`vwe.config.resolve` makes (the data loaded when None, else cut to the config's sizes)."""
+
+from __future__ import annotations
+
+import vwe.pretrain
+import vwe.supervised
+from vwe.config import Config, resolve
+from vwe.data import Dataset
+
+
+def pretrain(cfg: Config, run_dir, data: Dataset | None = None, **kwargs) -> vwe.pretrain.PretrainResult:
+    cfg, data, device = resolve(cfg, data)
+    return vwe.pretrain.pretrain(cfg, run_dir, data, device, **kwargs)
+
+
+def train_supervised(cfg: Config, run_dir, data: Dataset | None = None, recipe=None, **kwargs
+                     ) -> vwe.supervised.SupervisedResult:
+    cfg, data, device = resolve(cfg, data)
+    return vwe.supervised.train_supervised(cfg, run_dir, data, recipe, device, **kwargs)

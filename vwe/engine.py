@@ -1,0 +1,185 @@
+"""The training loop both trainers share: a step, one epoch (`train_one_epoch`), the epochs (`fit`).
+
+A step is a function of one batch (images (B, 3, 32, 32) uint8, and for the supervised row labels
+(B,)) on the training device that does one optimisation step and returns the loss as a 0-d fp32
+tensor, without a host sync. `Step` is the plain one: what a trainer adds is its augmentation
+(`draw`) and its loss (`forward_loss`): `PretrainStep` here, `vwe.supervised.SupervisedStep` for the
+supervised row. `vwe.fast_step.FastStep` runs the same two at GPU speed (bf16, torch.compile, a CUDA
+graph); the CPU, and so the course, trains with the plain step.
+
+Under torchrun every process draws the augmentation of the whole global batch, as one process does,
+and trains on its slice of it inside DistributedDataParallel (`vwe.distributed`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import fields
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vwe import distributed
+from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
+from vwe.data import batches, to_float
+from vwe.runs import NonFiniteLossError, Run
+
+
+class Step:
+    """One optimisation step on a global batch -> its loss (0-d fp32), for `model` and `optimizer`.
+
+    Subclasses give `check(*batch)`; `draw(n)`, the batch's random augmentation as (n,)-leading
+    tensors (the only use of their generator, so every process and every form of the step draws the
+    same); and `forward_loss(*batch, *params)`.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.device = next(model.parameters()).device
+
+    def draw(self, n: int) -> tuple[Tensor, ...]:
+        return ()
+
+    def forward_loss(self, *inputs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check(self, *batch: Tensor) -> None:
+        """Raise on a batch the step cannot train on (a clear error instead of a deep one)."""
+
+    def __call__(self, *batch: Tensor) -> Tensor:
+        self.check(*batch)
+        params = self.draw(len(batch[0]))  # for the whole global batch, the same on every process
+        batch, params = distributed.local_part(batch, params)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.forward_loss(*batch, *params)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class PretrainStep(Step):
+    """The autoencoders' step: (B, 3, 32, 32) uint8 -> MSE loss over every view of every image.
+
+    `aug=None` trains without augmentation (the paper's ablation). With `aug` the model sees `views`
+    augmented views of every image, after the image itself when `original` (the author's code: 3
+    views and the original).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, aug: AugmentConfig | None,
+                 aug_gen: torch.Generator, views: int = 1, original: bool = False):
+        super().__init__(model, optimizer)
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ValueError(f"views is the number of augmented views of each image, >= 1, got {views!r}")
+        if aug is not None and aug_gen.device.type != self.device.type:
+            raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the model on "
+                             f"{self.device}; make it with torch.Generator(device={str(self.device)!r})")
+        self.aug, self.aug_gen = aug, aug_gen
+        # without augmentation every view would be the same image: the batch is the images alone
+        self.views, self.original = (views, original) if aug is not None else (1, True)
+        # DDP hooks `forward` only: under torchrun the loss goes through a module whose forward it is
+        self.net = (distributed.data_parallel(distributed.ForwardLoss(model), self.device)
+                    if distributed.world() > 1 else model.forward_loss)
+
+    def draw(self, n: int) -> tuple[Tensor, ...]:
+        if self.aug is None:
+            return ()
+        params = sample_params(n * self.views, self.aug, self.aug_gen, self.device)  # view-major
+        return tuple(getattr(params, f.name) for f in fields(params))
+
+    def forward_loss(self, images: Tensor, *params: Tensor) -> Tensor:
+        x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
+        if self.aug is not None:
+            views = apply_params(x.repeat(self.views, 1, 1, 1), AugmentParams(*params), self.aug)
+            x = torch.cat([x, views]) if self.original else views  # ((V + 1) * B or V * B, 3, 32, 32)
+        return self.net(x)
+
+    def check(self, images: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+            raise TypeError(f"a training batch must be a uint8 tensor, got "
+                            f"{getattr(images, 'dtype', type(images).__name__)}")
+        if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
+            raise ValueError(f"a training batch must have shape (B, 3, 32, 32), got {tuple(images.shape)}")
+        if images.device.type != self.device.type:
+            raise ValueError(f"the batch is on {images.device} but the step trains on {self.device}; "
+                             "move the dataset with Dataset.to(device) first")
+
+
+def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
+                    shuffle_gen: torch.Generator, epoch: int, progress: bool = True) -> float:
+    """One pass over `inputs` (images (N, 3, 32, 32) uint8, then labels (N,) for a step that takes
+    them) in shuffled full batches; returns the mean loss.
+
+    Raises NonFiniteLossError naming the epoch and step of the first non-finite loss. The check is
+    once, at the end: a per-step `loss.item()` is a CPU-GPU sync point that would stall every step.
+    """
+    n, device = len(inputs[0]), inputs[0].device
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"{n} training images are fewer than one batch of {batch_size}")
+    losses = torch.zeros(steps, device=device)
+    order = batches(n, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True, device=device)
+    bar = tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for i, idx in enumerate(bar):
+        losses[i] = step(*(x[idx] for x in inputs))
+    # each process's losses are its slices' means: their average is the global batches' mean loss,
+    # the same bits on every process, so all of them stop together on a NaN
+    losses = distributed.sum_across(losses) / distributed.world()
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise NonFiniteLossError(
+            f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps}; the run "
+            "stopped and the last checkpoint is intact. Lower the learning rate or check the input data.")
+    return losses.mean().item()
+
+
+def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> None:
+    """NonFiniteLossError when the weights (or the held-out scores) are NaN/inf after `epoch`.
+
+    Before the checkpoint: the last step's update is never seen by a training loss, and a checkpoint
+    of broken weights would fail every resume from it.
+    """
+    finite = torch.stack([p.isfinite().all() for p in model.parameters()]).all()  # one sync
+    if not (all(math.isfinite(v) for v in scores.values()) and finite):
+        held_out = ", ".join(f"{k} {v}" for k, v in scores.items())
+        raise NonFiniteLossError(
+            f"the weights became non-finite at the end of epoch {epoch} ({held_out}); the run stopped "
+            "before checkpointing them and the last checkpoint is intact. Lower the learning rate.")
+
+
+def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[..., Tensor],
+        inputs: tuple[Tensor, ...], batch_size: int, evaluate: Callable[[], dict[str, float]],
+        lr_at: Callable[[int], float] | None = None, progress: bool = True) -> list[dict]:
+    """The epoch loop: from the run's last checkpoint to `run.cfg.epochs`, train, evaluate, checkpoint.
+
+    `evaluate()` gives the held-out scores logged with each epoch (e.g. {"test_loss": ...});
+    `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). Returns the
+    metrics of every epoch; the model is left in eval mode.
+    """
+    progress = progress and distributed.is_main()
+    seen = (len(inputs[0]) // batch_size) * batch_size  # images per epoch
+    epochs = tqdm(range(run.epoch + 1, run.cfg.epochs + 1), initial=run.epoch, total=run.cfg.epochs,
+                  desc=run.name, disable=not progress)
+    for epoch in epochs:
+        lr = {}
+        if lr_at is not None:
+            lr = {"lr": lr_at(epoch)}
+            for group in optimizer.param_groups:
+                group["lr"] = lr["lr"]
+        t0 = time.perf_counter()
+        model.train()
+        train_loss = train_one_epoch(step, inputs, batch_size, run.shuffle_gen, epoch, progress)
+        seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
+        distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
+        scores = evaluate()
+        check_weights(model, scores, epoch)
+        run.metrics.append({"epoch": epoch, **lr, "train_loss": train_loss, **scores,
+                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
+        run.save(epoch, model, optimizer)
+        epochs.set_postfix(train=f"{train_loss:.4f}", **{k: f"{v:.4g}" for k, v in scores.items()},
+                           img_s=f"{run.metrics[-1]['images_per_s']:.0f}")
+    model.eval()
+    return run.metrics
