@@ -11,10 +11,10 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from vwe import folder as vwe_folder
+from vwe.data import folder as vwe_folder
 from vwe.config import get_config
 from vwe.data import absolute_dataset_name, load_dataset
-from vwe.folder import SKIP_BAD_ENV, load_folder
+from vwe.data.folder import SKIP_BAD_ENV, load_folder
 
 # torchvision 0.29 deprecates torchvision.io's encoders (write_png, here) in favour of TorchCodec.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -16,7 +16,7 @@ from vwe import distributed
 from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve_device
 from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, load_dataset, project_dir
 from vwe.evaluate import FEATURES
-from vwe.folder import SKIP_BAD_ENV
+from vwe.data.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.runs import RunError
 from vwe.table import ROW_KEYS

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, batches, load_dataset, to_float
-from vwe.folder import bad_files_message, decode_files, list_files
+from vwe.data.folder import bad_files_message, decode_files, list_files
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
 from vwe.words import patch_embeddings

@@ -6,7 +6,7 @@ Every dataset is returned as a `Dataset` of (N, 3, 32, 32) uint8 images and int6
   (`cifar-100-python.tar.gz`, `cifar-10-python.tar.gz`) by one reader with a restricted unpickler,
   and cached as `cifar100_uint8.pt` / `cifar10_uint8.pt` next to the archive;
 - your own images, `folder:PATH` in torchvision's ImageFolder layout, decoded once and cached
-  (`vwe.folder`);
+  (`vwe.data.folder`);
 - Shapes, generated procedurally in seconds from a seed: the offline dataset of tests and CI.
 
 The whole dataset is moved to the device once (`Dataset.to`); a training loop draws index
@@ -283,7 +283,7 @@ def project_dir() -> Path:
     `data/` and `runs/` default to it rather than to the cwd because JupyterLab starts a notebook's
     kernel in notebooks/ and the CLI runs wherever it is started: all should find the same folders.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # vwe/data/ -> the checkout
     return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
@@ -779,14 +779,14 @@ def _load_dataset(name: str, root: str | Path | None, n_train: int | None, n_tes
 
     "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when
     the server answers and the download succeeds; otherwise Shapes. "cifar10" and "cifar100" never
-    fall back. "folder:PATH" reads your own images (`vwe.folder.load_folder`; a relative PATH is
+    fall back. "folder:PATH" reads your own images (`vwe.data.folder.load_folder`; a relative PATH is
     relative to the current directory). `n_train`/`n_test` keep the first n images of CIFAR or
     of a folder (all of a folder's when it has fewer), or set the Shapes sizes (default 10 000 /
     2 000); `seed` generates Shapes and splits and shuffles a folder.
     """
     check_dataset_name(name)
     if name.startswith(FOLDER_PREFIX):
-        from vwe.folder import load_folder  # torchvision's decoders: imported only when needed
+        from vwe.data.folder import load_folder  # torchvision's decoders: imported only when needed
 
         ds = load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed)
         # A profile's sizes are a cap for your own images: a small folder is used whole.
