@@ -93,13 +93,19 @@ def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tmp*"))  # no half-written temp file left behind
 
 
+def official_md5_expected(monkeypatch) -> None:
+    """As without $VWE_CIFAR100_MD5: a user's own verified copy named there changes the expected md5."""
+    monkeypatch.delenv(CIFAR100_MD5_ENV, raising=False)
+
+
 def assert_says_where_to_put_it(message: str, folder) -> None:
     assert str((folder / CIFAR100_ARCHIVE).resolve()) in message
     assert CIFAR100_URL in message
     assert cifar.CIFAR100_MD5 in message
 
 
-def test_absent_archive_without_download_says_where_to_put_it(tmp_path):
+def test_absent_archive_without_download_says_where_to_put_it(tmp_path, monkeypatch):
+    official_md5_expected(monkeypatch)
     with pytest.raises(FileNotFoundError) as err:
         load_cifar100(tmp_path / "nowhere", download=False)
     assert_says_where_to_put_it(str(err.value), tmp_path / "nowhere")
@@ -110,6 +116,7 @@ def test_failed_download_says_where_to_put_it(tmp_path, monkeypatch):
         (tmp_path / filename).write_bytes(b"partial")  # a transfer that died half-way
         raise urllib.error.URLError("no network")
 
+    official_md5_expected(monkeypatch)
     monkeypatch.setattr(cifar, "download_url", offline)
     with pytest.raises(FileNotFoundError, match="no network") as err:
         load_cifar100(tmp_path, download=True)

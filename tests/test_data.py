@@ -9,7 +9,7 @@ import urllib.error
 import pytest
 import torch
 from cifar_fixture import write_fake_cifar100
-from test_cifar100 import assert_says_where_to_put_it, reference_images
+from test_cifar100 import assert_says_where_to_put_it, official_md5_expected, reference_images
 
 from vwe import data
 from vwe.data import DATASETS, cifar, load_dataset
@@ -46,6 +46,7 @@ def test_auto_falls_back_when_the_download_breaks(tmp_path, monkeypatch):
 
 def test_auto_and_cifar100_use_the_archive_when_present(tmp_path, monkeypatch):
     fx = write_fake_cifar100(tmp_path)
+    official_md5_expected(monkeypatch)
     monkeypatch.setattr(cifar, "CIFAR100_MD5", fx["md5"])
     monkeypatch.setattr(cifar, "download_url", no_network)
     auto = load_dataset("auto", root=tmp_path, n_train=7, n_test=3)
@@ -63,6 +64,7 @@ def test_reachable_is_a_plain_tcp_connect():
 
 
 def test_cifar100_never_falls_back(tmp_path, monkeypatch):
+    official_md5_expected(monkeypatch)
     monkeypatch.setattr(cifar, "download_url", no_network)
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("cifar100", root=tmp_path, download=False)
