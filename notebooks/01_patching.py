@@ -1,5 +1,12 @@
 # ---
 # jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -32,7 +39,7 @@ import torch
 from vwe import plots
 from vwe.augment import AugmentConfig, apply_params, augment, colour_jitter, crop_rotate, sample_params
 from vwe.course import start
-from vwe.data import to_float
+from vwe.data import describe, to_float
 from vwe.patches import patchify, unpatchify
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -50,7 +57,7 @@ cfg, data = s.cfg, s.data
 # Images are kept as one uint8 tensor (N, 3, 32, 32) per split; models get floats in [0, 1].
 
 # %%
-print(data.describe())
+print(describe(data.provenance()))
 print("train images:", tuple(data.train_images.shape), data.train_images.dtype)
 print("test images: ", tuple(data.test_images.shape), data.test_images.dtype)
 print(f"{data.num_classes} classes, the first ten:", ", ".join(data.classes[:10]))

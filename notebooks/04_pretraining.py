@@ -46,7 +46,7 @@ import torch
 
 from vwe.augment import augment
 from vwe.course import start
-from vwe.data import to_float
+from vwe.data import describe, to_float
 from vwe.engine import PretrainStep
 from vwe.models import build_model
 from vwe.plots import plot_losses, save
@@ -78,7 +78,7 @@ cfg, data = s.cfg, s.data
 # %%
 configs = {"context AE": cfg.replace(model="context"), "simple AE": cfg.replace(model="patch")}
 n_train = len(data.train_labels)
-print(data.describe())
+print(describe(data.provenance()))
 print(f"epochs {cfg.epochs} | batch {cfg.batch_text} | Adam lr {cfg.lr} | augmentation {cfg.augment}")
 print(cfg.aug)
 print()

@@ -13,8 +13,9 @@ import torch
 from cifar_fixture import C10_META, C10_TEST, C10_TRAIN, CIFAR10_ARCHIVE, rewrite, write_fake_cifar10
 from test_faults import Payload  # unpickling it calls os.system: what a malicious pickle does
 
-from vwe import data
-from vwe.data import CIFAR10_CACHE, CIFAR10_MD5_ENV, CIFAR10_URL, load_cifar10, load_dataset
+from vwe.data import cifar, load_dataset
+from vwe.data.cifar import CIFAR10_CACHE, CIFAR10_MD5_ENV, CIFAR10_URL, load_cifar10
+from vwe.data.dataset import describe
 
 
 def reference_images(rows: np.ndarray) -> torch.Tensor:
@@ -37,13 +38,13 @@ def test_cifar10_reads_the_five_batches_in_order_exactly(tmp_path):
     assert ds.classes == fx["label_names"] and ds.num_classes == 10
     assert ds.train_coarse is None and ds.coarse_classes is None
     assert ds.archive_md5 == fx["md5"] and ds.official is False
-    assert ds.describe().endswith(f"archive md5 {fx['md5']} (not the official archive)")
+    assert describe(ds.provenance()).endswith(f"archive md5 {fx['md5']} (not the official archive)")
     assert ds.provenance()["dataset"] == "cifar10"
 
 
 def test_cifar10_cache_and_load_dataset(tmp_path, monkeypatch):
     fx = write_fake_cifar10(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_MD5", fx["md5"])  # as if the fixture were the official file
+    monkeypatch.setattr(cifar, "CIFAR10_MD5", fx["md5"])  # as if the fixture were the official file
     first = load_dataset("cifar10", root=tmp_path, n_train=7, n_test=3)
     assert first.official is True and len(first.train_labels) == 7 and len(first.test_labels) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR10_ARCHIVE, CIFAR10_CACHE]
@@ -72,7 +73,7 @@ def test_cifar10_absent_offline_says_where_to_put_it(tmp_path):
         load_cifar10(tmp_path, download=False)
     message = str(err.value)
     assert str((tmp_path / CIFAR10_ARCHIVE).resolve()) in message
-    assert CIFAR10_URL in message and data.CIFAR10_MD5 in message and "CIFAR-10 archive" in message
+    assert CIFAR10_URL in message and cifar.CIFAR10_MD5 in message and "CIFAR-10 archive" in message
 
 
 def test_cifar10_truncated_archive_is_refused(tmp_path):

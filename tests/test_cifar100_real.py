@@ -7,8 +7,9 @@ import pytest
 import torch
 from real_cifar100 import ARCHIVE, VERIFIED_MD5, skip_without_real_cifar100
 
-from vwe import data
-from vwe.data import CIFAR100_CACHE, load_cifar100, load_dataset
+from vwe.data import load_dataset
+from vwe.data.cifar import CIFAR100_CACHE, CIFAR100_MD5_ENV, load_cifar100
+from vwe.data.dataset import describe
 from vwe.models import CIFAR100_MEAN, CIFAR100_STD
 
 skip_without_real_cifar100()
@@ -28,13 +29,13 @@ def cifar(folder):
 
 
 def test_the_copy_is_refused_unless_its_md5_is_named(folder, monkeypatch):
-    monkeypatch.delenv(data.CIFAR100_MD5_ENV, raising=False)
+    monkeypatch.delenv(CIFAR100_MD5_ENV, raising=False)
     with pytest.raises(ValueError, match=f"has md5 {VERIFIED_MD5}, not the official"):
         load_cifar100(folder)
-    monkeypatch.setenv(data.CIFAR100_MD5_ENV, VERIFIED_MD5)
+    monkeypatch.setenv(CIFAR100_MD5_ENV, VERIFIED_MD5)
     ds = load_dataset("cifar100", root=folder, n_train=10, n_test=10)
     assert ds.archive_md5 == VERIFIED_MD5 and ds.official is False
-    assert f"archive md5 {VERIFIED_MD5} (not the official archive)" in ds.describe()
+    assert f"archive md5 {VERIFIED_MD5} (not the official archive)" in describe(ds.provenance())
 
 
 def test_splits_and_classes(cifar):

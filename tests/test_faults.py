@@ -27,12 +27,14 @@ import torch
 from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
 from entry import pretrain
 
+import vwe.data.dataset
 import vwe.pretrain
 import vwe.runs
-from vwe import data
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
-from vwe.data import CIFAR100_ARCHIVE, CIFAR100_CACHE, Dataset, load_cifar100, make_shapes
+from vwe.data.cifar import CIFAR100_ARCHIVE, CIFAR100_CACHE, load_cifar100
+from vwe.data.dataset import Dataset
+from vwe.data.shapes import make_shapes
 from vwe.evaluate import extract_features
 from vwe.models import build_model
 from vwe.patches import patchify
@@ -540,7 +542,7 @@ def test_full_disk_while_caching_only_warns(tmp_path, monkeypatch):
     def save(obj, f, *args, **kwargs):
         Path(f).write_bytes(b"half a cache")
         raise enospc()
-    monkeypatch.setattr(data.torch, "save", save)
+    monkeypatch.setattr(vwe.data.dataset.torch, "save", save)  # in save_cache
     with pytest.warns(UserWarning, match="cannot write the CIFAR-100 cache.*No space left"):
         ds = load_cifar100(tmp_path, md5=fx["md5"])
     assert ds.test_labels.tolist() == fx["test_fine"]

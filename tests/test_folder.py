@@ -11,10 +11,11 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from vwe import folder as vwe_folder
 from vwe.config import get_config
 from vwe.data import absolute_dataset_name, load_dataset
-from vwe.folder import SKIP_BAD_ENV, load_folder
+from vwe.data import folder as vwe_folder
+from vwe.data.dataset import describe
+from vwe.data.folder import SKIP_BAD_ENV, load_folder
 
 # torchvision 0.29 deprecates torchvision.io's encoders (write_png, here) in favour of TorchCodec.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -117,7 +118,7 @@ def test_fingerprint_is_the_sha256_of_names_sizes_and_mtimes(tmp_path):
         h.update(f"{rel}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}\n".encode())
     assert ds.content_sha256 == h.hexdigest()
     assert ds.provenance()["content_sha256"] == h.hexdigest() and ds.provenance()["split"] == ds.split
-    assert f"folder content sha256 {h.hexdigest()[:16]}" in ds.describe()
+    assert f"folder content sha256 {h.hexdigest()[:16]}" in describe(ds.provenance())
 
 
 def test_bad_files_are_listed_or_skipped_with_a_count(tmp_path):

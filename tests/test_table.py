@@ -16,7 +16,7 @@ import vwe.runs
 import vwe.table
 from vwe.__main__ import default_table_dir, main
 from vwe.config import get_config
-from vwe.data import make_shapes
+from vwe.data import describe, make_shapes
 from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
 from vwe.models import Classifier
 from vwe.runs import ConfigMismatchError, load_checkpoint
@@ -97,7 +97,7 @@ def test_files_and_columns(table):
     assert header["epochs"] == 1 and header["n_train"] == N_TRAIN and header["n_test"] == N_TEST
     assert header["torch"] == torch.__version__ and header["python"].count(".") == 2
     assert header["git"] and header["data_sha256"] == data_fingerprint(make_shapes(N_TRAIN, N_TEST, seed=0))
-    assert header["data_source"] == "shapes (generated)"
+    assert describe(header) == f"shapes: {N_TRAIN} train / {N_TEST} test images, generated"
     with open(result.files["csv"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, project_dir
+from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, describe, project_dir
+from vwe.data.folder import SKIP_BAD_ENV
 from vwe.evaluate import FEATURES
-from vwe.folder import SKIP_BAD_ENV
 from vwe.models import ENCODINGS, MODELS, TOWERS
 from vwe.runs import RunError
 from vwe.table import ROW_KEYS
@@ -190,7 +190,8 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
         out_dir = project_dir() / "runs" / cfg.profile / name
     cfg, data, device = resolve(cfg)
     model = model.to(device)
-    print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on {data.describe()}")
+    print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on "
+          f"{describe(data.provenance())}")
     result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
     out = a.out or out_dir / "linear_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve
-from vwe.data import Dataset, absolute_dataset_name, dataset_type, project_dir
+from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
 from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
@@ -67,7 +67,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
     # Which images, how many, and their archive md5 (flagged when not the official archive) or folder
     # fingerprint: every notebook's header.
-    print(f"data: {data.describe()}")
+    print(f"data: {describe(data.provenance())}")
     return Session(cfg, dev, run_dir, data)
 
 

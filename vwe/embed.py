@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, batches, load_dataset, to_float
-from vwe.folder import bad_files_message, decode_files, list_files
+from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, batches, describe, load_dataset, to_float
+from vwe.data.folder import bad_files_message, decode_files, list_files
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
 from vwe.words import patch_embeddings
@@ -70,7 +70,7 @@ def load_images(source: str, split: str = "all", n_train: int | None = None, n_t
             labels=torch.cat([getattr(ds, f"{p}_labels") for p in parts]),
             classes=ds.classes,
             files=None if files[0] is None else [f for fs in files for f in fs],
-            source={**ds.provenance(), "split": split, "description": ds.describe()},
+            source={**ds.provenance(), "split": split, "description": describe(ds.provenance())},
         )
     path = Path(source).expanduser().resolve()
     if path.is_file():

@@ -41,7 +41,7 @@ from torch import nn
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, Config, batch_text, check_resolved, resolve
-from vwe.data import Dataset
+from vwe.data import Dataset, describe
 from vwe.evaluate import (
     extract_features,
     knn_accuracy,
@@ -398,7 +398,6 @@ def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: 
     prov = provenance(device)
     return {
         **data.provenance(), "data_sha256": fingerprint,
-        "data_source": data.source(),  # the archive's md5 or folder's sha256
         "classes": data.num_classes, "profile": cfg.profile, "device": prov["device"],
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "views_per_image": cfg.views_per_image,
         "pairs_per_step": cfg.pairs_per_step, "lr": cfg.lr, "seed": cfg.seed,
@@ -429,7 +428,7 @@ def run_table(
     fingerprint = data_fingerprint(data)
     header = table_header(cfg, data, device, fingerprint)
     say = print if distributed.is_main() else lambda *args, **kwargs: None
-    say(f"Table 1 | {data.describe()} | profile {cfg.profile} | device {header['device']} | "
+    say(f"Table 1 | {describe(header)} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
           f"| {len(selected)} rows -> {out_dir}", flush=True)
     say(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}", flush=True)
@@ -556,9 +555,8 @@ def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
     lines = [
         f"# Table 1, reproduced: linear evaluation on {h['dataset']}",
         "",
-        f"dataset **{h['dataset']}** ({h['n_train']} train / {h['n_test']} {split} images, "
-        f"{h['classes']} classes, sha256 `{h['data_sha256'][:12]}`, "
-        f"{h.get('data_source', 'source not recorded')}) · profile `{h['profile']}` · "
+        f"data **{describe(h)}** ({h['classes']} classes, sha256 `{h['data_sha256'][:12]}`) · "
+        f"profile `{h['profile']}` · "
         f"device {h['device']} · "
         f"{h['epochs']} pretraining epochs "
         f"(batch {batch_text(h['batch_size'], h.get('views_per_image', 1))}, "

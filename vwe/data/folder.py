@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vwe.data import FOLDER_PREFIX, Dataset, data_dir, load_cache, save_cache
+from vwe.data.dataset import Dataset, data_dir, load_cache, save_cache
 
+FOLDER_PREFIX = "folder:"  # "folder:PATH" names an image folder of your own, as a dataset name
 SIZE = 32  # pixels: images are resized (shorter side) and centre-cropped to SIZE x SIZE
 TEST_FRACTION = 0.2  # of each class, when the folder has no train/ and test/ of its own
 SKIP_BAD_ENV = "VWE_SKIP_BAD_IMAGES"
@@ -131,7 +132,7 @@ def read_folder_images(folder: Path, files: list[str], root: str | Path | None =
                        progress: bool = True) -> tuple[torch.Tensor, list[str], list[tuple[str, str]], str]:
     """`decode_files` through the cache: (images, names, bad files, content sha256).
 
-    The cache lives in `<data dir>/folders/` (`root` as for `vwe.data.data_dir`) and is used only
+    The cache lives in `<data dir>/folders/` (`root` as for `vwe.data.dataset.data_dir`) and is used only
     when its fingerprint and CACHE_VERSION match.
     """
     sha = fingerprint(folder, files)

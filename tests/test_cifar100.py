@@ -1,0 +1,166 @@
+"""Tests for vwe.data.cifar on CIFAR-100: the reader on a tiny fake archive in the official format, its
+cache, the download and the md5 check."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from cifar_fixture import write_fake_cifar100
+
+from vwe.data import cifar
+from vwe.data.cifar import (
+    CIFAR100_ARCHIVE,
+    CIFAR100_CACHE,
+    CIFAR100_MD5_ENV,
+    CIFAR100_URL,
+    cifar100_available,
+    load_cifar100,
+)
+
+
+def reference_images(rows: np.ndarray) -> torch.Tensor:
+    """(N, 3072) official rows -> (N, 3, 32, 32), built plane by plane (not by one reshape)."""
+    planes = [rows[:, c * 1024:(c + 1) * 1024].reshape(-1, 32, 32) for c in range(3)]
+    return torch.from_numpy(np.stack(planes, axis=1))
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_cifar100_reads_exact_pixels_labels_and_names(tmp_path, numpy_module):
+    fx = write_fake_cifar100(tmp_path, n_train=20, n_test=10, seed=3, numpy_module=numpy_module)
+    ds = load_cifar100(tmp_path, download=False, md5=fx["md5"])
+    assert ds.name == "cifar100"
+    assert ds.train_images.dtype == torch.uint8 and ds.train_images.shape == (20, 3, 32, 32)
+    assert torch.equal(ds.train_images, reference_images(fx["train_data"]))
+    assert torch.equal(ds.test_images, reference_images(fx["test_data"]))
+    # One pixel by the format's definition: green plane, row 5, column 7 of image 2.
+    assert ds.train_images[2, 1, 5, 7].item() == fx["train_data"][2, 1024 + 5 * 32 + 7]
+    assert ds.train_labels.tolist() == fx["train_fine"]
+    assert ds.test_labels.tolist() == fx["test_fine"]
+    assert ds.train_coarse.tolist() == fx["train_coarse"]
+    assert ds.test_coarse.tolist() == fx["test_coarse"]
+    assert ds.train_labels.dtype == ds.train_coarse.dtype == torch.int64
+    assert ds.classes == fx["fine_label_names"] and ds.num_classes == 100
+    assert ds.coarse_classes == fx["coarse_label_names"]
+
+
+def test_cifar100_cache_is_used_the_second_time(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    first = load_cifar100(tmp_path, md5=fx["md5"])
+    assert (tmp_path / CIFAR100_CACHE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR100_ARCHIVE, CIFAR100_CACHE]
+    os.remove(fx["path"])  # only the cache can answer now
+    second = load_cifar100(tmp_path, md5=fx["md5"])
+    for field in ("train_images", "train_labels", "test_images", "test_labels",
+                  "train_coarse", "test_coarse"):
+        assert torch.equal(getattr(first, field), getattr(second, field))
+    assert second.classes == first.classes and second.coarse_classes == first.coarse_classes
+
+
+def test_cifar100_cache_from_another_archive_is_not_used(tmp_path):
+    fx_old = write_fake_cifar100(tmp_path, seed=0)
+    load_cifar100(tmp_path, md5=fx_old["md5"])
+    fx_new = write_fake_cifar100(tmp_path, seed=1)  # replaces the archive, not the cache
+    ds = load_cifar100(tmp_path, md5=fx_new["md5"])
+    assert torch.equal(ds.train_images, reference_images(fx_new["train_data"]))
+    assert not torch.equal(ds.train_images, reference_images(fx_old["train_data"]))
+
+
+def test_unreadable_cache_is_rebuilt_from_the_archive(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    (tmp_path / CIFAR100_CACHE).write_bytes(b"not a torch file")
+    ds = load_cifar100(tmp_path, md5=fx["md5"])
+    assert torch.equal(ds.train_images, reference_images(fx["train_data"]))
+    os.remove(fx["path"])
+    assert torch.equal(load_cifar100(tmp_path, md5=fx["md5"]).train_images, ds.train_images)
+
+
+def test_unwritable_cache_only_warns(tmp_path, monkeypatch):
+    fx = write_fake_cifar100(tmp_path)
+
+    def read_only(obj, f, *args, **kwargs):
+        open(f, "wb").close()  # the temp file exists, then the write fails
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(torch, "save", read_only)
+    with pytest.warns(UserWarning, match="cannot write the CIFAR-100 cache"):
+        ds = load_cifar100(tmp_path, md5=fx["md5"])
+    assert torch.equal(ds.test_images, reference_images(fx["test_data"]))
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+    assert not list(tmp_path.glob(".*.tmp*"))  # no half-written temp file left behind
+
+
+def official_md5_expected(monkeypatch) -> None:
+    """As without $VWE_CIFAR100_MD5: a user's own verified copy named there changes the expected md5."""
+    monkeypatch.delenv(CIFAR100_MD5_ENV, raising=False)
+
+
+def assert_says_where_to_put_it(message: str, folder) -> None:
+    assert str((folder / CIFAR100_ARCHIVE).resolve()) in message
+    assert CIFAR100_URL in message
+    assert cifar.CIFAR100_MD5 in message
+
+
+def test_absent_archive_without_download_says_where_to_put_it(tmp_path, monkeypatch):
+    official_md5_expected(monkeypatch)
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar100(tmp_path / "nowhere", download=False)
+    assert_says_where_to_put_it(str(err.value), tmp_path / "nowhere")
+
+
+def test_failed_download_says_where_to_put_it(tmp_path, monkeypatch):
+    def offline(url, root, filename, md5):
+        (tmp_path / filename).write_bytes(b"partial")  # a transfer that died half-way
+        raise urllib.error.URLError("no network")
+
+    official_md5_expected(monkeypatch)
+    monkeypatch.setattr(cifar, "download_url", offline)
+    with pytest.raises(FileNotFoundError, match="no network") as err:
+        load_cifar100(tmp_path, download=True)
+    assert_says_where_to_put_it(str(err.value), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the partial file is gone, nothing looks like data
+
+
+def test_download_lands_at_the_archive_path(tmp_path, monkeypatch):
+    source = tmp_path / "server"
+    fx = write_fake_cifar100(source)
+
+    def fake_download(url, root, filename, md5):
+        assert url == CIFAR100_URL and md5 == fx["md5"]
+        (tmp_path / "data" / filename).write_bytes(fx["path"].read_bytes())
+
+    monkeypatch.setattr(cifar, "download_url", fake_download)
+    ds = load_cifar100(tmp_path / "data", download=True, md5=fx["md5"])
+    assert torch.equal(ds.test_images, reference_images(fx["test_data"]))
+    assert (tmp_path / "data" / CIFAR100_ARCHIVE).read_bytes() == fx["path"].read_bytes()
+
+
+def test_cifar100_available(tmp_path):
+    assert not cifar100_available(tmp_path)
+    fx = write_fake_cifar100(tmp_path)
+    assert cifar100_available(tmp_path)
+    load_cifar100(tmp_path, md5=fx["md5"])
+    os.remove(fx["path"])
+    assert cifar100_available(tmp_path)  # the cache alone counts
+
+
+def test_a_verified_copy_is_read_only_when_its_md5_is_named(tmp_path, monkeypatch):
+    fx = write_fake_cifar100(tmp_path)
+    monkeypatch.delenv(CIFAR100_MD5_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"has md5 {fx['md5']}, not the official") as err:
+        load_cifar100(tmp_path)
+    assert f"{CIFAR100_MD5_ENV}={fx['md5']}" in str(err.value)  # the way out, spelled out
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+    monkeypatch.setenv(CIFAR100_MD5_ENV, "0" * 32)  # another copy's md5 is refused too
+    with pytest.raises(ValueError, match=f"not \\${CIFAR100_MD5_ENV}'s"):
+        load_cifar100(tmp_path)
+    monkeypatch.setenv(CIFAR100_MD5_ENV, fx["md5"].upper())
+    ds = load_cifar100(tmp_path)
+    assert ds.archive_md5 == fx["md5"] and ds.official is False
+    assert ds.train_images[0].flatten().tolist() == fx["train_data"][0].tolist()
+    monkeypatch.setenv(CIFAR100_MD5_ENV, "not-an-md5")
+    with pytest.raises(ValueError, match="not an md5"):
+        load_cifar100(tmp_path)
