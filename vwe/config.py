@@ -257,7 +257,9 @@ def resolve(cfg: Config, data: Dataset | None = None) -> tuple[Config, Dataset, 
 
 def check_resolved(cfg: Config, data: Dataset) -> None:
     """ValueError unless `data` is what `resolve(cfg)` made: a trainer's one guard on its input."""
-    wrong = [] if cfg.dataset == data.name else [f"cfg.dataset is {cfg.dataset!r} but the data is {data.name!r}"]
+    wrong = []
+    if cfg.dataset != data.name:
+        wrong.append(f"cfg.dataset is {cfg.dataset!r} but the data is {data.name!r}")
     # a split may be smaller than asked (a small image folder), never larger
     for what, asked, got in (("n_train", cfg.n_train, len(data.train_labels)),
                              ("n_test", cfg.n_test, len(data.test_labels))):
