@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from vwe import distributed
-from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve
+from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve, resolve_device
 from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, describe, project_dir
 from vwe.data.folder import SKIP_BAD_ENV
 from vwe.evaluate import FEATURES
@@ -233,7 +233,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
     from vwe.embed import embed_to_file
 
     result, files = embed_to_file(a.checkpoint, a.images, a.out, patches=a.patches, split=a.split,
-                                  batch_size=a.batch_size, device=a.device,
+                                  batch_size=a.batch_size, device=resolve_device(a.device),
                                   skip_bad=a.skip_bad_images, progress=not a.no_progress)
     shapes = ", ".join(f"{k} {tuple(result[k].shape)}" for k in ("embeddings", "patch_embeddings")
                        if k in result)

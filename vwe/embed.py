@@ -158,8 +158,8 @@ def load_embeddings(path: str | Path) -> dict:
 
 
 def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path, patches: bool = False,
-                  split: str = "all", batch_size: int = 256, device: str = "auto", skip_bad: bool = False,
-                  progress: bool = True) -> tuple[dict, list[Path]]:
+                  split: str = "all", batch_size: int = 256, device: torch.device | str = "cpu",
+                  skip_bad: bool = False, progress: bool = True) -> tuple[dict, list[Path]]:
     """Load `checkpoint` (a file or a run directory), embed `images` (a source for `load_images`, or
     loaded `Images`), write `out`; returns (the result dict, the files written).
 
