@@ -20,17 +20,16 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from vwe import plots
+from vwe.checks import check_images
 from vwe.data import to_float
 from vwe.patches import N_PATCHES, patchify
 
 
 def _check_images(images: object) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (N, 3, 32, 32) like Dataset.test_images, got {images.dtype}")
-    if images.ndim != 4 or images.shape[1:] != (3, 32, 32) or len(images) == 0:
-        raise ValueError(f"images must have shape (N, 3, 32, 32) with N >= 1, got {tuple(images.shape)}")
+    check_images(images, dtype="uint8", shape=("N", 3, 32, 32), name="images",
+                 fix="pass uint8 images like Dataset.test_images")
+    if len(images) == 0:
+        raise ValueError("images is empty; pass at least one image (N, 3, 32, 32)")
     return images.cpu()
 
 

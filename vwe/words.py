@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe.checks import check_images
 from vwe.data import batches, to_float
 from vwe.models import ContextAutoencoder
 from vwe.patches import N_PATCHES, patchify
@@ -50,8 +51,7 @@ def patch_embeddings(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    check_images(images, dtype="uint8", shape=("N", 3, "H", "W"), name="images")
     if kind == "pixels":
         device = torch.device(device or images.device)
         return to_float(patchify(images.to(device))).flatten(2).flatten(0, 1)  # (N*16, 192)
