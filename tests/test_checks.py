@@ -1,11 +1,19 @@
-"""vwe.checks: the one image check every module calls with its own terms."""
+"""vwe.checks: ints that are not bools, and the one image check every module calls with its own terms."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from vwe.checks import check_images
+from vwe.checks import check_images, is_int, is_real
+
+
+def test_is_int_and_is_real_refuse_bools():
+    assert [is_int(v) for v in (3, np.int64(3), True, np.bool_(True), 3.0, "3", None)] == [
+        True, True, False, False, False, False, False]
+    assert [is_real(v) for v in (3, 2.5, np.float32(2.5), False, "2.5", 1j)] == [
+        True, True, True, False, False, False]
 
 
 def test_check_images_passes_what_it_asks_for():

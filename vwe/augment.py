@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vwe.checks import check_images
+from vwe.checks import check_images, is_int, is_real
 
 # ITU-R 601-2 luma. torchvision's tensor kernels use 0.2989 for red (MATLAB's rounding, sum 0.9999);
 # with weights that sum to 1 a grey pixel is a fixed point of the saturation blend.
@@ -57,7 +57,7 @@ class AugmentConfig:
             if f.name.startswith("crop_") and not (isinstance(value, tuple) and len(value) == 2):
                 raise ValueError(f"AugmentConfig.{f.name} must be a (low, high) tuple, got {value!r}")
             for x in value if isinstance(value, tuple) else (value,):
-                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                if not is_real(x) or not math.isfinite(x):
                     raise ValueError(f"AugmentConfig.{f.name} must be finite numbers, got {value!r}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
@@ -116,7 +116,7 @@ def sample_params(
     All draws come from one (B, 10) uniform tensor, whatever the config, so the generator advances
     the same way for every config and one kernel launch makes them all.
     """
-    if not isinstance(batch, int) or batch < 0:
+    if not is_int(batch) or batch < 0:
         raise ValueError(f"batch must be a non-negative int, got {batch!r}")
     device = torch.device(device)
     if generator.device.type != device.type:

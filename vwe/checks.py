@@ -1,4 +1,4 @@
-"""The argument checks every module shares: batches of images.
+"""The argument checks every module shares: ints that are not bools, and batches of images.
 
 Each check names the argument, what it must be, what it got and, where there is one, what to do.
 It imports nothing from vwe, so that the lowest module can use it.
@@ -6,9 +6,21 @@ It imports nothing from vwe, so that the lowest module can use it.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 IMAGE_DTYPES = ("float", "uint8", "any")
+
+
+def is_int(x: object) -> bool:
+    """An int (or a NumPy integer) that is not a bool: True would pass as 1, and 2.0 is no count."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x: object) -> bool:
+    """A real number (int, float or a NumPy scalar of either) that is not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def check_images(x: object, dtype: str = "float", shape: tuple[int | str, ...] = ("B", 3, 32, 32),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vwe.checks import check_images
+from vwe.checks import check_images, is_int
 
 GRID = 4  # patches per side
 PATCH = 8  # pixels per patch side
@@ -22,7 +22,7 @@ N_NEIGHBOURS = len(OFFSETS)
 
 def _check_grid(x: torch.Tensor, patch: int) -> None:
     """Images of any dtype and channels that a grid of `patch`-sized squares tiles exactly."""
-    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+    if not is_int(patch) or patch < 1:
         raise ValueError(f"patch must be a positive int (pixels per side), got {patch!r}")
     check_images(x, dtype="any", shape=("B", "C", "H", "W"))
     _, _, h, w = x.shape

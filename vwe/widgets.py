@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from vwe import plots
-from vwe.checks import check_images
+from vwe.checks import check_images, is_int
 from vwe.data import to_float
 from vwe.patches import N_PATCHES, patchify
 
@@ -92,9 +92,9 @@ class _Explorer:
 
     @staticmethod
     def _check_index(value: object, what: str, n: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+        if not is_int(value) or not 0 <= value < n:
             raise ValueError(f"{what} must be an int in 0..{n - 1}, got {value!r}")
-        return value
+        return int(value)  # a NumPy integer too: the sliders' traits take Python ints only
 
     def _watch(self) -> None:
         for control in (self.image_slider, self.target_picker):
