@@ -556,7 +556,7 @@ def test_models_refuse_images_they_cannot_read(model):
     ae = build_model(model, "conv4")
     cases = [
         (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError,
-         r"expected float images \(B, 3, 32, 32\) in \[0, 1\], got uint8 \(2, 3, 32, 32\): "
+         r"x must be float images in \[0, 1\] of shape \(B, 3, 32, 32\), got uint8 \(2, 3, 32, 32\): "
          r"convert with vwe.data.to_float"),
         (torch.rand(2, 1, 32, 32), ValueError, r"got float32 \(2, 1, 32, 32\)"),
         (torch.rand(2, 3, 28, 28), ValueError, r"got float32 \(2, 3, 28, 28\)"),

@@ -75,6 +75,8 @@ def test_context_explorer_refuses_bad_input(data):
         ContextExplorer(data.test_images.float())
     with pytest.raises(ValueError, match="shape"):
         ContextExplorer(data.test_images[:, :, :16])
+    with pytest.raises(ValueError, match="images is empty"):
+        ContextExplorer(data.test_images[:0])
     with pytest.raises(ValueError, match="labels has 5 entries for 6 images"):
         ContextExplorer(data.test_images, data.test_labels[:5])
     with pytest.raises(ValueError, match="without labels"):

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vwe.checks import check_images, is_int, is_real
+
 # ITU-R 601-2 luma. torchvision's tensor kernels use 0.2989 for red (MATLAB's rounding, sum 0.9999);
 # with weights that sum to 1 a grey pixel is a fixed point of the saturation blend.
 LUMA = (0.299, 0.587, 0.114)
@@ -55,7 +57,7 @@ class AugmentConfig:
             if f.name.startswith("crop_") and not (isinstance(value, tuple) and len(value) == 2):
                 raise ValueError(f"AugmentConfig.{f.name} must be a (low, high) tuple, got {value!r}")
             for x in value if isinstance(value, tuple) else (value,):
-                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                if not is_real(x) or not math.isfinite(x):
                     raise ValueError(f"AugmentConfig.{f.name} must be finite numbers, got {value!r}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
@@ -101,17 +103,6 @@ class AugmentParams:
     jitter: Tensor  # bool, apply the colour jitter to this sample
 
 
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be float in [0, 1], got {images.dtype}; convert uint8 with x.float() / 255"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-
-
 def _per_sample(x: Tensor, images: Tensor) -> Tensor:
     """(B,) -> (B, 1, 1, 1) in the images' dtype, to broadcast over channels and pixels."""
     return x.to(images.dtype).view(-1, 1, 1, 1)
@@ -125,7 +116,7 @@ def sample_params(
     All draws come from one (B, 10) uniform tensor, whatever the config, so the generator advances
     the same way for every config and one kernel launch makes them all.
     """
-    if not isinstance(batch, int) or batch < 0:
+    if not is_int(batch) or batch < 0:
         raise ValueError(f"batch must be a non-negative int, got {batch!r}")
     device = torch.device(device)
     if generator.device.type != device.type:
@@ -196,7 +187,7 @@ def crop_rotate(
     image's border blends with that zero (torchvision's resize would repeat the edge pixel): only
     crops flush with the border see it, on their outer row or column.
     """
-    _check_images(images)
+    check_images(images, shape=("B", 3, "H", "W"), name="images")
     B, _, H, W = images.shape
     theta = crop_theta(scale, ratio, cx, cy, angle_deg, H, W).to(images.dtype)  # (B, 2, 3)
     grid = F.affine_grid(theta, [B, 3, H, W], align_corners=False)  # (B, H, W, 2)
@@ -279,7 +270,7 @@ def colour_jitter(
     static graph, and the four steps stay distinct augmentations either way. Every sample is
     computed and `torch.where` picks, so shapes never depend on how many samples were drawn.
     """
-    _check_images(images)
+    check_images(images, shape=("B", 3, "H", "W"), name="images")
     out = images
     if brightness is not None:
         out = adjust_brightness(out, brightness)
@@ -298,7 +289,7 @@ def apply_params(images: Tensor, params: AugmentParams, cfg: AugmentConfig) -> T
     Steps that `cfg` switches off are skipped (a branch on the config and the static shape, never
     on tensor values), so the identity config is exact, not a resampling that is only close to it.
     """
-    _check_images(images)
+    check_images(images, shape=("B", 3, "H", "W"), name="images")
     H, W = images.shape[-2:]
     whole_image = cfg.crop_scale == (1, 1) and cfg.crop_ratio == (W / H, W / H)
     out = images
@@ -323,6 +314,6 @@ def augment(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> T
     Every sample gets its own crop, rotation and colour jitter, drawn from `generator`, which must
     live on the images' device: the same generator state gives the same output.
     """
-    _check_images(images)
+    check_images(images, shape=("B", 3, "H", "W"), name="images")
     params = sample_params(images.shape[0], cfg, generator, images.device)
     return apply_params(images, params, cfg)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import torch
 
 from vwe import distributed
 from vwe.augment import AugmentConfig
+from vwe.checks import is_int, is_real
 from vwe.data import Dataset, check_dataset_name, load_dataset
 from vwe.models import DECODERS, ENCODINGS, MODELS, TOWERS
 from vwe.patches import N_PATCHES
@@ -46,14 +46,6 @@ def batch_text(images: int, views: int = 1) -> str:
     """A batch in both units: '8 images x 4 views = 512 (context, target) pairs'."""
     shown = f"{images} images" + (f" x {views} views" if views > 1 else "")
     return f"{shown} = {images * views * N_PATCHES} (context, target) pairs"
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _require(name: str, value: object, ok: Callable[[object], bool], what: str) -> None:
@@ -106,16 +98,16 @@ class Config:
         # Types first: "3" > 0 would raise a bare TypeError, True would pass as 1, 2.5 as a count.
         for name in ("epochs", "batch_size", "probe_epochs", "probe_batch_size", "eval_batch_size",
                      "seed", "data_seed", "validation", "views"):
-            _require(name, getattr(self, name), _is_int, "an int")
+            _require(name, getattr(self, name), is_int, "an int")
         for name in ("n_train", "n_test"):
-            _require(name, getattr(self, name), lambda v: v is None or _is_int(v), "an int or None")
+            _require(name, getattr(self, name), lambda v: v is None or is_int(v), "an int or None")
         for name in ("lr", "probe_lr"):
-            _require(name, getattr(self, name), _is_real, "a number")
+            _require(name, getattr(self, name), is_real, "a number")
         for name in ("augment", "compile", "original", "normalize"):
             _require(name, getattr(self, name), lambda v: isinstance(v, bool), "True or False")
         _require("aug", self.aug, lambda v: isinstance(v, AugmentConfig), "an AugmentConfig")
         _require("probe_seeds", self.probe_seeds,
-                 lambda v: isinstance(v, (tuple, list)) and all(map(_is_int, v)), "a tuple of ints")
+                 lambda v: isinstance(v, (tuple, list)) and all(map(is_int, v)), "a tuple of ints")
         positive = ("epochs", "batch_size", "views", "lr", "probe_epochs", "probe_batch_size", "probe_lr",
                     "eval_batch_size")
         for name in positive:

@@ -30,13 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, batches, describe, load_dataset, to_float
+from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, describe, load_dataset
 from vwe.data.folder import bad_files_message, decode_files, list_files
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
-from vwe.words import patch_embeddings
+from vwe.words import batched_features, patch_embeddings
 
 SPLITS = ("all", "train", "test")
 FORMATS = (".npy", ".pt")
@@ -99,17 +98,12 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 256, patches
     the tower's output on each patch. The model runs in eval mode (BatchNorm's running statistics)."""
     model.eval()
     device = next(model.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {"embeddings": []}
-    if patches:
-        out["patch_embeddings"] = []
-    order = batches(len(images), batch_size, shuffle=False)
-    for idx in tqdm(order, total=-(-len(images) // batch_size), desc="embedding", disable=not progress):
-        x = to_float(images[idx].to(device, non_blocking=True))  # (B, 3, 32, 32)
-        out["embeddings"].append(model.image_embedding(x).float().cpu())  # (B, E)
-        if patches:  # the tower runs again on the patches: for the shared encoding, twice the work
-            rows = patch_embeddings(model, images[idx], batch_size=len(idx))  # (B*16, 64)
-            out["patch_embeddings"].append(rows.view(len(idx), N_PATCHES, -1).cpu())  # (B, 16, 64)
-    return {k: torch.cat(v) for k, v in out.items()}
+    out = {"embeddings": batched_features(model.image_embedding, images, batch_size, device, "cpu",
+                                          progress, "embedding")}  # (N, E)
+    if patches:  # the tower runs again on the patches: for the shared encoding, twice the work
+        rows = patch_embeddings(model, images, batch_size=batch_size, out_device="cpu", progress=progress)
+        out["patch_embeddings"] = rows.view(len(images), N_PATCHES, -1)  # (N*16, 64) -> (N, 16, 64)
+    return out
 
 
 def _sidecars(path: Path) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from vwe.config import PROBE_NORMS
 from vwe.data import batches, to_float
 from vwe.models import Classifier, PatchAutoencoder
-from vwe.words import nearest_neighbours
+from vwe.words import batched_features, nearest_neighbours
 
 FEATURES = ("embedding", "tower")  # a model's image embedding | its tower on the 16 patches
 
@@ -56,13 +56,15 @@ def extract_features(
         device = device or next(model.parameters()).device
     else:
         fn, device = model, device or images.device
-    device = torch.device(device)
-    out = []
-    order = batches(len(images), batch_size, shuffle=False)
-    for idx in tqdm(order, total=-(-len(images) // batch_size), desc="features", disable=not progress):
-        x = to_float(images[idx].to(device, non_blocking=True))
-        out.append(fn(x).float())
-    return torch.cat(out)
+    return batched_features(fn, images, batch_size, torch.device(device), progress=progress)
+
+
+def split_features(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data, batch_size: int = 1024,
+                   device: str | torch.device | None = None, progress: bool = False,
+                   features: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
+    """`extract_features` of both splits of `data` (a `vwe.data.Dataset`): train (N, dim), test (M, dim)."""
+    return tuple(extract_features(model, x, batch_size, device, progress, features)
+                 for x in (data.train_images, data.test_images))
 
 
 def pixel_features(images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -222,8 +224,7 @@ def evaluate_model(model: nn.Module, data, cfg, progress: bool = True, features:
     """Features of `data` (a `vwe.data.Dataset`) from `model`, then `linear_eval` with cfg's probe
     settings."""
     device = next(model.parameters()).device
-    train, test = (extract_features(model, x, cfg.eval_batch_size, device, progress, features)
-                   for x in (data.train_images, data.test_images))
+    train, test = split_features(model, data, cfg.eval_batch_size, device, progress, features)
     return linear_eval(train, data.train_labels, test, data.test_labels,
                        **probe_settings(cfg, data.num_classes), progress=progress)
 

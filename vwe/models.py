@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe.checks import check_images
 from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_neighbours, patchify
 
 TOWERS = ("resnet32", "conv4", "conv4-strided")
@@ -178,28 +179,6 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(-1, 64, 4, 4)  # (B, 64, 4, 4)
         return self.up(x)  # (B, 3, 8, 8)
-
-
-def check_images(x: torch.Tensor) -> None:
-    """Refuse anything but float images (B, 3, 32, 32), with a hint at the usual slip.
-
-    Only dtype and shape are checked, and the message is built only on failure: a range check
-    would cost a host sync every step, and formatting the batch size would make torch.compile
-    specialise on it.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a tensor of float images (B, 3, 32, 32), got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"expected float images (B, 3, 32, 32) in [0, 1], {_described(x)}: convert "
-                        "with vwe.data.to_float")
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != 32 or x.shape[3] != 32:
-        hint = ("channels last? use x.permute(0, 3, 1, 2)" if x.ndim == 4 and x.shape[-1] == 3
-                else "a batch of 3-channel 32x32 images (one image: x.unsqueeze(0))")
-        raise ValueError(f"expected float images (B, 3, 32, 32) in [0, 1], {_described(x)}: {hint}")
-
-
-def _described(x: torch.Tensor) -> str:
-    return f"got {str(x.dtype).removeprefix('torch.')} {tuple(x.shape)}"
 
 
 class Autoencoder(nn.Module):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from vwe.checks import check_images, is_int
+
 GRID = 4  # patches per side
 PATCH = 8  # pixels per patch side
 N_PATCHES = GRID * GRID
@@ -18,11 +20,11 @@ OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 N_NEIGHBOURS = len(OFFSETS)
 
 
-def _check_images(x: torch.Tensor, patch: int) -> None:
-    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+def _check_grid(x: torch.Tensor, patch: int) -> None:
+    """Images of any dtype and channels that a grid of `patch`-sized squares tiles exactly."""
+    if not is_int(patch) or patch < 1:
         raise ValueError(f"patch must be a positive int (pixels per side), got {patch!r}")
-    if x.dim() != 4:
-        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
+    check_images(x, dtype="any", shape=("B", "C", "H", "W"))
     _, _, h, w = x.shape
     if h != w:
         raise ValueError(f"images must be square to form a grid, got H={h}, W={w}")
@@ -37,7 +39,7 @@ def patchify(x: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
 
     x: (B, C, H, W) -> (B, G*G, C, P, P) with G = H // P; (B, 3, 32, 32) -> (B, 16, 3, 8, 8).
     """
-    _check_images(x, patch)
+    _check_grid(x, patch)
     b, c, h, _ = x.shape
     g = h // patch
     x = x.reshape(b, c, g, patch, g, patch)  # (B, C, row, y, col, x)

@@ -20,6 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from vwe.checks import is_int
 from vwe.patches import GRID, N_PATCHES, OFFSETS, PATCH, neighbour_table, unpatchify
 
 DPI = 120  # saved and rendered figures
@@ -61,7 +62,7 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def _check_patch_index(k: object, what: str = "target") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < N_PATCHES:
+    if not is_int(k) or not 0 <= k < N_PATCHES:
         raise ValueError(f"{what} must be a patch index in 0..{N_PATCHES - 1}, got {k!r}")
     return int(k)
 
@@ -129,7 +130,7 @@ def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | Non
         raise ValueError(f"grid=True needs 32x32 images, got {tuple(x.shape[-2:])}")
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for {n} images")
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+    if not is_int(ncols) or ncols < 1:
         raise ValueError(f"ncols must be a positive int, got {ncols!r}")
     ncols = min(ncols, n)
     nrows = -(-n // ncols)

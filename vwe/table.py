@@ -43,13 +43,13 @@ from vwe import distributed
 from vwe.config import PROBE_NORMS, Config, batch_text, check_resolved, resolve
 from vwe.data import Dataset, describe
 from vwe.evaluate import (
-    extract_features,
     knn_accuracy,
     linear_eval,
     pixel_features,
     probe_settings,
     random_image_model,
     random_weights_model,
+    split_features,
 )
 from vwe.files import atomic_write, file_digest
 from vwe.pretrain import pretrain
@@ -292,8 +292,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     images = (data.train_images, data.test_images)
 
     def features(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(extract_features(source, x, cfg.eval_batch_size, device, progress, kind)
-                     for x in images)  # (N, dim), (M, dim); each batch goes to the device on its own
+        return split_features(source, data, cfg.eval_batch_size, device, progress, kind)  # (N, dim), (M, dim)
 
     checkpoint, epochs, extra, test_acc = None, 0, {}, None
     if row.kind == "supervised":
@@ -346,8 +345,7 @@ def feature_sets(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Conf
     context autoencoder (notebook 05, `scripts/shipped_table.py`), plus "context tower": the context
     model's tower on the 16 patches."""
     def both(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(extract_features(source, x, cfg.eval_batch_size, device, progress, kind)
-                     for x in (data.train_images, data.test_images))
+        return split_features(source, data, cfg.eval_batch_size, device, progress, kind)
 
     return {
         "pixels": tuple(pixel_features(x) for x in (data.train_images, data.test_images)),

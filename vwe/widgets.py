@@ -20,17 +20,16 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from vwe import plots
+from vwe.checks import check_images, is_int
 from vwe.data import to_float
 from vwe.patches import N_PATCHES, patchify
 
 
 def _check_images(images: object) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (N, 3, 32, 32) like Dataset.test_images, got {images.dtype}")
-    if images.ndim != 4 or images.shape[1:] != (3, 32, 32) or len(images) == 0:
-        raise ValueError(f"images must have shape (N, 3, 32, 32) with N >= 1, got {tuple(images.shape)}")
+    check_images(images, dtype="uint8", shape=("N", 3, 32, 32), name="images",
+                 fix="pass uint8 images like Dataset.test_images")
+    if len(images) == 0:
+        raise ValueError("images is empty; pass at least one image (N, 3, 32, 32)")
     return images.cpu()
 
 
@@ -93,9 +92,9 @@ class _Explorer:
 
     @staticmethod
     def _check_index(value: object, what: str, n: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+        if not is_int(value) or not 0 <= value < n:
             raise ValueError(f"{what} must be an int in 0..{n - 1}, got {value!r}")
-        return value
+        return int(value)  # a NumPy integer too: the sliders' traits take Python ints only
 
     def _watch(self) -> None:
         for control in (self.image_slider, self.target_picker):

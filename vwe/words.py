@@ -1,5 +1,7 @@
 """Visual words: per-patch embeddings, cosine nearest neighbours, a k-means vocabulary and bags of
 words (the kNN classifier built on the neighbours lives with the other evaluations, vwe.evaluate).
+The batched loop that runs a model over many images (`batched_features`) lives here too, the
+lowest of the modules that extract features: vwe.evaluate and vwe.embed import this one.
 
 word2vec users look at their embeddings through nearest neighbours and a vocabulary; this module
 does the same for patches. Every patch of every image is one row: row i*16 + k is patch k of
@@ -11,12 +13,15 @@ or words.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from vwe.checks import check_images
 from vwe.data import batches, to_float
 from vwe.models import ContextAutoencoder
 from vwe.patches import N_PATCHES, patchify
@@ -32,12 +37,40 @@ INIT_SAMPLE = 20_000  # points k-means++ picks its seeds from (a random subsampl
 
 
 @torch.no_grad()
+def batched_features(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    out_device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """`fn` on uint8 images (N, 3, H, W), a batch at a time in order -> (N, ...) float32.
+
+    The one loop behind every feature extraction (`vwe.evaluate.extract_features`, `vwe.embed.embed`,
+    `patch_embeddings`): each batch of `batch_size` images goes to `device` on its own and into `fn`
+    as float in [0, 1]; each output moves to `out_device` when one is given (the CPU, to keep a large
+    set off the GPU). `fn` runs as it is: eval mode is the caller's to set.
+    """
+    out = []
+    order = batches(len(images), batch_size, shuffle=False)
+    for idx in tqdm(order, total=-(-len(images) // batch_size), desc=desc, disable=not progress):
+        x = to_float(images[idx].to(device, non_blocking=True))  # (B, 3, H, W)
+        feats = fn(x).float()
+        out.append(feats if out_device is None else feats.to(out_device))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def patch_embeddings(
     model: nn.Module | None,
     images: torch.Tensor,
     kind: str = "tower",
     batch_size: int = 1024,
     device: str | torch.device | None = None,
+    out_device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Features of every patch: (N, 3, 32, 32) uint8 -> (N*16, D) float32 on `device`.
 
@@ -46,12 +79,12 @@ def patch_embeddings(
     `ContextAutoencoder` encodes from its 8 neighbours; the patch itself is never seen).
     kind="pixels": the 192 raw pixels in [0, 1] (`model` is ignored and may be None).
     The model runs in eval mode; its train/eval flag is restored afterwards. `batch_size` counts
-    images; `device` defaults to the model's (the images' for pixels).
+    images; `device` defaults to the model's (the images' for pixels). With a model, `out_device`
+    (the CPU) takes each batch's rows as they come, and `progress` shows a bar.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    check_images(images, dtype="uint8", shape=("N", 3, "H", "W"), name="images")
     if kind == "pixels":
         device = torch.device(device or images.device)
         return to_float(patchify(images.to(device))).flatten(2).flatten(0, 1)  # (N*16, 192)
@@ -61,19 +94,18 @@ def patch_embeddings(
         raise TypeError(f"kind='context' needs a ContextAutoencoder, got {type(model).__name__}; "
                         "use kind='tower' for other models")
     tower = getattr(model, "tower", model)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        if kind == "tower":
+            return tower(patchify(x).flatten(0, 1))  # (B*16, 64): row b*16 + k
+        return model.encode(x).flatten(0, 1)  # (B, 16, 512) -> (B*16, 512)
+
     device = torch.device(device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    out = []
-    for idx in batches(len(images), batch_size, shuffle=False):
-        x = to_float(images[idx].to(device, non_blocking=True))  # (B, 3, 32, 32)
-        if kind == "tower":
-            feats = tower(patchify(x).flatten(0, 1))  # (B*16, 64): row b*16 + k
-        else:
-            feats = model.encode(x).flatten(0, 1)  # (B, 16, 512) -> (B*16, 512)
-        out.append(feats.float())
+    out = batched_features(rows, images, batch_size, device, out_device, progress, "patch embeddings")
     model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 def row_to_patch(rows: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
