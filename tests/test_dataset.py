@@ -55,7 +55,7 @@ def test_subset_rejects_bad_sizes(tmp_path, n_train, error):
 
 def test_dataset_rejects_wrong_dtypes():
     images, labels = torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)
-    with pytest.raises(ValueError, match="train_images must be uint8"):
+    with pytest.raises(TypeError, match="train_images must be uint8"):
         Dataset("x", images.float(), labels, images, labels, ["a"])
     with pytest.raises(ValueError, match="test_labels must be int64"):
         Dataset("x", images, labels, images, labels[:3], ["a"])

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from vwe import distributed
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
+from vwe.checks import check_images, is_int
 from vwe.data import batches, to_float
 from vwe.runs import NonFiniteLossError, Run
 
@@ -71,7 +72,7 @@ class PretrainStep(Step):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, aug: AugmentConfig | None,
                  aug_gen: torch.Generator, views: int = 1, original: bool = False):
         super().__init__(model, optimizer)
-        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        if not is_int(views) or views < 1:
             raise ValueError(f"views is the number of augmented views of each image, >= 1, got {views!r}")
         if aug is not None and aug_gen.device.type != self.device.type:
             raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the model on "
@@ -97,11 +98,7 @@ class PretrainStep(Step):
         return self.net(x)
 
     def check(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
-            raise TypeError(f"a training batch must be a uint8 tensor, got "
-                            f"{getattr(images, 'dtype', type(images).__name__)}")
-        if images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-            raise ValueError(f"a training batch must have shape (B, 3, 32, 32), got {tuple(images.shape)}")
+        check_images(images, "uint8", name="a training batch")
         if images.device.type != self.device.type:
             raise ValueError(f"the batch is on {images.device} but the step trains on {self.device}; "
                              "move the dataset with Dataset.to(device) first")

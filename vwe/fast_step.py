@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from vwe.checks import is_int
 from vwe.distributed import is_main, local_part, world
 from vwe.engine import Step
 from vwe.fast import use_conv_forms
@@ -66,7 +67,7 @@ class StepOptions:
 
     def __post_init__(self) -> None:
         pixels = self.dense_convs
-        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+        if not is_int(pixels) or pixels < 0:
             raise ValueError(f"dense_convs is a number of pixels >= 0 (0: never), got {pixels!r}")
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode {self.compile!r}; choose None or one of {COMPILE_MODES}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from vwe.checks import check_images, is_int
 from vwe.files import atomic_write
 
 
@@ -47,11 +48,7 @@ class Dataset:
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-                raise ValueError(
-                    f"{split}_images must be uint8 of shape (N, 3, 32, 32), "
-                    f"got {images.dtype} {tuple(images.shape)}"
-                )
+            check_images(images, "uint8", ("N", 3, 32, 32), name=f"{split}_images")
             if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
                 raise ValueError(
                     f"{split}_labels must be int64 of shape ({len(images)},), "
@@ -94,7 +91,7 @@ class Dataset:
         if self.validation:
             raise ValueError(f"this dataset is already a validation split of {self.validation} images")
         size = len(self.train_labels)
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n < size:
+        if not is_int(n) or not 0 < n < size:
             raise ValueError(f"a validation split needs 0 < n < {size} training images, got {n!r}")
         coarse = self.train_coarse
         return replace(
@@ -132,7 +129,7 @@ class Dataset:
 def _subset_size(n: int | None, size: int, what: str, name: str) -> int:
     if n is None:
         return size
-    if isinstance(n, bool) or not isinstance(n, int):
+    if not is_int(n):
         raise TypeError(f"{what} must be an int or None, got {type(n).__name__}")
     if not 1 <= n <= size:
         raise ValueError(f"{what}={n} is out of range 1..{size}: {name} has {size} images there")
@@ -207,7 +204,7 @@ def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generato
     host-device copy per batch. With `drop_last` the short final batch is skipped (training).
     """
     for what, value in (("n", n), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"batches needs {what} >= 1 (an int), got {value!r}")
     if drop_last and batch_size > n:
         raise ValueError(

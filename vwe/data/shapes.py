@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vwe.checks import is_int
 from vwe.data.dataset import Dataset
 
 SHAPE_CLASSES = (
@@ -189,7 +190,7 @@ def make_shapes(n_train: int, n_test: int, seed: int = 0) -> Dataset:
     Deterministic for a seed; train and test come from disjoint seed streams (2s and 2s + 1).
     """
     for what, n in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"make_shapes needs {what} >= 1 (an int), got {n!r}")
     train_images, train_labels = _shapes_split(n_train, 2 * seed)
     test_images, test_labels = _shapes_split(n_test, 2 * seed + 1)
