@@ -16,6 +16,7 @@ Backends: NCCL for CUDA tensors, one GPU per process (LOCAL_RANK); gloo for CPU 
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Iterator
@@ -143,10 +144,17 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-@torch.compiler.disable  # eager under torch.compile: a collective inside an autograd.Function
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Differentiable sum over the processes (the identity in one process)."""
-    return _AllReduceSum.apply(x) if world() > 1 else x
+    return _eager(_AllReduceSum.apply)(x) if world() > 1 else x
+
+
+@functools.cache
+def _eager(fn):
+    """`fn` run eagerly under torch.compile (a collective inside an autograd.Function). Made at the
+    first data-parallel call, not at import: torch.compiler.disable imports torch._dynamo, about 2 CPU
+    seconds of every process's start (a notebook kernel, a CLI call) that never compiles."""
+    return torch.compiler.disable(fn)
 
 
 class SyncBatchNorm(nn.BatchNorm2d):

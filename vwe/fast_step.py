@@ -138,7 +138,7 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
 
     Fused Adam treats tensors as flat arrays: a channels_last weight with a contiguous exp_avg (a
     state loaded from a checkpoint, or created before the conversion) is updated against the wrong
-    entries, silently (tests/test_train_step.py shows the fix).
+    entries, silently (tests/test_fast_step.py shows the fix).
     """
     for p, state in optimizer.state.items():
         for key, value in state.items():
