@@ -290,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Execute the course notebooks in order with papermill (make run-all).",
     )
     parser.add_argument("--profile", default="cpu", choices=tuple(PROFILES),
-                        help="smoke (seconds), cpu (a laptop, default) or paper (CIFAR-100, one GPU)")
+                        help="smoke (seconds), cpu (a laptop, default), paper (the text, one GPU) or "
+                             "author (the author's code, one GPU)")
     parser.add_argument("--dataset", type=dataset_type, metavar="DATASET",
                         help="auto | cifar10 | cifar100 | shapes | folder:PATH (default: the profile's); "
                              "auto is CIFAR-100 when present, else Shapes")
