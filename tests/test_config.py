@@ -1,8 +1,21 @@
 """Profiles and config validation."""
 
+import dataclasses
+
 import pytest
 
-from vwe.config import PROFILES, Config, get_config, resolve_device
+from vwe.config import (
+    PROBE_FIELDS,
+    PROFILES,
+    RUNTIME_FIELDS,
+    SUPERVISED_FIELDS,
+    Config,
+    check_resolved,
+    get_config,
+    resolve,
+    resolve_device,
+)
+from vwe.data import make_shapes
 
 
 def test_profiles_follow_the_design():
@@ -48,3 +61,32 @@ def test_unknown_profile():
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_what_identifies_a_run_is_declared_once_on_the_fields():
+    names = {f.name for f in dataclasses.fields(Config)}
+    assert set(RUNTIME_FIELDS) | set(PROBE_FIELDS) | set(SUPERVISED_FIELDS) <= names  # no stale name
+    cfg = get_config("smoke")
+    pretrain = cfg.identity("pretrain")
+    assert set(pretrain) == names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs"}
+    assert set(cfg.identity("supervised")) == set(SUPERVISED_FIELDS)
+    assert set(cfg.identity("result")) == names - set(RUNTIME_FIELDS)
+    # how a run runs never changes what it is; what it computes does
+    assert cfg.replace(device="cuda", compile=False, probe_epochs=7).identity("pretrain") == pretrain
+    assert cfg.replace(lr=0.5).identity("pretrain") != pretrain
+    assert cfg.replace(lr=0.5).identity("supervised") == cfg.identity("supervised")
+    with pytest.raises(ValueError, match="unknown identity"):
+        cfg.identity("table")
+
+
+def test_resolve_cuts_the_data_once_and_the_trainers_refuse_data_it_did_not_make():
+    cfg = get_config("smoke", dataset="auto", n_train=32, n_test=16, device="cpu")
+    shapes = make_shapes(64, 32)
+    resolved, data, device = resolve(cfg, shapes)
+    assert (resolved.dataset, device.type) == ("shapes", "cpu")
+    assert (len(data.train_labels), len(data.test_labels)) == (32, 16)
+    check_resolved(resolved, data)
+    with pytest.raises(ValueError, match="cfg.dataset is 'auto' but the data is 'shapes'"):
+        check_resolved(cfg, data)
+    with pytest.raises(ValueError, match="cfg.n_train is 32 but the data has 64 images"):
+        check_resolved(resolved, shapes)
