@@ -34,8 +34,8 @@ TINY = ["--device", "cpu", "--batch-size", "2", "--steps", "1", "--repeats", "1"
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # the machine is shared: two threads fighting other processes run many times slower than one
+def keep_one_thread():
+    # the benchmarks set torch's thread count from their --threads (tests/conftest.py's one thread after)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

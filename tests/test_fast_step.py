@@ -36,15 +36,6 @@ FAST_CPU = StepOptions(bf16=True, channels_last=True, dense_convs=16)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the machine is shared: two threads fighting other processes run many times slower than one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(b: int = 4, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
