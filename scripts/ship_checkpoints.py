@@ -12,9 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vwe.config import Config
+from vwe.config import Config, resolve
 from vwe.course import SHIPPED_DIR, export_shipped, project_dir
-from vwe.data import load_dataset
 from vwe.runs import latest_checkpoint
 
 
@@ -28,8 +27,7 @@ def main() -> None:
         if found is None:
             raise SystemExit(f"error: no checkpoint in {run}")
         cfg = Config.from_dict(found[1]["config"])
-        data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                            validation=cfg.validation)
+        _, data, _ = resolve(cfg)
         entry = export_shipped(run, a.out, data.provenance())
         print(json.dumps({k: entry[k] for k in ("file", "sha256", "data", "from")}))
 
