@@ -5,7 +5,7 @@
 #      matrix product, vwe.fast: which form each layer should take; about 30 s)
 #   2. benchmarks/throughput.py --device cuda    (BENCHMARKS.md: the training-step variants,
 #      augmentation, features, linear probe, the issue's goals; prints each row as measured)
-#   3. the CUDA tests of tests/test_train_step.py (the fast step matches plain fp32, the graph)
+#   3. the CUDA tests of tests/test_fast_step.py (the fast step matches plain fp32, the graph)
 #   4. benchmarks/profile_step.py                (the step's kernels, heaviest first, and wall time
 #      against kernel time; then the same for the supervised baseline's step, 23 min of the table)
 #   5. only with TABLE_S > 0: the results table, `paper` profile on Shapes at CIFAR-100 scale
@@ -46,7 +46,7 @@ part() {  # part NAME LIMIT_S COMMAND...: run COMMAND under a time limit into $O
 part conv-forms "${CONV_S:-60}" "$PY" benchmarks/conv_forms.py --device cuda --json "$OUT/conv-forms.json"
 part bench "${BENCH_S:-280}" "$PY" benchmarks/throughput.py --device cuda --json "$OUT/bench.json" \
     ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
-part tests "${TESTS_S:-120}" "$PY" -m pytest tests/test_train_step.py -q -k cuda -p no:cacheprovider
+part tests "${TESTS_S:-120}" "$PY" -m pytest tests/test_fast_step.py -q -k cuda -p no:cacheprovider
 TAIL=90 part profile "${PROFILE_S:-90}" bash -c '"$0" benchmarks/profile_step.py --device cuda --top 20;
     "$0" benchmarks/profile_step.py --device cuda --supervised --top 20' "$PY"
 [ "${TABLE_S:-0}" -gt 0 ] || exit 0
