@@ -50,10 +50,14 @@ class Step:
     def check(self, *batch: Tensor) -> None:
         """Raise on a batch the step cannot train on (a clear error instead of a deep one)."""
 
-    def __call__(self, *batch: Tensor) -> Tensor:
+    def local_inputs(self, *batch: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """A checked global batch -> this process's part of it and of the augmentation drawn for it."""
         self.check(*batch)
         params = self.draw(len(batch[0]))  # for the whole global batch, the same on every process
-        batch, params = distributed.local_part(batch, params)
+        return distributed.local_part(batch, params)
+
+    def __call__(self, *batch: Tensor) -> Tensor:
+        batch, params = self.local_inputs(*batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.forward_loss(*batch, *params)
         loss.backward()

@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from vwe.checks import is_int
-from vwe.distributed import is_main, local_part, world
+from vwe.distributed import is_main, world
 from vwe.engine import Step
 from vwe.fast import use_conv_forms
 
@@ -259,9 +259,7 @@ class FastStep:
         return loss.detach()
 
     def __call__(self, *batch: Tensor) -> Tensor:
-        self.step.check(*batch)
-        params = self.draw(len(batch[0]))  # for the whole global batch, the same on every process
-        batch, params = local_part(batch, params)
+        batch, params = self.step.local_inputs(*batch)
         if self.options.cuda_graph and self.graph is None:
             self._capture(batch, params)  # may fall back: options.cuda_graph becomes False
         if not self.options.cuda_graph:
