@@ -8,8 +8,10 @@ standardised probe on the same features. Everything resumes: the pretraining fro
 
     python scripts/scale_curve.py --profile cpu --model context --epochs 1,2,4,8
     python scripts/scale_curve.py --plot docs/scale-curve.png   # the figure from every points file
+    python scripts/scale_curve.py --export docs/results/scale-curve.json   # the results file
 
-Writes `OUT/<profile>-<model>-<tower>/` (the run) and one JSON line per point to `OUT/points.jsonl`.
+Writes `OUT/<profile>-<model>-<tower>/` (the run) and one JSON line per point to `OUT/points.jsonl`;
+`--export` turns them into a results file (`vwe.results`: what ran, where, and every point).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from vwe.data import load_dataset
 from vwe.evaluate import extract_features, linear_eval
 from vwe.files import atomic_write
 from vwe.pretrain import pretrain
+from vwe.results import command, machine
+from vwe.runs import provenance
 
 PROBES = {"author": dict(norm="raw", epochs=10), "standard": dict(norm="standard", epochs=30)}
 
@@ -80,11 +84,40 @@ def run_curve(args: argparse.Namespace) -> None:
                  "pairs": steps * cfg.pairs_per_step,
                  "pretrain_s": round(sum(m["seconds"] for m in res.metrics), 1),
                  "probe_s": round(time.perf_counter() - t0, 1), "val_loss": last["test_loss"],
-                 "device": str(device), "threads": args.threads, **probes}
+                 "device": str(device), "threads": args.threads, **probes,
+                 **{k: v for k, v in provenance(device).items() if k in ("git", "time")},
+                 "command": command()}
         points = read_points(points_file) + [point]
         text = "".join(json.dumps(p) + "\n" for p in points)
         atomic_write(points_file, lambda tmp, text=text: tmp.write_text(text))
         print(json.dumps(point))
+
+
+def export(args: argparse.Namespace) -> None:
+    """OUT/points.jsonl as a results file: the points, with the commands and machine that made them."""
+    points = read_points(Path(args.out) / "points.jsonl")
+    if not points:
+        raise SystemExit(f"no points in {args.out}/points.jsonl: run the curve first")
+    first = points[0]
+    data = load_dataset(args.dataset, n_train=first["probe_train"], validation=first["validation"])
+    header = {
+        "title": "Where the method shows: validation accuracy against pretraining compute",
+        "what": (
+            "The context and the simple autoencoder (ResNet-32, augmentation) pretrained on the first "
+            f"{first['n_train']:,} training images with each recipe, probed after each listed epoch on a "
+            f"validation split: the probes train on the first {first['probe_train']:,} training images "
+            f"and are scored on the last {first['validation']:,}, which pretraining never saw. Both probes "
+            "read the tower's 1 024 features: the author's evaluation (raw, 10 epochs) and the "
+            "standardised probe (30 epochs). ![the curve](scale-curve.png)"
+        ),
+        "data": data.provenance(), "machine": args.machine or machine(),
+        "git": " ".join(sorted({p["git"] for p in points})), "time": max(p["time"] for p in points),
+        "probe_seeds": args.seeds,
+        "commands": args.commands or sorted({p["command"] for p in points if "command" in p}),
+    }
+    text = json.dumps({"header": header, "points": points}, indent=2) + "\n"
+    atomic_write(Path(args.export), lambda tmp: tmp.write_text(text))
+    print(f"wrote {args.export} ({len(points)} points)")
 
 
 def main() -> None:
@@ -106,7 +139,15 @@ def main() -> None:
     p.add_argument("--out", default="runs/scale")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--plot", metavar="PNG", help="draw the figure from OUT/points.jsonl and stop")
+    p.add_argument("--export", metavar="JSON", help="write OUT/points.jsonl as a results file and stop")
+    p.add_argument("--machine", help="with --export: the machine the points were measured on, in words "
+                   "(default: this one)")
+    p.add_argument("--commands", nargs="*", default=[],
+                   help="with --export: the commands that measured the points, recorded in the file")
     args = p.parse_args()
+    if args.export:
+        export(args)
+        return
     if args.plot:
         from vwe.plots import plot_scale_curve
 

@@ -1,4 +1,4 @@
-"""The README's real-CIFAR-100 table of the shipped autoencoders, in both readings of the paper.
+"""The shipped autoencoders' table on real CIFAR-100, in both readings of the paper.
 
     VWE_CIFAR100_MD5=<md5 of a verified copy> python scripts/shipped_table.py --n-train 20000 \
         --n-test 10000 --out runs/shipped-table
@@ -7,7 +7,8 @@ Loads the two shipped models (`checkpoints/`, sha256 checked), extracts the feat
 fill (`vwe.table.MODEL_ROWS`: [24]'s random ResNet-32, the random 16-patch tower, raw pixels, the simple
 and the context autoencoder) on the first N training and M test images, and probes each with the
 author's evaluation (tower 1 024-d, raw, 10 epochs), the text's raw probe and the standardised one
-(the `cpu` profile's 30 epochs x seeds 0, 1, 2). Writes results.{json,csv,md,png} like `make paper`.
+(the `cpu` profile's 30 epochs x seeds 0, 1, 2). Writes results.{json,csv,md,png} like `make paper`;
+its results.json, copied to docs/results/shipped-cifar100.json, is what the README's results show.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import torch
 from vwe import table
 from vwe.config import get_config, resolve
 from vwe.course import load_shipped
+from vwe.results import write_results
 
 
 def main() -> None:
@@ -35,14 +37,14 @@ def main() -> None:
     simple, context = (load_shipped(m, device) for m in ("patch", "context"))
     for m in (simple, context):
         print(m.source, flush=True)
-    features = table.feature_sets(simple.model, context.model, data, cfg, device, progress=True)
     epochs = {"patch-resnet32-aug": simple.config.epochs, "context-resnet32-aug": context.config.epochs}
-    rows = table.rows_from_features(features, data, cfg, epochs, a.out)
+    rows = table.model_rows(simple.model, context.model, data, cfg, device, epochs, a.out, progress=True)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
     header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
                   views_per_image=context.config.views_per_image, lr=context.config.lr,
-                  profile=f"shipped ({context.config.profile} recipe)")
-    files = table.write_results(header, rows, a.out)
+                  profile=f"shipped ({context.config.profile} recipe)",
+                  title=f"The shipped autoencoders on {data.name}, both readings of the paper")
+    files = write_results(header, rows, a.out)
     print(files["md"].read_text())
     print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")
 

@@ -19,12 +19,10 @@ from vwe.config import get_config
 from vwe.data import describe, make_shapes
 from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
 from vwe.models import Classifier
+from vwe.results import AUTHOR_PROBE, AUTHOR_PROBE_EPOCHS, CSV_COLUMNS
 from vwe.runs import ConfigMismatchError, load_checkpoint
 from vwe.supervised import SupervisedRecipe, accuracy, crop_flip, draw_crop_flip, lr_at
 from vwe.table import (
-    AUTHOR_PROBE,
-    AUTHOR_PROBE_EPOCHS,
-    CSV_COLUMNS,
     ROW_KEYS,
     ROWS,
     data_fingerprint,
@@ -383,29 +381,3 @@ def test_a_table_with_other_epochs_gets_its_own_folder():
     assert default_table_dir(get_config("cpu")) == runs / "cpu"
     assert default_table_dir(get_config("cpu", epochs=30)) == runs / "cpu-30ep"
     assert default_table_dir(get_config("paper")) == runs / "paper"
-
-
-def _row(key: str, mean: float, std: float) -> vwe.table.RowResult:
-    probe = {"mean": mean, "std": std, "accs": [mean]}
-    evaluation = {"mean": mean, "std": std, "accs": [mean], "knn": 0.0, "dim": 1,
-                  "probes": {"embedding/standard": probe}}
-    return vwe.table.row_result(BY_KEY[key], evaluation, "cifar100", 1, 0.0, "x")
-
-
-def test_claims_measure_gaps_in_seed_standard_deviations():
-    rows = [_row("random-resnet32", 10.0, 0.5), _row("patch-resnet32-aug", 11.5, 1.0),
-            _row("context-resnet32-aug", 13.0, 0.2), _row("context-conv4-aug", 14.0, 0.1)]
-    found = {c["claim"]: c for c in vwe.table.claims(rows)}
-    assert set(found) == {"random weights < simple autoencoder", "random weights < context autoencoder",
-                          "simple autoencoder < context autoencoder", "ResNet-32 beats Conv4 as the tower"}
-    low_simple = found["random weights < simple autoencoder"]  # 1.5 / 1.0
-    assert low_simple["gap"] == pytest.approx(1.5) and low_simple["gap_over_std"] == pytest.approx(1.5)
-    assert low_simple["holds"] == "same direction, within noise"
-    assert found["random weights < context autoencoder"]["gap_over_std"] == pytest.approx(6.0)
-    assert found["random weights < context autoencoder"]["holds"] == "yes"
-    assert found["simple autoencoder < context autoencoder"]["holds"] == "same direction, within noise"
-    assert found["ResNet-32 beats Conv4 as the tower"]["gap"] == pytest.approx(-1.0)
-    assert found["ResNet-32 beats Conv4 as the tower"]["holds"] == "no"
-    at_three = vwe.table.claims([_row("random-resnet32", 10.0, 0.5), _row("patch-resnet32-aug", 11.5, 0.2)])
-    assert at_three[0]["gap_over_std"] == pytest.approx(3.0) and at_three[0]["holds"] != "yes"  # > 3 needed
-    assert vwe.table.claims(rows, "embedding/raw") == []  # no such probe in these rows

@@ -25,11 +25,9 @@ features, trains the probes and writes the files, so the numbers do not depend o
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
-import math
 import platform
 import time
 from collections.abc import Sequence
@@ -40,7 +38,7 @@ import torch
 from torch import nn
 
 from vwe import distributed
-from vwe.config import PROBE_NORMS, Config, batch_text, check_resolved, resolve
+from vwe.config import PROBE_NORMS, Config, check_resolved, resolve
 from vwe.data import Dataset, describe
 from vwe.evaluate import (
     knn_accuracy,
@@ -53,16 +51,20 @@ from vwe.evaluate import (
 )
 from vwe.files import atomic_write, file_digest
 from vwe.pretrain import pretrain
+from vwe.results import (
+    AUTHOR_PROBE,
+    AUTHOR_PROBE_EPOCHS,
+    PAPER_DATASET,
+    RowResult,
+    command,
+    machine,
+    write_results,
+)
 from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
 RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)
-# The author's linear evaluation, the source of the paper's numbers: the tower's 16 x 64 = 1 024
-# features, raw, 10 probe epochs (docs/design.md, The paper as its author ran it).
-AUTHOR_PROBE = "author"
-AUTHOR_PROBE_EPOCHS = 10
-PAPER_DATASET = "cifar100"  # the paper's numbers are CIFAR-100 top-1; differences only there
 
 
 @dataclass(frozen=True)
@@ -105,36 +107,6 @@ ROWS: tuple[Row, ...] = (
         tower="conv4"),
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
-
-
-@dataclass
-class RowResult:
-    key: str
-    method: str
-    backbone: str
-    augmentation: str
-    epochs: int  # training epochs behind the number (0: random weights)
-    mean: float  # top-1 %, mean over probe seeds (supervised: its one run's test accuracy)
-    std: float | None  # sample std over probe seeds; None for the one supervised run
-    accs: list[float]  # one per probe seed
-    knn: float  # kNN top-1 %, same features
-    paper: float | None
-    difference: float | None  # mean - paper; None unless the dataset is CIFAR-100 and the paper has it
-    seconds: float  # wall time of the run that produced the number
-    skipped: bool  # True: read from a finished run's results file
-    run_dir: str
-    dim: int = 0  # feature size of the headline probe
-    # "<features>/<norm>" -> {"mean", "std", "accs", "train_acc", "final_loss"}: every probe of the row;
-    # features "embedding" (the headline's) or "tower" (context rows: the 16 patches' 1024-d)
-    probes: dict = dataclasses.field(default_factory=dict)
-
-    def probe(self, features: str, norm: str | None = None) -> dict | None:
-        """The probe "<features>/<norm>", or `probe(AUTHOR_PROBE)` for the author's evaluation."""
-        return self.probes.get(features if norm is None else f"{features}/{norm}")
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} ({self.backbone}, {self.augmentation})"
 
 
 @dataclass
@@ -207,9 +179,10 @@ def row_result(row: Row, evaluation: dict, dataset: str, epochs: int, seconds: f
     author = e["probes"].get(AUTHOR_PROBE)
     ours = author["mean"] if author is not None and row.kind != "supervised" else e["mean"]
     return RowResult(
-        row.key, row.method, row.backbone, row.augmentation, epochs, e["mean"], e["std"], e["accs"],
-        e["knn"], row.paper, round(ours - row.paper, 2) if compared else None, seconds, skipped,
-        str(run_dir), e["dim"], e["probes"],
+        key=row.key, method=row.method, backbone=row.backbone, augmentation=row.augmentation, epochs=epochs,
+        mean=e["mean"], std=e["std"], accs=e["accs"], knn=e["knn"], paper=row.paper,
+        difference=round(ours - row.paper, 2) if compared else None, seconds=seconds, skipped=skipped,
+        run_dir=str(run_dir), dim=e["dim"], probes=e["probes"],
     )
 
 
@@ -252,15 +225,40 @@ def _probes(train: torch.Tensor, test: torch.Tensor, data: Dataset, cfg: Config,
             for norm in PROBE_NORMS}
 
 
-def evaluate_features(features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset, cfg: Config,
-                      test_acc: float | None = None) -> dict:
-    """A row's evaluation on features extracted once, `features[kind] = (train (N, dim), test (M, dim))`
-    with kind "embedding" (the headline's) and optionally "tower": every probe (each norm, seeds of
-    `cfg`), the author's evaluation ("author": the tower features, raw, AUTHOR_PROBE_EPOCHS epochs),
-    the kNN column, and the headline (`test_acc` for the supervised row's own head)."""
+# "embedding" | "tower" -> (train (N, dim), test (M, dim))
+Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def row_features(row: Row, data: Dataset, cfg: Config, device: torch.device, model: nn.Module | None = None,
+                 progress: bool = True) -> Features:
+    """The features a row is evaluated on, computed once for its probes and its kNN column: "embedding"
+    (the headline's), and for a context autoencoder also "tower", its tower on the 16 patches themselves.
+    `model` is the row's trained model (a supervised or pretrained row); the baselines build theirs."""
+    def both(source, features: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
+        return split_features(source, data, cfg.eval_batch_size, device, progress, features)
+
+    if row.kind == "pixels":
+        return {"embedding": tuple(pixel_features(x) for x in (data.train_images, data.test_images))}
+    if row.kind == "random-image":  # [24]'s lower bound: an untrained ResNet-32 on the whole image
+        return {"embedding": both(random_image_model(row.tower, cfg.seed).to(device).forward_features)}
+    if row.kind == "random":
+        return {"embedding": both(random_weights_model(row.tower, cfg.seed).to(device))}
+    if model is None:
+        raise ValueError(f"row {row.key} evaluates a trained model: pass it as `model`")
+    if row.kind == "supervised":
+        return {"embedding": both(model.forward_features)}  # its 64-d tower features
+    if row.model == "context":
+        return {"embedding": both(model), "tower": both(model, "tower")}
+    return {"embedding": both(model)}
+
+
+def evaluate_features(features: Features, data: Dataset, cfg: Config, test_acc: float | None = None) -> dict:
+    """A row's evaluation on its `row_features`: every probe (each norm, seeds of `cfg`), the author's
+    evaluation ("author": the tower features, raw, AUTHOR_PROBE_EPOCHS epochs), the kNN column, and the
+    headline (`test_acc` for the supervised row's own head)."""
     probes = {}
-    for kind, (train, test) in features.items():
-        probes.update(_probes(train, test, data, cfg, kind))
+    for name, (train, test) in features.items():
+        probes.update(_probes(train, test, data, cfg, name))
     # The author's evaluation (`Linear Evaluation CIFAR 100.ipynb`): what the paper's numbers are. A
     # simple AE's or a random tower's embedding already is its 16 x 64 tower features.
     train, test = features.get("tower", features["embedding"])
@@ -289,36 +287,18 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     t0 = time.perf_counter()
     cfg_row = row_config(cfg, row)
     run_dir = row_dir(out_dir, cfg, row)
-    images = (data.train_images, data.test_images)
-
-    def features(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
-        return split_features(source, data, cfg.eval_batch_size, device, progress, kind)  # (N, dim), (M, dim)
-
-    checkpoint, epochs, extra, test_acc = None, 0, {}, None
+    model, checkpoint, epochs, test_acc = None, None, 0, None
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, device=device, progress=progress)
-        checkpoint, epochs, test_acc = res.checkpoint, len(res.metrics), res.test_acc
+        model, checkpoint, epochs, test_acc = res.model, res.checkpoint, len(res.metrics), res.test_acc
     elif row.kind == "pretrained":
         res = pretrain(cfg_row, run_dir, data, device, progress=progress)
-        checkpoint, epochs = res.checkpoint, res.metrics[-1]["epoch"]
-        if epochs != cfg.epochs:
-            raise ValueError(f"{run_dir} holds {epochs} epochs, more than the {cfg.epochs} asked; "
-                             "use another output directory or ask for that many epochs")
+        # a run folder holding more epochs than asked is refused by `vwe.runs.check_resumable`
+        model, checkpoint, epochs = res.model, res.checkpoint, res.metrics[-1]["epoch"]
     if not distributed.is_main():  # rank 0 alone evaluates and writes; the others read its result
         return _result_of_main(row, cfg, out_dir, fingerprint)
-    if row.kind == "supervised":
-        train, test = features(res.model.forward_features)  # (N, 64), (M, 64)
-    elif row.kind == "pixels":
-        train, test = (pixel_features(x) for x in images)  # (N, 3072), (M, 3072)
-    elif row.kind == "random-image":
-        train, test = features(random_image_model(row.tower, cfg.seed).to(device).forward_features)
-    elif row.kind == "random":
-        train, test = features(random_weights_model(row.tower, cfg.seed).to(device))
-    else:
-        if row.model == "context":  # the 16 patches' own tower features, beside the 8192-d contexts
-            extra["tower"] = features(res.model, "tower")
-        train, test = features(res.model)
-    evaluation = evaluate_features({"embedding": (train, test), **extra}, data, cfg_row, test_acc)
+    features = row_features(row, data, cfg, device, model, progress)
+    evaluation = evaluate_features(features, data, cfg_row, test_acc)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = {
         **_spec(row, cfg_row, checkpoint, fingerprint),
@@ -339,35 +319,17 @@ MODEL_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-res
               "context-resnet32-aug")
 
 
-def feature_sets(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config, device: torch.device,
-                 progress: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(train (N, dim), test (M, dim)) features of every MODEL_ROWS row, for a trained simple and
-    context autoencoder (notebook 05, `scripts/shipped_table.py`), plus "context tower": the context
-    model's tower on the 16 patches."""
-    def both(source, kind: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
-        return split_features(source, data, cfg.eval_batch_size, device, progress, kind)
-
-    return {
-        "pixels": tuple(pixel_features(x) for x in (data.train_images, data.test_images)),
-        "random-resnet32": both(random_image_model(cfg.tower, cfg.seed).to(device).forward_features),
-        "random-resnet32-patches": both(random_weights_model(cfg.tower, cfg.seed).to(device)),
-        "patch-resnet32-aug": both(simple),
-        "context-resnet32-aug": both(context),
-        "context tower": both(context, "tower"),
-    }
-
-
-def rows_from_features(features: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Dataset, cfg: Config,
-                       epochs: dict[str, int], run_dir: str | Path) -> list[RowResult]:
-    """Every MODEL_ROWS row evaluated on `feature_sets`' features with cfg's probes (and the author's
-    evaluation); `epochs` gives each trained row's pretraining epochs."""
+def model_rows(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config, device: torch.device,
+               epochs: dict[str, int], run_dir: str | Path, progress: bool = False) -> list[RowResult]:
+    """Every MODEL_ROWS row for a trained simple and context autoencoder (notebook 05,
+    `scripts/shipped_table.py`), evaluated as `run_row` evaluates it; `epochs` gives each trained row's
+    pretraining epochs."""
+    models = {"patch-resnet32-aug": simple, "context-resnet32-aug": context}
     by_key = {r.key: r for r in ROWS}
     results = []
     for key in MODEL_ROWS:
-        kinds = {"embedding": features[key]}
-        if key.startswith("context"):
-            kinds["tower"] = features["context tower"]
-        evaluation = evaluate_features(kinds, data, cfg)
+        features = row_features(by_key[key], data, cfg, device, models.get(key), progress)
+        evaluation = evaluate_features(features, data, cfg)
         results.append(row_result(by_key[key], evaluation, data.name, epochs.get(key, 0), 0.0, run_dir))
     return results
 
@@ -402,7 +364,7 @@ def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: 
         "encoding": cfg.encoding, "probe_epochs": cfg.probe_epochs, "probe_seeds": list(cfg.probe_seeds),
         "probe_norm": cfg.probe_norm, "knn": KNN,
         "torch": prov["torch"], "python": platform.python_version(), "git": prov["git"],
-        "time": prov["time"],
+        "time": prov["time"], "machine": machine(prov["device"]), "command": command(),
     }
 
 
@@ -432,29 +394,30 @@ def run_table(
     say(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}", flush=True)
 
     # The remaining time is extrapolated from the rows run so far, per epoch x training image still
-    # to train (a resumed row has fewer epochs left).
+    # to train (a resumed row has fewer epochs left), each row's work counted once, before it runs.
     def work(row: Row) -> int:
-        if not row.trained:
+        if not row.trained or finished_row(row, cfg, out_dir, fingerprint) is not None:
             return 0
         checkpoints = list_checkpoints(row_dir(out_dir, cfg, row))
         done = int(CHECKPOINT_RE.match(checkpoints[0].name).group(1)) if checkpoints else 0
         return max(cfg.epochs - done, 0) * len(data.train_labels)
 
+    todo = {row.key: work(row) for row in selected}
     results: dict[str, RowResult] = {}
     spent, done_work = 0.0, 0
     for i, row in enumerate(selected):
-        t0, todo = time.perf_counter(), work(row)
+        t0 = time.perf_counter()
         res = run_row(row, cfg, data, device, out_dir, progress, fingerprint)
         results[row.key] = res
         if res.skipped:
             line = f"[{i + 1}/{len(selected)}] {row.key}: finished result reused"
         else:
             spent += time.perf_counter() - t0
-            done_work += todo
+            done_work += todo[row.key]
             line = f"[{i + 1}/{len(selected)}] {row.key}: done in {_duration(time.perf_counter() - t0)}"
-        left = [r for r in selected[i + 1:] if finished_row(r, cfg, out_dir, fingerprint) is None]
+        left = sum(todo[r.key] for r in selected[i + 1:])
         if left and done_work:
-            line += f"; about {_duration(spent / done_work * sum(work(r) for r in left))} left"
+            line += f"; about {_duration(spent / done_work * left)} left"
         std = "" if res.std is None else f" ± {res.std:.2f}"
         paper = "not in the paper" if res.paper is None else f"paper {res.paper:.2f} on CIFAR-100"
         say(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %", flush=True)
@@ -466,170 +429,3 @@ def run_table(
         files = (write_results(header, ordered, out_dir) if distributed.is_main()
                  else {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")})
     return Table(header, ordered, files)
-
-
-# ----------------------------------------------------------------------------- the paper's claims
-
-# (the claim, the row that should be lower, the row that should be higher)
-CLAIMS: tuple[tuple[str, str, str], ...] = (
-    ("random weights < simple autoencoder", "random-resnet32", "patch-resnet32-aug"),
-    ("random weights < context autoencoder", "random-resnet32", "context-resnet32-aug"),
-    ("random 16-patch tower < context autoencoder (extra)", "random-resnet32-patches",
-     "context-resnet32-aug"),
-    ("raw pixels < context autoencoder (extra)", "pixels", "context-resnet32-aug"),
-    ("simple autoencoder < context autoencoder", "patch-resnet32-aug", "context-resnet32-aug"),
-    ("augmentation helps the context autoencoder", "context-resnet32-noaug", "context-resnet32-aug"),
-    ("ResNet-32 beats Conv4 as the tower", "context-conv4-aug", "context-resnet32-aug"),
-)
-
-
-def claims(rows: Sequence[RowResult], probe: str = "embedding/standard") -> list[dict]:
-    """Each claim whose two rows are in `rows`, measured with `probe`: the gap (higher - lower, points),
-    the gap over the larger of the two seed standard deviations, and a verdict: "yes" when the gap is
-    positive and over 3 standard deviations, "same direction, within noise" when positive but not, else
-    "no"."""
-    by_key = {r.key: r for r in rows}
-    out = []
-    for claim, low, high in CLAIMS:
-        if low not in by_key or high not in by_key:
-            continue
-        lo, hi = by_key[low].probes.get(probe), by_key[high].probes.get(probe)
-        if lo is None or hi is None:
-            continue
-        gap, spread = hi["mean"] - lo["mean"], max(lo["std"], hi["std"])
-        ratio = gap / spread if spread > 0 else math.copysign(math.inf, gap)
-        verdict = "yes" if gap > 0 and ratio > 3 else "same direction, within noise" if gap > 0 else "no"
-        out.append({"claim": claim, "lower": low, "higher": high, "gap": gap, "gap_over_std": ratio,
-                    "holds": verdict})
-    return out
-
-
-def claims_markdown(rows: Sequence[RowResult]) -> list[str]:
-    """The claims as Markdown table lines, with the standardised and the raw-feature probe."""
-    std, raw = claims(rows), {c["claim"]: c for c in claims(rows, "embedding/raw")}
-    if not std:
-        return []
-    lines = ["| Claim | Gap, standardised probe (points) | Gap / larger std | Holds? | Gap, raw probe | "
-             "Holds (raw)? |", "|---|---:|---:|---|---:|---|"]
-    for c in std:
-        r = raw.get(c["claim"], {})
-        lines.append(f"| {c['claim']} | {c['gap']:+.2f} | {c['gap_over_std']:.1f} | {c['holds']} | "
-                     f"{r.get('gap', math.nan):+.2f} | {r.get('holds', '—')} |")
-    return lines
-
-
-# ----------------------------------------------------------------------------- results files
-
-
-CSV_COLUMNS = ("key", "method", "backbone", "augmentation", "epochs", "dim", "mean", "std", "accs",
-               "author_mean", "author_std", "raw_mean", "raw_std", "tower_mean", "tower_std",
-               "tower_raw_mean", "tower_raw_std", "knn",
-               "paper", "difference", "seconds")
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def _cell(probe: dict | None) -> str:
-    """A probe's 'mean ± std' for a table cell, '—' where the row has no such probe."""
-    return "—" if probe is None else f"{probe['mean']:.2f} ± {probe['std']:.2f}"
-
-
-def _csv_row(r: RowResult) -> dict:
-    d = dataclasses.asdict(r)
-    d["accs"] = " ".join(f"{a:.2f}" for a in r.accs)
-    for column, (features, norm) in {"author": (AUTHOR_PROBE, None), "raw": ("embedding", "raw"),
-                                     "tower": ("tower", "standard"), "tower_raw": ("tower", "raw")}.items():
-        probe = r.probe(features, norm) or {}
-        d[f"{column}_mean"], d[f"{column}_std"] = probe.get("mean"), probe.get("std")
-    return {k: d[k] for k in CSV_COLUMNS}
-
-
-def results_markdown(header: dict, rows: Sequence[RowResult]) -> str:
-    """The table as Markdown: a header line saying what ran, the rows, and how to read them."""
-    h = header
-    split = "validation (held-out training)" if h.get("evaluated_on") == "validation" else "test"
-    lines = [
-        f"# Table 1, reproduced: linear evaluation on {h['dataset']}",
-        "",
-        f"data **{describe(h)}** ({h['classes']} classes, sha256 `{h['data_sha256'][:12]}`) · "
-        f"profile `{h['profile']}` · "
-        f"device {h['device']} · "
-        f"{h['epochs']} pretraining epochs "
-        f"(batch {batch_text(h['batch_size'], h.get('views_per_image', 1))}, "
-        f"lr {h['lr']}) · linear probe "
-        f"{h['probe_epochs']} epochs, seeds {', '.join(map(str, h['probe_seeds']))} · "
-        f"torch {h['torch']} · python {h['python']} · revision `{h['git']}` · {h['time']}",
-        "",
-        "| Method | Backbone | Augmentation | Epochs | Dim | Ours, top-1 % | Author's evaluation | "
-        "Raw-feature probe | Tower 16x64, std. | Tower 16x64, raw | kNN % | Paper (CIFAR-100) | Difference |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ours = _num(r.mean) + ("" if r.std is None else f" ± {r.std:.2f}")
-        diff = "—" if r.difference is None else f"{r.difference:+.2f}"
-        lines.append(f"| {r.method} | {r.backbone} | {r.augmentation} | {r.epochs} | {r.dim} | {ours} | "
-                     f"{_cell(r.probe(AUTHOR_PROBE))} | "
-                     f"{_cell(r.probe('embedding', 'raw'))} | {_cell(r.probe('tower', 'standard'))} | "
-                     f"{_cell(r.probe('tower', 'raw'))} | {_num(r.knn)} | {_num(r.paper)} | {diff} |")
-    norm = h.get("probe_norm", "standard")
-    lines += [
-        "",
-        f"Ours: linear-probe {split} accuracy on {'standardised' if norm == 'standard' else 'raw'} "
-        "features (each dimension scaled with the training features' mean and std), mean ± sample "
-        "std over the probe seeds (the pretrained model is one run; the seeds vary the probe only). "
-        f"Author's evaluation: what the paper's numbers are, the tower on the 16 patches (1024-d; "
-        f"a supervised or random-image row: its own features), raw, {AUTHOR_PROBE_EPOCHS} probe "
-        "epochs; the Difference column compares it with the paper. "
-        "Raw-feature probe: the same probe as ours on the features as they are, the paper's text. Tower "
-        "16x64: a context row's tower on the 16 patches themselves (1024-d) beside its 8192-d "
-        "context embedding. Supervised: test accuracy of its own head, one run, SGD recipe of [24] "
-        "(its probes and kNN use its 64-d tower features). kNN: k = 20, cosine, temperature 0.07, on "
-        "the headline features. Rows marked (extra) are not in the paper. No setting was chosen on "
-        "the test split.",
-    ]
-    claim_lines = claims_markdown(rows)
-    if claim_lines:
-        lines += ["", "The paper's claims on these rows (the gap over the larger of the two rows' seed "
-                  "standard deviations; 'yes' needs a positive gap over 3 of them):", "", *claim_lines]
-    if h["dataset"] != PAPER_DATASET:
-        lines.append("")
-        lines.append(f"The paper's numbers are CIFAR-100 accuracies, shown for reference: on "
-                     f"{h['dataset']} no difference is computed.")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) -> dict[str, Path]:
-    """results.json, results.csv, results.md and results.png in `out_dir`; returns their paths."""
-    if not rows:
-        raise ValueError("no row has a result to write; run at least one row")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
-    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows], "claims": claims(rows),
-               "claims_raw_probe": claims(rows, "embedding/raw")}
-    text = json.dumps(payload, indent=2) + "\n"
-    atomic_write(files["json"], lambda tmp: tmp.write_text(text))
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            w.writeheader()
-            w.writerows(_csv_row(r) for r in rows)
-
-    atomic_write(files["csv"], write_csv)
-    md = results_markdown(header, rows)
-    atomic_write(files["md"], lambda tmp: tmp.write_text(md))
-
-    import matplotlib.pyplot as plt
-
-    from vwe.plots import results_bar_chart, save
-
-    fig = results_bar_chart(
-        [{"method": r.label, "ours_mean": r.mean, "ours_std": r.std, "paper": r.paper} for r in rows],
-        title=f"ours on {header['dataset']} ({header['profile']}) vs the paper on CIFAR-100",
-    )
-    save(fig, files["png"])
-    plt.close(fig)
-    return files
