@@ -13,13 +13,13 @@ PY := $(VENV)/bin/python
 export VWE_DATA_DIR ?= $(CURDIR)/data
 DATASET_FLAG = $(if $(DATASET),--dataset $(DATASET))
 # The CPU table pretrains 30 epochs, not the cpu profile's 4 (the course's): at 4 epochs the methods'
-# differences on Shapes sit inside the seeds' spread; at 30 the losses have flattened (README, Results).
+# differences on Shapes sit inside the seeds' spread; at 30 the losses have flattened (docs/results.md).
 PAPER_EPOCHS = $(or $(EPOCHS),$(if $(filter cpu,$(PROFILE)),30))
 # `make test` on TEST_WORKERS pytest-xdist processes (2: CI's cores; 0 runs in this process). Each module,
 # and tests/e2e, stays on one worker and the longest start first (tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
-# `python -m vwe`, or N processes of it started by torchrun (README, More than one GPU)
+# `python -m vwe`, or N processes of it started by torchrun (docs/running.md, More than one GPU)
 VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
 .PHONY: help setup test lint sync run-all lab paper pretrain bench e2e clean
