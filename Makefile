@@ -1,9 +1,11 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test [TEST_WORKERS=2]       set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
-#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...] [NPROC=N]
+#   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [MINUTES=M] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...] [NPROC=N]
 #                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
-#   make pretrain [PROFILE=cpu] [DATASET=...] [NPROC=N] [ARGS="--model patch ..."]   one pretraining run
+#   make pretrain [PROFILE=cpu] [DATASET=...] [NPROC=N] [MINUTES=M] [ARGS="--model patch ..."]   one pretraining run
+#   make gpu-reproduce PARTS=DIR|GLOB [MD5=...] [MINUTES=8] [OUT_DIR=runs/gpu-reproduce/out]
+#                                    one CUDA GPU: data, step timings, the time-boxed runs and their probes
 #   NPROC=N: train data-parallel over N processes on this node (one per GPU) with torchrun
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,6 +14,8 @@ PY := $(VENV)/bin/python
 # Data (CIFAR-100 archive and cache) lives in one place, whatever directory a notebook runs from.
 export VWE_DATA_DIR ?= $(CURDIR)/data
 DATASET_FLAG = $(if $(DATASET),--dataset $(DATASET))
+# MINUTES=M: a time box, train until M minutes have passed, checkpoint and stop (rerun to resume)
+MINUTES_FLAG = $(if $(MINUTES),--minutes $(MINUTES))
 # The CPU table pretrains 30 epochs, not the cpu profile's 4 (the course's): at 4 epochs the methods'
 # differences on Shapes sit inside the seeds' spread; at 30 the losses have flattened (docs/results.md).
 PAPER_EPOCHS = $(or $(EPOCHS),$(if $(filter cpu,$(PROFILE)),30))
@@ -22,7 +26,7 @@ PYTEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist
 # `python -m vwe`, or N processes of it started by torchrun (docs/running.md, More than one GPU)
 VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
-.PHONY: help setup test lint sync run-all lab paper pretrain bench e2e clean
+.PHONY: help setup test lint sync run-all lab paper pretrain gpu-reproduce bench e2e clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,11 +57,15 @@ lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
 		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 paper: setup  ## the paper's Table 1, every row (default PROFILE=paper: CIFAR-100 on a GPU; NPROC=N GPUs)
-	$(VWE) table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) \
+	$(VWE) table --profile $(or $(PROFILE),paper) $(DATASET_FLAG) $(if $(PAPER_EPOCHS),--epochs $(PAPER_EPOCHS)) $(MINUTES_FLAG) \
 		$(if $(N_TRAIN),--n-train $(N_TRAIN)) $(if $(N_TEST),--n-test $(N_TEST)) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
 
 pretrain: setup  ## one pretraining run (default PROFILE=cpu; ARGS="--model patch ..."; NPROC=N GPUs)
-	$(VWE) pretrain --profile $(or $(PROFILE),cpu) $(DATASET_FLAG) $(ARGS)
+	$(VWE) pretrain --profile $(or $(PROFILE),cpu) $(DATASET_FLAG) $(MINUTES_FLAG) $(ARGS)
+
+gpu-reproduce: setup  ## on one CUDA GPU: CIFAR-100 (PARTS=its split archive), step timings, time-boxed runs, probes
+	$(PY) scripts/gpu_reproduce.py $(if $(PARTS),--parts '$(PARTS)') $(if $(MD5),--md5 $(MD5)) \
+		$(if $(MINUTES),--minutes $(MINUTES)) $(if $(OUT_DIR),--out $(OUT_DIR))
 
 bench: setup  ## training-step / feature / probe throughput, then each convolution's forms (DEVICE=cpu|cuda)
 	$(PY) benchmarks/throughput.py --device $(or $(DEVICE),cpu) --json runs/bench-$(or $(DEVICE),cpu).json

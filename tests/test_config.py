@@ -68,11 +68,13 @@ def test_what_identifies_a_run_is_declared_once_on_the_fields():
     assert set(RUNTIME_FIELDS) | set(PROBE_FIELDS) | set(SUPERVISED_FIELDS) <= names  # no stale name
     cfg = get_config("smoke")
     pretrain = cfg.identity("pretrain")
-    assert set(pretrain) == names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs"}
+    assert set(pretrain) == names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs", "minutes"}
     assert set(cfg.identity("supervised")) == set(SUPERVISED_FIELDS)
     assert set(cfg.identity("result")) == names - set(RUNTIME_FIELDS)
     # how a run runs never changes what it is; what it computes does
     assert cfg.replace(device="cuda", compile=False, probe_epochs=7).identity("pretrain") == pretrain
+    assert cfg.replace(epochs=9, minutes=2.5).identity("pretrain") == pretrain  # a resume may go further
+    assert cfg.replace(minutes=2.5).identity("result") != cfg.identity("result")  # but trains other weights
     assert cfg.replace(lr=0.5).identity("pretrain") != pretrain
     assert cfg.replace(lr=0.5).identity("supervised") == cfg.identity("supervised")
     with pytest.raises(ValueError, match="unknown identity"):

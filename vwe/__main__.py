@@ -56,6 +56,13 @@ def _views(p: argparse.ArgumentParser) -> None:
                    help="the un-augmented image too, in the same batch (author: yes)")
 
 
+def _minutes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="a time box: train until M minutes of wall time have passed (in table: each "
+                        "trained row), then checkpoint, inside an epoch if need be, and stop; the same "
+                        "command resumes, bit for bit as if it had not stopped")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vwe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tower", choices=TOWERS)
     p.add_argument("--encoding", choices=ENCODINGS)
     p.add_argument("--epochs", type=int)
+    _minutes(p)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--no-augment", action="store_true", help="the paper's no-augmentation ablation")
@@ -99,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                        "results.{json,csv,md,png} written; finished rows are reused")
     _common(p)
     p.add_argument("--epochs", type=int, help="pretraining epochs, also the supervised row's")
+    _minutes(p)
     p.add_argument("--batch-size", type=int, help="pretraining batch (the supervised row uses 128)")
     p.add_argument("--lr", type=float, help="pretraining Adam lr")
     p.add_argument("--data-seed", type=int, help="Shapes generation seed")
@@ -139,20 +148,23 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
     cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
                      validation=a.validation, device=a.device, seed=a.seed, model=a.model, tower=a.tower,
-                     encoding=a.encoding, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                     views=a.views, original=a.original, augment=False if a.no_augment else None,
+                     encoding=a.encoding, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size,
+                     lr=a.lr, views=a.views, original=a.original, augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
     cfg, data, device = resolve(cfg)
     run_dir = a.run_dir or project_dir() / "runs" / cfg.profile / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
-        f"{cfg.epochs} epochs, lr {cfg.lr}")
+        f"{cfg.epochs} epochs{f' or {cfg.minutes} minutes' if cfg.minutes else ''}, lr {cfg.lr}")
     res = pretrain(cfg, run_dir, data, device, fresh=a.fresh, progress=not a.no_progress,
                    sync_bn=not a.no_sync_bn)
     if res.metrics and distributed.is_main():
         first, last = res.metrics[0], res.metrics[-1]
-        print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch 1) -> "
+        print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch {first['epoch']}) -> "
               f"{last['test_loss']:.5f} (epoch {last['epoch']}); {last['images_per_s']:.0f} images/s")
+        if last["epoch"] < cfg.epochs:
+            print(f"the {cfg.minutes}-minute time box stopped it at epoch {last['epoch']} of {cfg.epochs}; "
+                  "the same command resumes it")
     say(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
 
 
@@ -219,7 +231,8 @@ def cmd_table(a: argparse.Namespace) -> None:
 
     cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
                      validation=a.validation, device=a.device, seed=a.seed, epochs=a.epochs,
-                     batch_size=a.batch_size, lr=a.lr, encoding=a.encoding, probe_norm=a.probe_norm,
+                     minutes=a.minutes, batch_size=a.batch_size, lr=a.lr, encoding=a.encoding,
+                     probe_norm=a.probe_norm,
                      views=a.views, original=a.original, data_seed=a.data_seed, probe_epochs=a.probe_epochs,
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)

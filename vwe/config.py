@@ -24,6 +24,7 @@ PROBE_NORMS = ("standard", "raw")  # standardised with the training features' st
 # What identifies a run, declared once (`Config.identity`): both trainers' resume checks and the table's
 # finished rows read these.
 RUNTIME_FIELDS = ("profile", "device", "compile", "eval_batch_size")  # how a run runs, not what it computes
+EXTENT_FIELDS = ("epochs", "minutes")  # how far a run trains: a resume may ask for more
 PROBE_FIELDS = ("probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm")
 # the supervised row: its data, its tower, its seed, and its epochs (they place the lr drops)
 SUPERVISED_FIELDS = ("dataset", "n_train", "n_test", "validation", "data_seed", "tower", "epochs", "seed")
@@ -80,6 +81,9 @@ class Config:
     seed: int = 0  # weights, shuffling and augmentation
     device: str = "auto"  # "auto" (cuda when there is one) | "cpu" | "cuda" | "cuda:N"
     compile: bool = True  # torch.compile the training step on CUDA (ignored on CPU)
+    # a time box: train until this much wall time has passed, then checkpoint (inside an epoch if need
+    # be) and stop; the same command resumes (None: all the epochs)
+    minutes: float | None = None
     # linear evaluation (paper 4.2)
     probe_epochs: int = 100
     probe_batch_size: int = 128
@@ -103,6 +107,9 @@ class Config:
             _require(name, getattr(self, name), lambda v: v is None or is_int(v), "an int or None")
         for name in ("lr", "probe_lr"):
             _require(name, getattr(self, name), is_real, "a number")
+        _require("minutes", self.minutes, lambda v: v is None or is_real(v), "a number or None")
+        if self.minutes is not None and not 0 < self.minutes < math.inf:
+            raise ValueError(f"minutes must be a positive number of minutes or None, got {self.minutes!r}")
         for name in ("augment", "compile", "original", "normalize"):
             _require(name, getattr(self, name), lambda v: isinstance(v, bool), "True or False")
         _require("aug", self.aug, lambda v: isinstance(v, AugmentConfig), "an AugmentConfig")
@@ -153,12 +160,13 @@ class Config:
     def identity(self, of: str) -> dict:
         """The fields that make two runs the same run, with their values:
 
-        "pretrain"    every field but how it runs, the probe, and the epochs (a run may be extended)
+        "pretrain"    every field but how it runs, the probe, and how far it goes (EXTENT_FIELDS: a
+                      run may be extended, by epochs or by time boxes)
         "supervised"  SUPERVISED_FIELDS
         "result"      every field but how it runs (a table row's numbers)
         """
         names = {f.name for f in dataclasses.fields(self)}
-        keep = {"pretrain": names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs"},
+        keep = {"pretrain": names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - set(EXTENT_FIELDS),
                 "supervised": set(SUPERVISED_FIELDS), "result": names - set(RUNTIME_FIELDS)}
         if of not in keep:
             raise ValueError(f"unknown identity {of!r}; choose one of {tuple(keep)}")

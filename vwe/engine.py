@@ -13,6 +13,7 @@ and trains on its slice of it inside DistributedDataParallel (`vwe.distributed`)
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_param
 from vwe.checks import check_images, is_int
 from vwe.data import batches, to_float
 from vwe.runs import NonFiniteLossError, Run
+
+CLOCK_EVERY = 50  # steps between the processes' agreements on a time box's end, under torchrun
 
 
 class Step:
@@ -109,9 +112,15 @@ class PretrainStep(Step):
 
 
 def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
-                    shuffle_gen: torch.Generator, epoch: int, progress: bool = True) -> float:
+                    shuffle_gen: torch.Generator, epoch: int, progress: bool = True,
+                    done: Tensor | None = None, stop: Callable[[int], bool] | None = None) -> Tensor:
     """One pass over `inputs` (images (N, 3, 32, 32) uint8, then labels (N,) for a step that takes
-    them) in shuffled full batches; returns the mean loss.
+    them) in shuffled full batches; returns the losses of its steps, (steps,) fp32.
+
+    `stop(i)`, asked before each step i, ends the epoch early when True: the losses returned are
+    then those of steps 0..i-1 (`clock_stop` makes one for a time box). `done`, the
+    losses of the epoch's first steps from such a call, resumes it: the same `shuffle_gen` state as
+    then draws the same order, and its first len(done) batches are skipped.
 
     Raises NonFiniteLossError naming the epoch and step of the first non-finite loss. The check is
     once, at the end: a per-step `loss.item()` is a CPU-GPU sync point that would stall every step.
@@ -120,21 +129,57 @@ def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], bat
     steps = n // batch_size
     if steps == 0:
         raise ValueError(f"{n} training images are fewer than one batch of {batch_size}")
+    first = 0 if done is None else len(done)
     losses = torch.zeros(steps, device=device)
+    if done is not None:
+        losses[:first] = done
     order = batches(n, batch_size, shuffle=True, generator=shuffle_gen, drop_last=True, device=device)
-    bar = tqdm(order, total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
-    for i, idx in enumerate(bar):
+    bar = tqdm(itertools.islice(order, first, None), initial=first, total=steps, desc=f"epoch {epoch}",
+               leave=False, disable=not progress)
+    end = steps
+    for i, idx in enumerate(bar, start=first):
+        if stop is not None and stop(i):
+            end = i
+            break
         losses[i] = step(*(x[idx] for x in inputs))
+    bar.close()
     # each process's losses are its slices' means: their average is the global batches' mean loss,
     # the same bits on every process, so all of them stop together on a NaN
-    losses = distributed.sum_across(losses) / distributed.world()
+    losses = torch.cat([losses[:first], distributed.sum_across(losses[first:end]) / distributed.world()])
     bad = (~torch.isfinite(losses)).nonzero()
     if len(bad):
         i = int(bad[0])
         raise NonFiniteLossError(
             f"non-finite loss {losses[i].item()} at epoch {epoch}, step {i + 1} of {steps}; the run "
             "stopped and the last checkpoint is intact. Lower the learning rate or check the input data.")
-    return losses.mean().item()
+    return losses
+
+
+def clock_stop(minutes: float, device: torch.device, clock: Callable[[], float] = time.monotonic
+               ) -> Callable[[int], bool]:
+    """`train_one_epoch`'s `stop` for a time box: True once `minutes` have passed on `clock` since
+    this call, never when asked first (every time-boxed `fit` trains at least one step, so it leaves
+    a checkpoint).
+
+    One process reads its clock before every step, without a device sync: on a GPU the clock runs
+    ahead of the queued steps by at most the queue's depth. Under torchrun every process must stop at
+    the same step, so they agree every CLOCK_EVERY steps with an all-reduce (a sync: not every step).
+    """
+    deadline = clock() + 60 * minutes
+    asked = itertools.count()
+
+    def stop(i: int) -> bool:
+        n = next(asked)
+        if n == 0:
+            return False
+        if distributed.world() == 1:
+            return clock() >= deadline
+        if n % CLOCK_EVERY:
+            return False
+        late = torch.tensor([float(clock() >= deadline)], device=device)
+        return bool(distributed.sum_across(late).item() > 0)  # one process late: all stop
+
+    return stop
 
 
 def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> None:
@@ -153,15 +198,21 @@ def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> Non
 
 def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[..., Tensor],
         inputs: tuple[Tensor, ...], batch_size: int, evaluate: Callable[[], dict[str, float]],
-        lr_at: Callable[[int], float] | None = None, progress: bool = True) -> list[dict]:
+        lr_at: Callable[[int], float] | None = None, progress: bool = True,
+        clock: Callable[[], float] = time.monotonic) -> list[dict]:
     """The epoch loop: from the run's last checkpoint to `run.cfg.epochs`, train, evaluate, checkpoint.
 
     `evaluate()` gives the held-out scores logged with each epoch (e.g. {"test_loss": ...});
-    `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). Returns the
-    metrics of every epoch; the model is left in eval mode.
+    `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). With
+    `run.cfg.minutes` the loop stops once that much time has passed on `clock` (`clock_stop`), at an
+    epoch's end or inside one: the steps done are evaluated and checkpointed like an epoch, and the
+    next call resumes at the next step, bit for bit as if nothing had stopped. Returns the metrics of
+    every epoch (a stopped epoch's entry has a fractional "epoch" and its "steps"); the model is left
+    in eval mode.
     """
     progress = progress and distributed.is_main()
-    seen = (len(inputs[0]) // batch_size) * batch_size  # images per epoch
+    steps = len(inputs[0]) // batch_size  # a full epoch
+    stop = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device, clock)
     epochs = tqdm(range(run.epoch + 1, run.cfg.epochs + 1), initial=run.epoch, total=run.cfg.epochs,
                   desc=run.name, disable=not progress)
     for epoch in epochs:
@@ -172,15 +223,36 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
                 group["lr"] = lr["lr"]
         t0 = time.perf_counter()
         model.train()
-        train_loss = train_one_epoch(step, inputs, batch_size, run.shuffle_gen, epoch, progress)
+        order_state = run.shuffle_gen.get_state()  # before the epoch's order is drawn from it
+        losses = train_one_epoch(step, inputs, batch_size, run.shuffle_gen, epoch, progress, run.losses, stop)
         seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
+        trained = len(losses) - run.step  # steps of this call
+        if trained == 0:  # the clock stopped it before this epoch's first step: nothing new to save
+            break
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
         scores = evaluate()
         check_weights(model, scores, epoch)
-        run.metrics.append({"epoch": epoch, **lr, "train_loss": train_loss, **scores,
-                            "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)})
-        run.save(epoch, model, optimizer)
-        epochs.set_postfix(train=f"{train_loss:.4f}", **{k: f"{v:.4g}" for k, v in scores.items()},
+        if run.step:  # the stopped epoch's entry, which this one replaces
+            run.metrics.pop()
+        done = len(losses)
+        # a stopped epoch: the epochs reached, floored so that it never reads as the whole epoch
+        reached = {"epoch": epoch} if done == steps else {
+            "epoch": math.floor((epoch - 1 + done / steps) * 1e4) / 1e4, "steps": done,
+            "steps_per_epoch": steps}
+        run.metrics.append({**reached, **lr, "train_loss": losses.mean().item(), **scores,
+                            "seconds": round(seconds, 3),
+                            "images_per_s": round(trained * batch_size / seconds, 1)})
+        if done == steps:
+            run.save(epoch, model, optimizer)
+        else:
+            # a resumed epoch draws its order again from the state it was drawn from
+            run.shuffle_gen.set_state(order_state)
+            run.save(epoch - 1, model, optimizer, losses)
+        epochs.set_postfix(train=f"{run.metrics[-1]['train_loss']:.4f}",
+                           **{k: f"{v:.4g}" for k, v in scores.items()},
                            img_s=f"{run.metrics[-1]['images_per_s']:.0f}")
+        if done < steps:
+            break
+    epochs.close()
     model.eval()
     return run.metrics

@@ -46,7 +46,7 @@ class RowResult:
     method: str
     backbone: str
     augmentation: str
-    epochs: int  # training epochs behind the number (0: random weights)
+    epochs: float  # training epochs behind the number (0: random weights; a clock-stopped run: 1.5...)
     mean: float  # top-1 %, mean over probe seeds (supervised: its one run's test accuracy)
     std: float | None  # sample std over probe seeds; None for the one supervised run
     accs: list[float]  # one per probe seed

@@ -1,7 +1,8 @@
 """A run folder: its checkpoints, its lock, resuming it (`open_run`) and saving each epoch (`Run.save`).
 
-A run directory holds `checkpoint-EEEE.pt` (the last two epochs), `metrics.jsonl` (one line per
-finished epoch), `config.json` and `.lock`. Every file is written to a temp name and renamed, so a
+A run directory holds `checkpoint-EEEE.pt` (the last two epochs; `checkpoint-EEEE-SSSSSS.pt` when a
+time box stopped the run SSSSSS steps into epoch EEEE + 1), `metrics.jsonl` (one line per epoch),
+`config.json` and `.lock`. Every file is written to a temp name and renamed, so a
 reader sees the old file or the new one; a checkpoint ends in a SHA-256 footer, so a file damaged
 later on disk is caught instead of loaded. Rerunning with the same config resumes from the newest
 checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves neither
@@ -43,7 +44,7 @@ from vwe.files import atomic_write
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})\.pt$")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})(?:-(\d{6,}))?\.pt$")  # epochs done, steps into the next
 TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temp names: .<name>.tmp<pid>
 # After torch's zip bytes: this marker and the SHA-256 of those bytes. torch.load ignores trailing
 # bytes and never checks the zip's CRCs (a flipped byte in a tensor loads silently): we do.
@@ -139,8 +140,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in `run_dir`, newest epoch first (temp files of interrupted writes are ignored)."""
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint-*.pt")
+    """Checkpoints in `run_dir`, newest (epoch, step) first (temp files of interrupted writes are ignored)."""
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in Path(run_dir).glob("checkpoint-*.pt")
              if (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
 
@@ -263,10 +264,11 @@ def check_resumable(state: dict, path: Path, key: dict, saved_key: dict, epochs:
             f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
             + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
         )
-    if state["epoch"] > epochs:
+    started = state["epoch"] + (state.get("step", 0) > 0)  # a time-boxed epoch counts as begun
+    if started > epochs:
         raise ConfigMismatchError(
-            f"{run_dir} holds {state['epoch']} epochs of this run ({path.name}), more than the "
-            f"{epochs} asked for, and a run cannot be shortened. Ask for epochs={state['epoch']} (or "
+            f"{run_dir} holds {started} epochs of this run ({path.name}), more than the "
+            f"{epochs} asked for, and a run cannot be shortened. Ask for epochs={started} (or "
             "more), use another run directory, or fresh=True (--fresh) to discard it and start over."
         )
     if "rng" not in state:
@@ -289,13 +291,14 @@ def prepare_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
         yield
 
 
-def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict]) -> Path:
-    """Rank 0 writes the epoch's checkpoint, then the metrics log, then prunes old checkpoints.
+def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict], step: int = 0) -> Path:
+    """Rank 0 writes the checkpoint of `epoch` epochs and `step` steps of the next, then the metrics
+    log, then prunes old checkpoints.
 
     After the checkpoint: the log never lists an epoch that no checkpoint holds, and a kill between
     the two is repaired by the rewrite from the checkpoint on resume. Returns the checkpoint's path.
     """
-    checkpoint = run_dir / f"checkpoint-{epoch:04d}.pt"
+    checkpoint = run_dir / (f"checkpoint-{epoch:04d}-{step:06d}.pt" if step else f"checkpoint-{epoch:04d}.pt")
     if distributed.is_main():
         save_checkpoint(checkpoint, state)
         write_metrics(run_dir, metrics)
@@ -305,8 +308,9 @@ def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict]) -> P
 
 
 class Run:
-    """A run folder held for training (made by `open_run`): the epochs done, their metrics, the
-    random streams, and `save` for each new epoch.
+    """A run folder held for training (made by `open_run`): the epochs done (and the steps of the
+    next one, when a time box stopped it inside), their metrics, the random streams, and `save` for
+    each new epoch.
 
     `identity` is what a checkpoint must share with this run to be resumed by it (config fields,
     `vwe.config.Config.identity`); `record`, entries the checkpoints and config.json carry besides
@@ -321,6 +325,8 @@ class Run:
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.epoch, self.metrics, self.checkpoint = 0, [], None
+        # a time box's stop inside epoch `epoch + 1`: its steps done, and their losses (step,)
+        self.step, self.losses = 0, None
 
     def saved_identity(self, state: dict) -> dict:
         """A checkpoint's identity; a field it predates counts as its default, which is what it used."""
@@ -343,21 +349,27 @@ class Run:
                 raise CheckpointError(f"checkpoint {path} does not fit a {self.name} model: {e}") from e
             restore_rng(state, path, self.cfg.seed, self.shuffle_gen, self.aug_gen)
             self.epoch, self.metrics, self.checkpoint = state["epoch"], state["metrics"], path
+            self.step, self.losses = state.get("step", 0), state.get("epoch_losses")
         if distributed.is_main():
             write_metrics(self.dir, self.metrics)  # drop epochs logged after the checkpoint we resume from
             config = {**self.cfg.to_dict(), **self.record, "data": self.data}
             config_text = json.dumps(config, indent=2) + "\n"
             atomic_write(self.dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
 
-    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Checkpoint `epoch` (its metrics appended to `self.metrics` already): rank 0 writes it."""
-        self.epoch = epoch
+    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             losses: torch.Tensor | None = None) -> None:
+        """Checkpoint `epoch` epochs (their metrics appended to `self.metrics` already): rank 0 writes
+        it. `losses` (step,): a time box stopped epoch `epoch + 1` after these steps; the shuffle
+        stream must then be the state that epoch's order was drawn from, so that a resume redraws it."""
+        self.epoch, self.losses = epoch, losses
+        self.step = 0 if losses is None else len(losses)
+        partial = {} if losses is None else {"step": self.step, "epoch_losses": losses}
         self.checkpoint = save_epoch(self.dir, epoch, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": self.cfg.to_dict(), **self.record, "epoch": epoch, "metrics": self.metrics,
+            "config": self.cfg.to_dict(), **self.record, "epoch": epoch, **partial, "metrics": self.metrics,
             "data": self.data, "rng": rng_state(self.shuffle_gen, self.aug_gen),
             "provenance": provenance(self.device),
-        }, self.metrics)
+        }, self.metrics, self.step)
 
 
 @contextmanager

@@ -1,0 +1,106 @@
+"""Training by the clock (`Config.minutes`, `--minutes`): a time box stops a run inside an epoch, and the
+same command resumes it to the same bits as a run that never stopped.
+
+The clock is injected (`vwe.engine.fit(clock=...)`): one that ticks a minute at every read stops a
+run with `minutes=k` after exactly k steps of the call, whatever this machine's speed. Runs are
+smoke-sized (Conv4, 64 training / 32 test Shapes, batch 16: four steps an epoch) and deterministic
+on the CPU, so "resumed == uninterrupted" is torch.equal, not a tolerance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vwe.__main__ import main as vwe_main
+from vwe.config import get_config
+from vwe.data.shapes import make_shapes
+from vwe.engine import PretrainStep, fit
+from vwe.models import build_model
+from vwe.pretrain import held_out_loss, pretrain
+from vwe.runs import list_checkpoints, load_checkpoint, open_run
+
+CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=3)
+STEPS = 64 // 16  # an epoch
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes(64, 32, seed=CFG.data_seed)
+
+
+def minute_clock():
+    """A clock that reads 0, 60, 120, ... seconds: `minutes=k` ends a call after k steps."""
+    ticks = itertools.count()
+    return lambda: 60.0 * next(ticks)
+
+
+def train(cfg, run_dir: Path, data, clock=None) -> list[dict]:
+    """What `vwe.pretrain.pretrain` does on the CPU, with the clock given to `fit`."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(**cfg.model_args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, torch.device("cpu")) as run:
+        run.resume(model, optimizer)
+        step = PretrainStep(model, optimizer, cfg.aug, run.aug_gen, cfg.views, cfg.original)
+        return fit(run, model, optimizer, step, (data.train_images,), cfg.batch_size,
+                   lambda: {"test_loss": held_out_loss(model, data.test_images)}, progress=False,
+                   clock=clock or minute_clock())
+
+
+def newest(run_dir: Path) -> dict:
+    return load_checkpoint(list_checkpoints(run_dir)[0])
+
+
+def test_a_clock_stopped_run_resumes_to_the_bits_of_an_uninterrupted_one(tmp_path, shapes):
+    reference = train(CFG, tmp_path / "reference", shapes)  # no time box: 3 epochs, 12 steps
+
+    run = tmp_path / "boxed"
+    first = train(CFG.replace(minutes=6), run, shapes)  # epoch 1, then 2 of epoch 2's 4 steps
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0001-000002.pt", "checkpoint-0001.pt"]
+    assert first[-1] | {"epoch": 1.5, "steps": 2, "steps_per_epoch": STEPS} == first[-1]
+    state = newest(run)
+    assert (state["epoch"], state["step"], state["epoch_losses"].shape) == (1, 2, (2,))
+
+    second = train(CFG.replace(minutes=5), run, shapes)  # the rest of epoch 2, 3 steps of epoch 3
+    assert [m["epoch"] for m in second] == [1, 2, 2.75]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0002-000003.pt", "checkpoint-0002.pt"]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == second
+
+    finished = train(CFG, run, shapes)  # no time box: the last step
+    ours, theirs = newest(run), newest(tmp_path / "reference")
+    assert ours["epoch"] == theirs["epoch"] == 3 and "step" not in ours
+    for name in theirs["model"]:
+        assert torch.equal(ours["model"][name], theirs["model"][name]), name
+    for p, q in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True):
+        assert p.keys() == q.keys() and all(torch.equal(p[k], q[k]) for k in p)
+    assert all(torch.equal(ours["rng"][k], theirs["rng"][k]) for k in theirs["rng"])
+    # each epoch's mean training loss too: a resumed epoch keeps its first steps' losses
+    fields = ("epoch", "train_loss", "test_loss")
+    assert [[m[k] for k in fields] for m in finished] == [[m[k] for k in fields] for m in reference]
+
+
+def test_a_time_box_on_the_real_clock_stops_after_the_first_step(tmp_path, shapes):
+    # 60 microseconds: one step takes longer, and every time-boxed call trains at least one step
+    res = pretrain(CFG.replace(minutes=1e-6), tmp_path, shapes, progress=False)
+    assert res.checkpoint.name.startswith("checkpoint-0000-") and len(res.metrics) == 1
+    assert 0 < res.metrics[-1]["epoch"] < 1 and res.metrics[-1]["steps_per_epoch"] == STEPS
+
+
+def test_minutes_must_be_a_positive_number():
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="minutes"):
+            CFG.replace(minutes=bad)
+    with pytest.raises(TypeError, match="minutes"):
+        CFG.replace(minutes="5")
+
+
+def test_pretrain_help_shows_minutes(capsys):
+    with pytest.raises(SystemExit):
+        vwe_main(["pretrain", "--help"])
+    assert "--minutes M" in capsys.readouterr().out
