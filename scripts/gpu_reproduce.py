@@ -294,11 +294,9 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def write_results(out: Output, header: dict, rows: list) -> None:
-    """`write_results`' results.json into the output folder (its csv, md and png stay behind: the
-    folder's files are counted)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        files = results.write_results(header, rows, tmp)
-        text = files["json"].read_text()
+    """The results file (`vwe.results.results_json`) into the output folder; no csv, md or png: the
+    folder's files are counted, and the docs render from the JSON."""
+    text = results.results_json(header, rows)
     atomic_write(out.folder / "results.json", lambda t: t.write_text(text))
     out.record["results_sha256"] = hashlib.sha256(text.encode()).hexdigest()
 

@@ -253,16 +253,22 @@ def results_markdown(header: dict, rows: Sequence[RowResult], title: str | None 
     return "\n".join(lines) + "\n"
 
 
-def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) -> dict[str, Path]:
-    """results.json, results.csv, results.md and results.png in `out_dir`; returns their paths."""
+def results_json(header: dict, rows: Sequence[RowResult]) -> str:
+    """A results file's text: the header, every row with each probe seed's figure, the claims."""
     if not rows:
         raise ValueError("no row has a result to write; run at least one row")
+    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows],
+               "claims": {name: claims(rows, probe) for name, probe in CLAIM_PROBES.items()}}
+    return json.dumps(payload, indent=2) + "\n"
+
+
+def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) -> dict[str, Path]:
+    """results.json (`results_json`), results.csv, results.md and results.png in `out_dir`; returns
+    their paths."""
+    text = results_json(header, rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
-    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows],
-               "claims": {name: claims(rows, probe) for name, probe in CLAIM_PROBES.items()}}
-    text = json.dumps(payload, indent=2) + "\n"
     atomic_write(files["json"], lambda tmp: tmp.write_text(text))
 
     def write_csv(tmp: Path) -> None:
