@@ -7,6 +7,7 @@ the command that produced it, the revision, the date, the machine and the data (
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from vwe.data.dataset import project_dir
@@ -25,3 +26,11 @@ def load_results(name: str) -> dict:
         known = sorted(p.stem for p in results_dir().glob("*.json"))
         raise FileNotFoundError(f"no results file {path}; the committed ones are {known}")
     return json.loads(path.read_text())
+
+
+def significant(lower: dict, higher: dict) -> bool:
+    """Whether `higher` is ahead of `lower` (probe summaries {"mean", "std", "accs"}) by more than 3
+    standard errors of the difference of the means (Welch) and more than 3 points."""
+    gap = higher["mean"] - lower["mean"]
+    se = math.sqrt(lower["std"] ** 2 / len(lower["accs"]) + higher["std"] ** 2 / len(higher["accs"]))
+    return gap > 3 * se and gap > 3
