@@ -208,8 +208,8 @@ for norm in ("standard", "raw"):
 #   reading from the numbers above.
 #
 # A gap counts as **significant** by the repository's one rule, `vwe.results.significant`: more than 3
-# standard errors of the difference of the two means (Welch) and more than 3 points. Anything less is
-# read as level, whichever mean is higher.
+# standard errors of the difference of the two means (Welch) and more than 3 points. A smaller gap says
+# nothing about which features are better, whichever mean is higher.
 
 # %% tags=["nbval-ignore-output"]
 SIMPLE, CONTEXT = "patch-resnet32-aug", "context-resnet32-aug"
@@ -230,8 +230,8 @@ def compare(simple: dict, context: dict) -> str:
     size = f"{abs(gap):.2f} points, {abs(gap) / spread:.1f} times the larger seed std" if spread > 0 \
         else f"{abs(gap):.2f} points, the seeds agreeing exactly"
     if significant(lower, higher):
-        return f"**{leader}** is ahead by {size}: significant"
-    return f"level by the rule ({leader} ahead by {size})"
+        return f"**{leader}** ahead by {size}: significant"
+    return f"{leader} ahead by {size}: not significant"
 
 
 def verdicts(probes: dict[str, dict]) -> str:
@@ -271,10 +271,13 @@ def print_readings(rows: list[table.RowResult]) -> None:
     print(f"{'row':<24} {'author: tower, raw, 10 ep':>26} {'text: embedding, raw':>21} "
           f"{'standardised':>14} {'paper':>6}")
     for r in rows:
-        author, raw = r.probe(table.AUTHOR_PROBE), r.probe("embedding", "raw")
+        readings = r.probe(table.AUTHOR_PROBE), r.probe("embedding", "raw"), r.probe("embedding", "standard")
+        if None in readings:  # a row measured otherwise (the supervised one): not one of these models
+            continue
+        author, raw, standard = readings
         paper = "—" if r.paper is None else f"{r.paper:.2f}"
         print(f"{r.key:<24} {author['mean']:19.2f} ± {author['std']:4.2f} {raw['mean']:14.2f} ± "
-              f"{raw['std']:4.2f} {r.mean:8.2f} ± {r.std:4.2f} {paper:>6}")
+              f"{raw['std']:4.2f} {standard['mean']:8.2f} ± {standard['std']:4.2f} {paper:>6}")
 
 
 print_readings(results)
@@ -283,11 +286,11 @@ print_readings(results)
 # ### The shipped models on the whole test set
 #
 # This notebook probes the shipped models on the profile's slice of CIFAR-100. They were also measured
-# once on all 10 000 test images, with probes trained on more images than the profile's, by
-# `make paper` on the shipped checkpoints; the results file it wrote is committed
-# (`docs/results/shipped-cifar100.json`). The cell reads it, prints the scale it ran at, and words the
-# same comparisons as section 5 from its numbers. It applies to the shipped models only: on another
-# dataset, or with `models="run"`, it says so and shows nothing. Look at whether the readings agree on
+# once on all 10 000 test images, with probes trained on more images than the profile's; that
+# measurement's results file is committed (`docs/results/shipped-cifar100.json`). The cell reads it,
+# prints the scale and the revision it ran at, and words the same comparisons as section 5 from its
+# numbers. It applies to the shipped models only: on another dataset, or with `models="run"`, it says
+# so and shows nothing. Look at whether the readings agree on
 # which autoencoder is ahead, and how far all of them are from the paper's 34.08 against 17.81 (the
 # shipped models' pretraining, printed at the top, is far shorter than the paper's).
 
@@ -339,9 +342,9 @@ for p in sorted(curve, key=lambda p: (p["profile"], p["model"], p["pairs"])):
 # - **Do the two probes agree?** The author's evaluation is raw and short (10 epochs); the standardised
 #   probe trains to convergence. Where they order the models differently, the order says as much about
 #   the probe as about the features.
-# - **How far is the paper?** The checkpoint behind its 34.08 is epoch 120 of the author's recipe on
-#   50 000 images; the cell prints how many times the largest point here that is, and so how far any
-#   trend has to be carried.
+# - **How far is the paper?** The checkpoint the author's evaluation notebook loads is epoch 120 of
+#   the author's recipe on 50 000 images (docs/design.md); the cell prints how many times the largest
+#   point here that is, and so how far any trend has to be carried.
 
 # %% tags=["nbval-ignore-output"]
 lines = []
@@ -355,8 +358,8 @@ for profile_name in sorted({p["profile"] for p in curve}):
                          f"{compare(simple_p['standard'], context_p['standard'])}")
 largest = max(p["pairs"] for p in curve)
 paper_pairs = 120 * 50_000 * 4 * 16  # epochs x images x views (3 augmented + the original) x targets
-display(Markdown("\n".join(lines) + f"\n\nThe paper's checkpoint saw {paper_pairs:,d} pairs, "
-                 f"{paper_pairs / largest:.0f} times the largest point here ({largest:,d})."))
+display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 saw {paper_pairs:,d} "
+                 f"pairs, {paper_pairs / largest:.0f} times the largest point here ({largest:,d})."))
 
 # %% [markdown]
 # The models this notebook studied on CIFAR-100 are the author's recipe at the curve's largest point
