@@ -290,9 +290,9 @@ print_readings(results)
 # measurement's results file is committed (`docs/results/shipped-cifar100.json`). The cell reads it,
 # prints the scale and the revision it ran at, and words the same comparisons as section 5 from its
 # numbers. It applies to the shipped models only: on another dataset, or with `models="run"`, it says
-# so and shows nothing. Look at whether the readings agree on
-# which autoencoder is ahead, and how far all of them are from the paper's 34.08 against 17.81 (the
-# shipped models' pretraining, printed at the top, is far shorter than the paper's).
+# so and shows nothing. Look at whether the readings agree on which autoencoder is ahead, and how far
+# all of them are from the paper's 34.08 against 17.81 (the shipped models' pretraining, printed at the
+# top, is far shorter than the paper's).
 
 # %%
 if models == "shipped" or (models == "auto" and data.name == "cifar100"):  # load_models' choice
