@@ -28,7 +28,7 @@
 # Time: a few seconds under every profile (the `paper` profile first reads CIFAR-100 once, about a minute).
 
 # %% tags=["parameters"]
-profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
+profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU) | "author" (the author's code's recipe, CIFAR-100 on a GPU)
 dataset = None  # None: the profile's; or "auto" | "cifar100" | "shapes"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there

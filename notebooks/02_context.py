@@ -30,7 +30,7 @@
 # Time: a few seconds under every profile.
 
 # %% tags=["parameters"]
-profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
+profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU) | "author" (the author's code's recipe, CIFAR-100 on a GPU)
 dataset = None  # None: the profile's; or "auto" | "cifar100" | "shapes"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there

@@ -37,11 +37,11 @@
 # long enough inside the course for the method to show); `models="run"` studies notebook 04's runs
 # instead, which is what happens on Shapes.
 #
-# Time: `smoke` seconds; `cpu` about 3 minutes on a 2-core CPU (features, then 2 probes x 3 seeds for
-# each of 6 feature sets); `paper` minutes on a GPU.
+# Time: `smoke` seconds; `cpu` a few minutes on a 2-core CPU (features, then 2 probes x 3 seeds for
+# each of 6 feature sets); `paper` and `author` minutes on a GPU.
 
 # %% tags=["parameters"]
-profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
+profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU) | "author" (the author's code's recipe, CIFAR-100 on a GPU)
 dataset = None  # None: the profile's; or "auto" | "cifar100" | "shapes"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there
@@ -55,6 +55,16 @@ from vwe import table
 from vwe.course import load_models, start
 from vwe.evaluate import extract_features, linear_probe, random_image_model
 from vwe.plots import results_bar_chart, save
+from vwe.results import (
+    AUTHOR_PROBE,
+    CLAIM_PROBES,
+    claims,
+    gap,
+    load_results,
+    rows_of,
+    significant,
+    write_results,
+)
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
 cfg, data = s.cfg, s.data
@@ -85,13 +95,16 @@ random_image = random_image_model(cfg.tower, seed=cfg.seed).to(s.device)
 mine = extract_features(random_image.forward_features, data.test_images[:8], device=s.device)  # (8, 64)
 mine_simple = extract_features(simple, data.test_images[:8], device=s.device)  # (8, 1024)
 
-feature_sets = table.feature_sets(simple, context, data, cfg, s.device)  # every row's, train and test
+# every row's features, train and test: "embedding", and for the context model also "tower"
+feature_sets = table.model_features(simple, context, data, cfg, s.device)
 # the same numbers up to fp32 rounding (another batch size may sum in another order)
-torch.testing.assert_close(feature_sets["random-resnet32"][1][:8], mine, rtol=1e-4, atol=1e-4)
-torch.testing.assert_close(feature_sets["patch-resnet32-aug"][1][:8], mine_simple, rtol=1e-4, atol=1e-4)
-for key, (train, test) in feature_sets.items():
-    print(f"{key:<24} train {tuple(train.shape)}  test {tuple(test.shape)}  mean row norm "
-          f"{train.norm(dim=1).mean():8.1f}")
+torch.testing.assert_close(feature_sets["random-resnet32"]["embedding"][1][:8], mine, rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(feature_sets["patch-resnet32-aug"]["embedding"][1][:8], mine_simple, rtol=1e-4,
+                           atol=1e-4)
+for key, features in feature_sets.items():
+    for name, (train, test) in features.items():
+        print(f"{key + ' ' + name:<34} train {tuple(train.shape)}  test {tuple(test.shape)}  mean row norm "
+              f"{train.norm(dim=1).mean():8.1f}")
 
 # %% [markdown]
 # ## 2. One probe, written out, raw and standardised
@@ -107,7 +120,7 @@ for key, (train, test) in feature_sets.items():
 # the context embedding, with the training loss and training accuracy of every epoch:
 
 # %% tags=["nbval-ignore-output"]
-train_feats, test_feats = feature_sets["context-resnet32-aug"]
+train_feats, test_feats = feature_sets["context-resnet32-aug"]["embedding"]
 probes = {norm: linear_probe(train_feats, data.train_labels, test_feats, data.test_labels, seed=0,
                              epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, lr=cfg.probe_lr,
                              num_classes=data.num_classes, norm=norm)
@@ -145,7 +158,7 @@ print(f"probe: {cfg.probe_epochs} epochs, batch {cfg.probe_batch_size}, Adam lr 
       f"seeds {cfg.probe_seeds}")
 epochs = {"patch-resnet32-aug": pretrained["simple AE"].config.epochs,
           "context-resnet32-aug": pretrained["context AE"].config.epochs}
-results = table.rows_from_features(feature_sets, data, cfg, epochs, s.run_dir)
+results = table.model_rows(feature_sets, data, cfg, epochs, s.run_dir)
 for r in results:
     print(f"{r.key:<24} standardised {r.mean:6.2f} ± {r.std:.2f} %   raw "
           f"{r.probe('embedding', 'raw')['mean']:6.2f} %")
@@ -165,8 +178,8 @@ assert abs(context_row.probes["embedding/standard"]["accs"][0] - probes["standar
 
 # %% tags=["nbval-ignore-output"]
 header = table.table_header(cfg, data, s.device, table.data_fingerprint(data))
-header["epochs"] = max(epochs.values())  # the pretrained models', not this session's profile
-files = table.write_results(header, results, s.run_dir / "05_results")
+header["epochs"] = max(epochs.values())  # the pretrained models', not this notebook's profile
+files = write_results(header, results, s.run_dir / "05_results")
 display(Markdown(files["md"].read_text()))
 
 # %% [markdown]
@@ -181,16 +194,17 @@ save(fig, s.figures / "05_results.png")
 # %% [markdown]
 # ## 6. Which of the paper's claims hold here
 #
-# A claim holds when the gap between its two rows is positive and larger than three times the larger
-# of the two rows' seed standard deviations. The cell prints each verdict with its numbers, whatever
-# they are: short pretraining (a few epochs on a few thousand images, against the paper's 200 epochs on
-# 50 000) need not reproduce the paper's order, and when it does not, the table says so.
+# Each of the paper's claims orders two rows. `vwe.results.claims` measures the gap between them, in
+# points and in standard errors of the difference, and gives a verdict by the rule below; the cell prints each verdict with its
+# numbers, whatever they are: short pretraining (a few epochs on a few thousand images, against the
+# paper's 200 epochs on 50 000) need not reproduce the paper's order, and when it does not, the table
+# says so.
 
 # %% tags=["nbval-ignore-output"]
-for norm in ("standard", "raw"):
-    print(f"{norm} probe:")
-    for c in table.claims(results, f"embedding/{norm}"):
-        print(f"  {c['claim']:<52} gap {c['gap']:+6.2f} points ({c['gap_over_std']:+.1f} std): {c['holds']}")
+for name, probe in CLAIM_PROBES.items():
+    print(f"{name}:")
+    for c in claims(results, probe):
+        print(f"  {c['claim']:<52} gap {c['gap']:+6.2f} points ({c['gap_in_se']:+.1f} se): {c['holds']}")
 
 # %% [markdown]
 # How to read it:
@@ -201,35 +215,54 @@ for norm in ("standard", "raw"):
 # - The **simple autoencoder** rebuilds its patches better than the context model (notebook 04's
 #   losses, notebook 06's pictures), yet the paper finds its features far worse for classification
 #   (17.81 % against 34.08 %): rebuilding a patch from itself needs no understanding of the image,
-#   rebuilding it from its neighbours does.
-# - **What the shipped models show, plainly.** Measured on all 10 000 test images with probes on
-#   20 000 training images (README, Results), the shipped models (the author's recipe, 4 epochs on
-#   5 000 images, a 2-core CPU) give: on the **author's evaluation** the context autoencoder 16.49 %
-#   against the simple autoencoder's 15.48 % (the paper's order, by 4.6 seed standard deviations), above
-#   the raw pixels (13.68 %) and [24]'s random weights (2.98 %). On the standardised probe the simple
-#   autoencoder is ahead (18.99 % against 15.49 % on the context embedding and 18.48 % on its tower).
-#   So at this scale the paper's central ordering holds on the paper's own evaluation and not on the
-#   others, and far below the paper's 34.08 %, which comes from about 300 times more pretraining;
-#   `make paper PROFILE=author` on a GPU runs that protocol.
+#   rebuilding it from its neighbours does. Whether the models here show that order depends on how
+#   long they pretrained and on which probe reads them: the cell below words the comparison for each
+#   reading from the numbers above.
+#
+# A gap counts as **significant** by the repository's one rule, `vwe.results.significant`: more than 3
+# standard errors of the difference of the two means (Welch) and more than 3 points. A smaller gap says
+# nothing about which features are better, whichever mean is higher.
+
+# %% tags=["nbval-ignore-output"]
+SIMPLE, CONTEXT = "patch-resnet32-aug", "context-resnet32-aug"
+# (reading, the simple AE's probe, the context AE's probe): the simple AE's embedding is its tower on the
+# 16 patches, so its one standardised probe faces both of the context model's
+READINGS = (("the author's evaluation (tower, raw, 10 epochs)", AUTHOR_PROBE, AUTHOR_PROBE),
+            ("the paper's text (embedding, raw)", "embedding/raw", "embedding/raw"),
+            ("standardised, the context embedding", "embedding/standard", "embedding/standard"),
+            ("standardised, the context tower", "embedding/standard", "tower/standard"))
+
+
+def compare(simple: dict, context: dict) -> str:
+    """Which autoencoder two probe summaries {"mean", "std", "accs"} put ahead, in words."""
+    ahead = context["mean"] > simple["mean"]
+    leader = "the context autoencoder" if ahead else "the simple autoencoder"
+    lower, higher = (simple, context) if ahead else (context, simple)
+    points, in_se = gap(lower, higher)
+    size = f"{points:.2f} points, {in_se:.1f} standard errors"
+    if significant(lower, higher):
+        return f"**{leader}** ahead by {size}: significant"
+    return f"{leader} ahead by {size}: not significant"
+
+
+def verdicts(probes: dict[str, dict]) -> str:
+    """Markdown, one line per reading; `probes` maps a row key to that row's probes."""
+    return "\n".join(f"- {words}: {compare(probes[SIMPLE][a], probes[CONTEXT][b])}"
+                      for words, a, b in READINGS if a in probes[SIMPLE] and b in probes[CONTEXT])
+
+
+display(Markdown(f"**On this run** ({data.name}, {len(data.train_labels)} training and "
+                 f"{len(data.test_labels)} test images), simple against context autoencoder:\n\n"
+                 + verdicts({r.key: r.probes for r in results})))
 
 # %% [markdown]
 # ## 7. The paper as its author ran it
 #
 # The paper's numbers come from its author's public code (`mahadev1995/Self-supervised_Learning`), which
-# settles what the text leaves open and in places does what the text does not say
-# (docs/design.md, "The paper as its author ran it", has every point with its source file):
-#
-# | point | the text | the author's code |
-# |---|---|---|
-# | a batch of 512 | 512 images (8 192 pairs) | 512 (context, target) **pairs**: 8 images x 4 views x 16 targets |
-# | optimiser steps an epoch (50 000 images) | 97 | **6 250** |
-# | views of an image in a batch | one augmented view | 3 augmented views **plus the original** |
-# | augmentation | crop, rotation, colour jitter (no strengths) | crop area 0.08–1, rotation 0–180°, jitter 0.8/0.8/0.8/0.2 |
-# | decoder | two linear layers, upsample, three convs | the same with BatchNorm, convs 64 → 32 → 16 → 3 |
-# | the tower in train mode | one tower for the 8 neighbours | called once per neighbour slot: BatchNorm per slot |
-# | input | — | [0, 1] pixels, not normalised |
-# | **features probed** | the 16 patch embeddings (8 192-d) | **the tower on the 16 patches (1 024-d)** |
-# | probe | Adam, batch 128 | the same on raw features, **10 epochs** (100 for the simple AE's 17.81) |
+# settles what the text leaves open and in places does what the text does not say: the batch counts
+# (context, target) pairs, every image comes in several views, and the probe reads the tower's 1 024
+# features, raw, for 10 epochs. [The paper as its author ran it](../docs/design.md#the-paper-as-its-author-ran-it)
+# (docs/design.md) has every point, with the author's source file and the profile field it sets.
 #
 # Why two of these matter most:
 #
@@ -244,13 +277,46 @@ for norm in ("standard", "raw"):
 # readings of the same models side by side:
 
 # %% tags=["nbval-ignore-output"]
-print(f"{'row':<24} {'author: tower, raw, 10 ep':>26} {'text: embedding, raw':>21} "
-      f"{'standardised':>14} {'paper':>6}")
-for r in results:
-    author, raw = r.probe(table.AUTHOR_PROBE), r.probe("embedding", "raw")
-    paper = "—" if r.paper is None else f"{r.paper:.2f}"
-    print(f"{r.key:<24} {author['mean']:19.2f} ± {author['std']:4.2f} {raw['mean']:14.2f} ± {raw['std']:4.2f} "
-          f"{r.mean:8.2f} ± {r.std:4.2f} {paper:>6}")
+def print_readings(rows: list) -> None:
+    """Every row's author's evaluation, raw-embedding probe and standardised probe, and the paper's."""
+    print(f"{'row':<24} {'author: tower, raw, 10 ep':>26} {'text: embedding, raw':>21} "
+          f"{'standardised':>14} {'paper':>6}")
+    for r in rows:
+        readings = r.probe(AUTHOR_PROBE), r.probe("embedding", "raw"), r.probe("embedding", "standard")
+        if None in readings:  # a row measured otherwise (the supervised one): not one of these models
+            continue
+        author, raw, standard = readings
+        paper = "—" if r.paper is None else f"{r.paper:.2f}"
+        print(f"{r.key:<24} {author['mean']:19.2f} ± {author['std']:4.2f} {raw['mean']:14.2f} ± "
+              f"{raw['std']:4.2f} {standard['mean']:8.2f} ± {standard['std']:4.2f} {paper:>6}")
+
+
+print_readings(results)
+
+# %% [markdown]
+# ### The shipped models on the whole test set
+#
+# This notebook probes the shipped models on the profile's slice of CIFAR-100. They were also measured
+# once on all 10 000 test images, with probes trained on more images than the profile's; that
+# measurement's results file is committed (`docs/results/shipped-cifar100.json`). The cell reads it,
+# prints the scale and the revision it ran at, and words the same comparisons as section 5 from its
+# numbers. It applies to the shipped models only: on another dataset, or with `models="run"`, it says
+# so and shows nothing. Look at whether the readings agree on which autoencoder is ahead, and how far
+# all of them are from the paper's 34.08 against 17.81 (the shipped models' pretraining, printed at the
+# top, is far shorter than the paper's).
+
+# %%
+if models == "shipped" or (models == "auto" and data.name == "cifar100"):  # load_models' choice
+    shipped = load_results("shipped-cifar100")
+    h = shipped["header"]
+    print(f"shipped models on {h['dataset']}: probes trained on {h['n_train']} images, tested on "
+          f"{h['n_test']}; probe seeds {h['probe_seeds']}; git {h['git']}, {h['time']}, {h['device']}")
+    shipped_rows = rows_of(shipped)
+    print_readings(shipped_rows)
+    display(Markdown("**The shipped models on the whole test set**, simple against context autoencoder:"
+                     "\n\n" + verdicts({r.key: r.probes for r in shipped_rows})))
+else:
+    print(f"these are not the shipped models ({data.name}, models={models!r}): no results file to read")
 
 # %% [markdown]
 # ## 8. Where the method shows: accuracy against pretraining compute
@@ -260,15 +326,13 @@ for r in results:
 # author's (shared encoding: the per-slot one costs 8 x the tower work), probed after a series of
 # epochs on a **validation split** (the last 5 000 training images; the test split is never read). Both
 # probes see the tower's 1 024 features. The x axis is compute in (context, target) pairs, the unit in
-# which the two recipes' batches are equal. The points are committed in `docs/scale-curve.jsonl`.
+# which the two recipes' batches are equal. The points are committed in `docs/results/scale-curve.json`,
+# with the commands and the machine that measured them.
 
 # %%
-import json
-
-from vwe.data import project_dir
 from vwe.plots import plot_scale_curve
 
-curve = [json.loads(line) for line in (project_dir() / "docs" / "scale-curve.jsonl").read_text().splitlines()]
+curve = load_results("scale-curve")["points"]
 fig = plot_scale_curve(curve)
 save(fig, s.figures / "05_scale_curve.png")
 for p in sorted(curve, key=lambda p: (p["profile"], p["model"], p["pairs"])):
@@ -277,21 +341,35 @@ for p in sorted(curve, key=lambda p: (p["profile"], p["model"], p["pairs"])):
           f"{p['standard']['mean']:6.2f} ± {p['standard']['std']:.2f} %")
 
 # %% [markdown]
-# What the curve says (README, Results, has the table of every point):
+# What to look for in the curve ([docs/results.md](../docs/results.md) has the table of every point):
 #
-# - **The curves cross.** With the `cpu` recipe the simple autoencoder leads by 1–2 points up to
-#   320 000 pairs; at 640 000 the two are level. With the author's recipe the context autoencoder
-#   leads on the author's evaluation at every point, by 0.8, 1.4, 1.7 and 2.1 points, a gap that
-#   widens with compute (no single point clears three seed standard deviations).
-# - **The author's recipe learns faster per pair**: 13.7 % at 320 000 pairs, where the `cpu` recipe is
-#   at 8.3 %.
-# - **The author's evaluation flatters the context model**: the simple autoencoder's raw 10-epoch probe
-#   falls as it trains while its standardised probe rises, and on the standardised probe the two models
-#   are level from 640 000 pairs on.
-# - **The paper's scale** is about 384 million pairs, 300 times the largest point here. The trend
-#   points the paper's way on its own evaluation; how far it goes is the GPU run's to measure
-#   (`make paper PROFILE=author`).
-#
-# That is why the course ships the author's recipe at the curve's largest point: the models this
-# notebook studied on CIFAR-100 (their scale is printed at the top).
+# - **Do the curves cross?** At each point, which autoencoder is ahead, and does the lead change sides
+#   or grow as compute grows? The cell below words every point's comparison by the same rule as
+#   section 5; three probe seeds on 5 000 validation images give wide margins, so a steady trend over
+#   several points says more than any one point.
+# - **Which recipe learns more per pair?** Compare the two recipes at the same number of pairs.
+# - **Do the two probes agree?** The author's evaluation is raw and short (10 epochs); the standardised
+#   probe trains to convergence. Where they order the models differently, the order says as much about
+#   the probe as about the features.
+# - **How far is the paper?** The checkpoint the author's evaluation notebook loads is epoch 120 of
+#   the author's recipe on 50 000 images (docs/design.md); the cell prints how many times the largest
+#   point here that is, and so how far any trend has to be carried.
 
+# %% tags=["nbval-ignore-output"]
+lines = []
+for profile_name in sorted({p["profile"] for p in curve}):
+    points = {(p["pairs"], p["model"]): p for p in curve if p["profile"] == profile_name}
+    for pairs in sorted({k[0] for k in points}):
+        if (pairs, "patch") in points and (pairs, "context") in points:
+            simple_p, context_p = points[pairs, "patch"], points[pairs, "context"]
+            lines.append(f"- `{profile_name}` recipe, {pairs:,d} pairs: author's evaluation: "
+                         f"{compare(simple_p['author'], context_p['author'])}; standardised: "
+                         f"{compare(simple_p['standard'], context_p['standard'])}")
+largest = max(p["pairs"] for p in curve)
+paper_pairs = 120 * 50_000 * 4 * 16  # epochs x images x views (3 augmented + the original) x targets
+display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 saw {paper_pairs:,d} "
+                 f"pairs, {paper_pairs / largest:.0f} times the largest point here ({largest:,d})."))
+
+# %% [markdown]
+# The models this notebook studied on CIFAR-100 are the author's recipe at the curve's largest point
+# (their scale is printed at the top): the last `author` line above is where they sit on it.

@@ -31,11 +31,12 @@
 #   **kNN classification** (no training at all), beside the linear probe of notebook 05;
 # - an explorer: pick any patch, see its neighbours and its word.
 #
-# Time: `smoke` about half a minute; `cpu` a few minutes on a 2-core CPU (plus notebook 04's pretraining
-# if it has not run: the models are trained here then); `paper` a few minutes on a GPU.
+# Time: `smoke` under a minute; `cpu` a few minutes on a 2-core CPU; `paper` a few minutes on a GPU. It never
+# trains an autoencoder: with `models="run"` (the default on Shapes) notebook 04 must have run with the
+# same parameters.
 
 # %% tags=["parameters"]
-profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
+profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU) | "author" (the author's code's recipe, CIFAR-100 on a GPU)
 dataset = None  # None: the profile's; or "auto" | "cifar100" | "shapes"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there
@@ -183,9 +184,9 @@ save(fig, s.figures / "07_neighbours.png")
 # - the **context embedding** finds patches whose *surroundings* look alike, whatever the patch itself
 #   holds: the visual version of word2vec's "words used in the same contexts".
 #
-# Judge for yourself whether the trained towers' neighbours look better than the pixels'. After the short
-# pretraining of the `smoke` and `cpu` profiles they often do not (notebook 05's linear probe says the same
-# on Shapes); the paper's claim is about 200 epochs on CIFAR-100 (`paper` profile).
+# Judge for yourself whether the trained towers' neighbours look better than the pixels'. Short
+# pretraining (the `smoke` and `cpu` profiles) may leave them no better; notebook 05's linear probe puts a
+# number on the same question, and the paper's claim is about 200 epochs on CIFAR-100 (`paper` profile).
 #
 # ## 4. A vocabulary of visual words
 #
@@ -285,10 +286,10 @@ display(table)
 #   and the vocabulary quantises each patch to one of a few directions. What survives is "which kinds of
 #   patches does this image contain", a texture-like summary. Where the BoVW score holds up, the model's
 #   patch vectors carry class information on their own; where it collapses, the class lived in the layout.
-# - Under the `smoke` profile the probes train for a handful of epochs on a few hundred images: the numbers
-#   are noise around chance. Under `cpu` on Shapes, whose classes are decided by shape and not by colour,
-#   a few epochs of pretraining may leave every row close to chance too; the `paper` profile is where the
-#   models should separate.
+# - Read every row against the chance level printed above the table. Under the `smoke` profile the probes
+#   train for a handful of epochs on a few hundred images, so expect little above it; under `cpu` on
+#   Shapes, whose classes are decided by shape and not by colour, a few epochs of pretraining may leave
+#   every row close to it too; the `paper` profile is where the models should separate.
 #
 # ## 6. Explore
 #

@@ -32,7 +32,7 @@
 # autoencoder first (seconds under `smoke`, minutes under `cpu`).
 
 # %% tags=["parameters"]
-profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU)
+profile = "cpu"  # "smoke" (seconds, CI) | "cpu" (a laptop) | "paper" (CIFAR-100 on a GPU) | "author" (the author's code's recipe, CIFAR-100 on a GPU)
 dataset = None  # None: the profile's; or "auto" | "cifar10" | "cifar100" | "shapes" | "folder:PATH"
 device = None  # None: the profile's ("auto": the GPU when there is one)
 run_dir = None  # None: runs/<profile>; checkpoints, figures and results go there

@@ -11,7 +11,7 @@ The parts, most informative first, each inside the total budget (--minutes, defa
      the text's (512 images = 8 192 pairs, `paper` profile), `benchmarks/throughput.py`'s `bench_step`;
   3. the context autoencoder, the author's recipe, time-boxed (`Config.minutes`) and checkpointed;
   4. the simple autoencoder (model `patch`), the same recipe and box;
-  5. the probes, `vwe.table.model_rows`: the author's evaluation (tower 1 024-d, raw, 10 epochs) and the
+  5. the probes, `vwe.table.model_rows`': the author's evaluation (tower 1 024-d, raw, 10 epochs) and the
      standardised probe over 3 seeds on all test images, beside the random-weights and pixel rows;
   6. if time is left: the context autoencoder with the text's recipe, as far as the box allows, probed.
 The output folder is rewritten (atomically) after every part, so a job cut short still returns every
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> Path:
                   epochs_reached={k: r.metrics[-1]["epoch"] for k, r in trained.items()})
     epochs = {"patch-resnet32-aug": trained["patch"].metrics[-1]["epoch"],
               "context-resnet32-aug": trained["context"].metrics[-1]["epoch"]}
-    rows = table.model_rows(trained["patch"].model, trained["context"].model, data, probe_cfg, device, epochs,
-                            work)
+    features = table.model_features(trained["patch"].model, trained["context"].model, data, probe_cfg, device)
+    rows = table.model_rows(features, data, probe_cfg, epochs, work)
     write_results(out, header, rows)
     out.part("probes", time.perf_counter() - t0)
 

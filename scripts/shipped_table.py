@@ -38,7 +38,8 @@ def main() -> None:
     for m in (simple, context):
         print(m.source, flush=True)
     epochs = {"patch-resnet32-aug": simple.config.epochs, "context-resnet32-aug": context.config.epochs}
-    rows = table.model_rows(simple.model, context.model, data, cfg, device, epochs, a.out, progress=True)
+    features = table.model_features(simple.model, context.model, data, cfg, device, progress=True)
+    rows = table.model_rows(features, data, cfg, epochs, a.out)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
     header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
                   views_per_image=context.config.views_per_image, lr=context.config.lr,

@@ -80,6 +80,26 @@ def test_parameters_cell_then_start(path):
     assert "start" in calls, f"{path.name}: the cell after `parameters` must call start(...)"
 
 
+# Table 1's published numbers, which the prose may quote; any other "12.34 %" or "12.34 ±" in a markdown
+# cell is a measurement, which belongs in a cell's output, where it cannot go stale
+PAPER_NUMBERS = {"65.32", "7.65", "46.17", "17.81", "30.46", "34.08", "24.55", "42.13", "29.02", "24.07",
+                 "20.44"}
+MEASURED = re.compile(r"\b(\d+\.\d+)\s?(%|±)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_markdown_states_no_measured_number(path):
+    found = [m.group(0) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"
+             for m in MEASURED.finditer(c.source) if m.group(1) not in PAPER_NUMBERS]
+    assert not found, f"{path.name}: markdown states measured numbers {found}; print them from a cell"
+
+
+def test_the_measured_number_pattern():
+    text = "ours 16.49 % and 15.48 ± 0.22, the paper's 34.08 %, a 3 % crop, 0.5–1 of the area, lr 1e-3"
+    assert [m.group(1) for m in MEASURED.finditer(text)
+            if m.group(1) not in PAPER_NUMBERS] == ["16.49", "15.48"]
+
+
 # ----------------------------------------------------------------------------- the runner
 
 

@@ -107,6 +107,7 @@ ROWS: tuple[Row, ...] = (
         tower="conv4"),
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
+BY_KEY = {r.key: r for r in ROWS}
 
 
 @dataclass
@@ -319,19 +320,22 @@ MODEL_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-res
               "context-resnet32-aug")
 
 
-def model_rows(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config, device: torch.device,
-               epochs: dict[str, int], run_dir: str | Path, progress: bool = False) -> list[RowResult]:
-    """Every MODEL_ROWS row for a trained simple and context autoencoder (notebook 05,
-    `scripts/shipped_table.py`), evaluated as `run_row` evaluates it; `epochs` gives each trained row's
-    pretraining epochs."""
+def model_features(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config, device: torch.device,
+                   progress: bool = False) -> dict[str, Features]:
+    """`row_features` of every MODEL_ROWS row, for a trained simple and context autoencoder (notebook 05,
+    `scripts/shipped_table.py`, `scripts/gpu_reproduce.py`)."""
     models = {"patch-resnet32-aug": simple, "context-resnet32-aug": context}
-    by_key = {r.key: r for r in ROWS}
-    results = []
-    for key in MODEL_ROWS:
-        features = row_features(by_key[key], data, cfg, device, models.get(key), progress)
-        evaluation = evaluate_features(features, data, cfg)
-        results.append(row_result(by_key[key], evaluation, data.name, epochs.get(key, 0), 0.0, run_dir))
-    return results
+    return {key: row_features(BY_KEY[key], data, cfg, device, models.get(key), progress)
+            for key in MODEL_ROWS}
+
+
+def model_rows(features: dict[str, Features], data: Dataset, cfg: Config, epochs: dict[str, int],
+               run_dir: str | Path) -> list[RowResult]:
+    """Every MODEL_ROWS row evaluated on its `model_features` as `run_row` evaluates it; `epochs` gives
+    each trained row's pretraining epochs."""
+    return [row_result(BY_KEY[key], evaluate_features(features[key], data, cfg), data.name,
+                       epochs.get(key, 0), 0.0, run_dir)
+            for key in MODEL_ROWS]
 
 
 def _result_of_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
