@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one command, for a machine with one CUDA GPU, most
-# informative first (a device session may end before the last part):
+# informative first (a GPU job may end before the last part):
 #   1. benchmarks/conv_forms.py --device cuda    (every convolution of the step as cuDNN's and as a
 #      matrix product, vwe.fast: which form each layer should take; about 30 s)
 #   2. benchmarks/throughput.py --device cuda    (BENCHMARKS.md: the training-step variants,
-#      augmentation, features, linear probe, the issue's goals; prints each row as measured)
+#      augmentation, features, linear probe, the throughput goals; prints each row as measured)
 #   3. the CUDA tests of tests/test_fast_step.py (the fast step matches plain fp32, the graph)
 #   4. benchmarks/profile_step.py                (the step's kernels, heaviest first, and wall time
 #      against kernel time; then the same for the supervised baseline's step, 23 min of the table)
@@ -16,9 +16,9 @@
 # Variables: OUT (default runs/gpu), PYTHON (default python3), BENCH_VARIANTS (default: the
 # benchmark's own list), TABLE_EPOCHS (2), TABLE_PROBE_EPOCHS (5), TABLE_ROWS (default: all), and
 # the per-part limits in seconds CONV_S (60), BENCH_S (280), TESTS_S (120), PROFILE_S (90),
-# TABLE_S (0: skipped): 9 min 10 s in all, inside one 10-minute device call. On a fresh machine (no
+# TABLE_S (0: skipped): 9 min 10 s in all, inside one 10-minute GPU job. On a fresh machine (no
 # compile cache) each compiled variant or test costs about a minute of compilation (H200, run 2).
-# $OUT gets 7 files (8 with the table): a device call brings back at most 8.
+# $OUT gets 7 files (8 with the table): a GPU job brings back at most 8.
 set -u
 OUT=${OUT:-runs/gpu}
 PY=${PYTHON:-python3}
@@ -61,7 +61,7 @@ else  # the method's own row first (its compiled step is warm from the benchmark
         "$0" -m vwe table "${@}"' "$PY" "${TABLE_ARGS[@]}"
 fi
 # per-epoch seconds of every pretraining run, for the cost projection, and the table's JSON: into
-# table.log, since a device call brings back at most 8 files (7 without the table, 8 with it)
+# table.log, since a GPU job brings back at most 8 files (7 without the table, 8 with it)
 for d in "$TABLE_DIR"/*/; do
     [ -f "$d/metrics.jsonl" ] && echo "$(basename "$d") $(tr '\n' ' ' <"$d/metrics.jsonl")"
 done | tee -a "$OUT/table.log"

@@ -1,4 +1,4 @@
-"""Data-parallel training on the CPU with gloo, as torchrun runs it on GPUs (issue 16).
+"""Data-parallel training on the CPU with gloo, as torchrun runs it on GPUs.
 
 Two processes with the same global batch and seed train the model that one process trains (up to
 fp32 rounding: the sums of the global statistics and gradients are taken in another order), only

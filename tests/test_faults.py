@@ -1,4 +1,4 @@
-"""Faults injected on purpose: kills, damaged and hostile files, a full disk, bad inputs (issue 5).
+"""Faults injected on purpose: kills, damaged and hostile files, a full disk, bad inputs.
 
 Each test breaks one thing and asserts what the user sees, that nothing is lost and that nothing
 in a file is executed. Runs are smoke-sized (Conv4, 64 training / 32 test Shapes, batch 32, so two
