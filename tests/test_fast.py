@@ -64,10 +64,10 @@ def test_conv_forms_leave_the_model_the_same_function():
         for m in model.modules():
             if isinstance(m, Conv2d):
                 m.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-2] * a[0].shape[-1]))
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
         sizes.clear()
         loss = model.forward_loss(x)
         out.append((loss, *torch.autograd.grad(loss, list(model.parameters()))))
-        states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     # of the 33 tower convs (stem, 30 in blocks, 2 shortcuts), 20 see a map of <= 4x4 on a patch:
     # stage 2 after its first conv (9), stage 3's first conv and shortcut (2) and the rest of it (9);
