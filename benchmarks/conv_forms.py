@@ -37,7 +37,7 @@ from torch import nn
 from vwe.fast import Conv2d, dense_conv2d
 from vwe.fast_step import default_options, for_device
 from vwe.files import atomic_write
-from vwe.models import ContextAutoencoder
+from vwe.models import ContextAutoencoder, build_model
 
 FORMS = ("conv", "dense")
 DENSE_ENTRIES = 1 << 21  # a larger dense matrix (inputs x outputs) costs 10x+ the convolution's work
@@ -140,7 +140,7 @@ def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> 
     """One row per convolution shape of the step: ms per call of each form, per step, the best."""
     torch.manual_seed(0)
     options = for_device(default_options(), device)
-    model = ContextAutoencoder("resnet32", dense_convs=options.dense_convs).to(device).train()
+    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=layout)
     rows = []

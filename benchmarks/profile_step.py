@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from vwe.augment import AugmentConfig
 from vwe.engine import PretrainStep
 from vwe.fast_step import FastStep, StepOptions, default_options, for_device
-from vwe.models import Classifier, ContextAutoencoder
+from vwe.models import Classifier, build_model
 from vwe.supervised import SupervisedRecipe, SupervisedStep
 
 # kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)
@@ -74,7 +74,7 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
     options = replace(for_device(default_options(), device), cuda_graph=False)
     if a.by_shape:
         options = replace(options, compile=None)
-    model = ContextAutoencoder("resnet32", dense_convs=options.dense_convs).to(device).train()
+    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = FastStep(PretrainStep(model, optimizer, AugmentConfig(), gen), options)
     return (lambda i: step(images[batch(i)])), options.describe()

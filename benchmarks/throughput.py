@@ -178,7 +178,8 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     reset_peak(device)
     torch.manual_seed(0)
     if recipe is None:
-        model = ContextAutoencoder("resnet32", encoding, dense_convs=options.dense_convs).to(device).train()
+        model = build_model("context", "resnet32", encoding, dense_convs=options.dense_convs)
+        model = model.to(device).train()
         aug, views, b, per_image = AugmentConfig(), {}, cfg.batch_size, 1
     else:
         model = build_model(**recipe.model_args, dense_convs=options.dense_convs).to(device).train()

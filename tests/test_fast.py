@@ -6,7 +6,7 @@ import torch
 
 from vwe import fast
 from vwe.fast import Conv2d
-from vwe.models import ContextAutoencoder
+from vwe.models import ContextAutoencoder, build_model
 
 # (in, out, kernel, stride, padding, bias, map size): every small-map convolution of the towers
 DENSE_CASES = [(64, 64, 3, 1, 1, False, 2), (32, 32, 3, 1, 1, False, 4), (32, 64, 3, 2, 1, False, 4),
@@ -60,7 +60,7 @@ def test_conv_forms_leave_the_model_the_same_function():
     sizes, out, states = [], [], []
     for dense_pixels in (0, 16):  # the same seed: the same weights whatever the form
         torch.manual_seed(0)
-        model = ContextAutoencoder("resnet32", dense_convs=dense_pixels).double().train()
+        model = build_model("context", "resnet32", dense_convs=dense_pixels).double().train()
         for m in model.modules():
             if isinstance(m, Conv2d):
                 m.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-2] * a[0].shape[-1]))

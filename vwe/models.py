@@ -203,10 +203,9 @@ class Autoencoder(nn.Module):
     embed_dim: int
 
     def __init__(self, tower: str | nn.Module, embed_dim_per_tower: int, decoder: str = "text",
-                 normalize: bool = True, dense_convs: int = 0):
+                 normalize: bool = True):
         super().__init__()
-        self.tower = make_tower(tower, normalize, dense_convs) if isinstance(tower, str) else tower
-        self.tower_name = tower if isinstance(tower, str) else type(tower).__name__.lower()
+        self.tower = make_tower(tower, normalize) if isinstance(tower, str) else tower
         self.embed_dim = embed_dim_per_tower * self.tower.out_features
         self.decoder = Decoder(self.embed_dim, decoder)
 
@@ -261,10 +260,10 @@ class ContextAutoencoder(Autoencoder):
     """
 
     def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared", decoder: str = "text",
-                 normalize: bool = True, dense_convs: int = 0, sync_zero_patch: bool = False):
+                 normalize: bool = True, sync_zero_patch: bool = False):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
-        super().__init__(tower, N_NEIGHBOURS, decoder, normalize, dense_convs)
+        super().__init__(tower, N_NEIGHBOURS, decoder, normalize)
         self.encoding, self.sync_zero_patch = encoding, sync_zero_patch
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,9 +303,8 @@ class ContextAutoencoder(Autoencoder):
 class PatchAutoencoder(Autoencoder):
     """The simple autoencoder baseline: each patch is rebuilt from the tower features of itself."""
 
-    def __init__(self, tower: str | nn.Module = "resnet32", decoder: str = "text", normalize: bool = True,
-                 dense_convs: int = 0):
-        super().__init__(tower, 1, decoder, normalize, dense_convs)
+    def __init__(self, tower: str | nn.Module = "resnet32", decoder: str = "text", normalize: bool = True):
+        super().__init__(tower, 1, decoder, normalize)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, D)."""
@@ -322,11 +320,12 @@ def build_model(model: str = "context", tower: str = "resnet32", encoding: str =
     """An autoencoder by name: model "context" (with `encoding` and `sync_zero_patch`) or "patch" (the
     simple baseline), `decoder` one of DECODERS, `normalize=False` for towers that see the [0, 1]
     pixels as they are, `dense_convs` as in the module docstring."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+    net = make_tower(tower, normalize, dense_convs)
     if model == "context":
-        return ContextAutoencoder(tower, encoding, decoder, normalize, dense_convs, sync_zero_patch)
-    if model == "patch":
-        return PatchAutoencoder(tower, decoder, normalize, dense_convs)
-    raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+        return ContextAutoencoder(net, encoding, decoder, sync_zero_patch=sync_zero_patch)
+    return PatchAutoencoder(net, decoder)
 
 
 def count_parameters(module: nn.Module) -> int:
