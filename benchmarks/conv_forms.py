@@ -15,7 +15,7 @@ Timing: on CUDA each form's forward + backward is captured once in a CUDA graph 
 (the training step runs in one, so launch gaps would only blur the comparison), bf16 autocast and
 channels_last as in the fast step; on the CPU it runs eagerly in fp32. Median of repeats, warm-up
 excluded. Per group the table gives ms per call, the calls per step, and ms per step for the form
-`default_options(device)` picks and for the fastest; the last line sums both over the step: what
+`default_options()` picks on the device and for the fastest; the last line sums both over the step: what
 choosing the fastest form per layer would save, before inductor's fusions around them.
 """
 
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.fast import Conv2d, dense_conv2d, use_conv_forms
-from vwe.fast_step import default_options
+from vwe.fast import Conv2d, dense_conv2d
+from vwe.fast_step import default_options, for_device
 from vwe.files import atomic_write
-from vwe.models import ContextAutoencoder
+from vwe.models import ContextAutoencoder, build_model
 
 FORMS = ("conv", "dense")
 DENSE_ENTRIES = 1 << 21  # a larger dense matrix (inputs x outputs) costs 10x+ the convolution's work
@@ -87,7 +87,7 @@ def forms_of(call: ConvCall) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_form(call: ConvCall) -> str:
-    """The form the model runs `call` in (after `use_conv_forms`, as the training step sets it)."""
+    """The form the model runs `call` in (as it was built: `dense_convs`, as the training step's)."""
     if isinstance(call.conv, Conv2d):  # the tower's; the decoder's other convs are plain nn.Conv2d
         return call.conv.form(call.shape[2] * call.shape[3])
     return "conv"
@@ -139,11 +139,10 @@ def time_form(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, conv:
 def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> list[dict]:
     """One row per convolution shape of the step: ms per call of each form, per step, the best."""
     torch.manual_seed(0)
-    model = ContextAutoencoder("resnet32").to(device).train()
+    options = for_device(default_options(), device)
+    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=layout)
-    options = default_options(device)
-    use_conv_forms(model, options.dense_convs)
     rows = []
     for call in step_convs(model, batch_size, device):
         shape = call.shape
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if min(batch_size, iters, a.repeats, a.threads) < 1:
         p.error("--batch-size, --iters, --repeats and --threads must be >= 1")
     if cuda:
-        torch.backends.cudnn.benchmark = True  # as the training step sets it
+        torch.backends.cudnn.benchmark = True  # as `vwe.config.resolve` sets it for a CUDA process
     else:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)

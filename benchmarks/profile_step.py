@@ -36,8 +36,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from vwe.augment import AugmentConfig
 from vwe.engine import PretrainStep
-from vwe.fast_step import FastStep, StepOptions, default_options
-from vwe.models import Classifier, ContextAutoencoder
+from vwe.fast_step import FastStep, StepOptions, default_options, for_device
+from vwe.models import Classifier, build_model
 from vwe.supervised import SupervisedRecipe, SupervisedStep
 
 # kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)
@@ -71,11 +71,11 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
         label = (f"supervised ResNet-32, SGD, {'compiled' if cuda and not a.by_shape else 'eager'} "
                  f"{'bf16' if cuda else 'fp32'}")
         return (lambda i: step(images[batch(i)], labels[batch(i)])), label
-    model = ContextAutoencoder("resnet32").to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    options = replace(default_options(device), cuda_graph=False)
+    options = replace(for_device(default_options(), device), cuda_graph=False)
     if a.by_shape:
         options = replace(options, compile=None)
+    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = FastStep(PretrainStep(model, optimizer, AugmentConfig(), gen), options)
     return (lambda i: step(images[batch(i)])), options.describe()
 

@@ -5,7 +5,7 @@
 
 Every training variant is the context autoencoder with the ResNet-32 tower, Adam (lr 1e-4, fused on
 CUDA, as `vwe.pretrain` makes it), augmentation on, on random uint8 images resident on the device
-(the speed does not depend on the content), in a loop like `vwe.runs.train_one_epoch`:
+(the speed does not depend on the content), in a loop like `vwe.engine.train_one_epoch`:
 
     literal-fp32          the paper as written: 128 tower passes per image, eager fp32 (the baseline)
     shared-fp32           17 tower passes per image, eager fp32 (the CPU default)
@@ -61,7 +61,7 @@ from vwe.config import get_config
 from vwe.data import to_float
 from vwe.engine import PretrainStep
 from vwe.evaluate import extract_features, linear_probe
-from vwe.fast_step import PLAIN, FastStep, GraphFallbackWarning, StepOptions, default_options
+from vwe.fast_step import PLAIN, FastStep, GraphFallbackWarning, StepOptions, default_options, for_device
 from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder, Decoder, ResNet32, build_model
 from vwe.patches import N_PATCHES, PATCH
@@ -113,17 +113,18 @@ VARIANTS = ("literal-fp32", "shared-fp32", "shared-bf16", "shared-bf16-compiled"
 def variant_setup(name: str, device: torch.device) -> tuple[str, StepOptions]:
     """(encoding, step options) of a training-step variant."""
     cuda = device.type == "cuda"
+    fastest = for_device(default_options(), device)
     setups = {
         "literal-fp32": ("literal", PLAIN),
         "shared-fp32": ("shared", PLAIN),
         "shared-bf16": ("shared", StepOptions(bf16=True, channels_last=True)),
         "shared-bf16-compiled": ("shared", StepOptions(bf16=True, channels_last=True, compile="default")),
-        "fast-conv": ("shared", replace(default_options(device), dense_convs=0)),
-        "fast-dense2x2": ("shared", replace(default_options(device), dense_convs=4)),
-        "fast": ("shared", default_options(device)),
-        "fast-autotune": ("shared", replace(default_options(device), compile="max-autotune-no-cudagraphs")),
-        "author-slots": ("slots", default_options(device)),
-        "author-shared": ("shared", default_options(device)),
+        "fast-conv": ("shared", replace(fastest, dense_convs=0)),
+        "fast-dense2x2": ("shared", replace(fastest, dense_convs=4)),
+        "fast": ("shared", fastest),
+        "fast-autotune": ("shared", replace(fastest, compile="max-autotune-no-cudagraphs")),
+        "author-slots": ("slots", fastest),
+        "author-shared": ("shared", fastest),
     }
     if name not in setups:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
@@ -177,10 +178,11 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     reset_peak(device)
     torch.manual_seed(0)
     if recipe is None:
-        model = ContextAutoencoder("resnet32", encoding).to(device).train()
+        model = build_model("context", "resnet32", encoding, dense_convs=options.dense_convs)
+        model = model.to(device).train()
         aug, views, b, per_image = AugmentConfig(), {}, cfg.batch_size, 1
     else:
-        model = build_model(**recipe.model_args).to(device).train()
+        model = build_model(**recipe.model_args, dense_convs=options.dense_convs).to(device).train()
         aug, views, b = recipe.aug, {"views": recipe.views, "original": recipe.original}, recipe.batch_size
         per_image = recipe.views_per_image
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")

@@ -33,9 +33,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # kernels are asynchronous: time what ran, not what was queued
 
 
-def features(kind: str, images: int, dim: int, device: torch.device, seed: int) -> torch.Tensor:
-    """(images * 16, dim) rows: Gaussian vectors, or random-weight tower features of Shapes images."""
-    if kind == "random":
+def features(source: str, images: int, dim: int, device: torch.device, seed: int) -> torch.Tensor:
+    """(images * 16, dim) rows: Gaussian vectors (source "random"), or random-weight tower features of
+    Shapes images ("tower")."""
+    if source == "random":
         gen = torch.Generator().manual_seed(seed)
         return torch.randn(images * N_PATCHES, dim, generator=gen).to(device)
     data = make_shapes(images, 1, seed=seed)

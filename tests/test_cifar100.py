@@ -11,7 +11,7 @@ import pytest
 import torch
 from cifar_fixture import write_fake_cifar100
 
-from vwe.data import cifar
+from vwe.data import cifar, load_dataset
 from vwe.data.cifar import (
     CIFAR100_ARCHIVE,
     CIFAR100_CACHE,
@@ -164,3 +164,13 @@ def test_a_verified_copy_is_read_only_when_its_md5_is_named(tmp_path, monkeypatc
     monkeypatch.setenv(CIFAR100_MD5_ENV, "not-an-md5")
     with pytest.raises(ValueError, match="not an md5"):
         load_cifar100(tmp_path)
+
+
+def test_an_md5_named_as_an_argument_reaches_the_reader_without_the_environment(tmp_path, monkeypatch):
+    # what --cifar100-md5 passes down (vwe.config.resolve -> load_dataset); it wins over the environment
+    fx = write_fake_cifar100(tmp_path)
+    monkeypatch.setenv(CIFAR100_MD5_ENV, "0" * 32)
+    ds = load_dataset("cifar100", root=tmp_path, download=False, cifar100_md5=fx["md5"].upper())
+    assert ds.archive_md5 == fx["md5"] and ds.official is False
+    with pytest.raises(ValueError, match="--cifar100-md5='nope' is not an md5"):
+        load_dataset("cifar100", root=tmp_path, download=False, cifar100_md5="nope")

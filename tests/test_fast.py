@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vwe import fast
-from vwe.fast import Conv2d, use_conv_forms
-from vwe.models import ContextAutoencoder
+from vwe.fast import Conv2d
+from vwe.models import ContextAutoencoder, build_model
 
 # (in, out, kernel, stride, padding, bias, map size): every small-map convolution of the towers
 DENSE_CASES = [(64, 64, 3, 1, 1, False, 2), (32, 32, 3, 1, 1, False, 4), (32, 64, 3, 2, 1, False, 4),
@@ -46,32 +46,29 @@ def test_dense_form_applies_by_map_size(monkeypatch):
     calls = []
     original = fast.dense_conv2d
     monkeypatch.setattr(fast, "dense_conv2d", lambda x, c: calls.append("dense_conv2d") or original(x, c))
-    conv = Conv2d(4, 4, 3, 1, 1)
-    conv.dense_pixels = 16
+    conv = Conv2d(4, 4, 3, 1, 1, dense_pixels=16)
     for size in (2, 4, 8, 16):
         conv(torch.randn(1, 4, size, size))
     assert calls == ["dense_conv2d", "dense_conv2d"]  # 8x8 and 16x16 stay plain convolutions
     assert [conv.form(p) for p in (4, 16, 64, 256)] == ["dense", "dense", "conv", "conv"]
-    grouped = Conv2d(4, 4, 3, 1, 1, groups=2)  # the dense form does not handle groups: the library's
-    grouped.dense_pixels = 64
+    grouped = Conv2d(4, 4, 3, 1, 1, groups=2, dense_pixels=64)  # no groups in the dense form: the library's
     assert grouped.form(4) == "conv"
 
 
 def test_conv_forms_leave_the_model_the_same_function():
-    torch.manual_seed(0)
-    model = ContextAutoencoder("resnet32").double().train()
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
-    use_conv_forms(model, 0)  # the tower's convolutions become Conv2d, still in the library's form
-    sizes = []
-    for m in model.modules():
-        if isinstance(m, Conv2d):
-            m.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[-2] * args[0].shape[-1]))
-    out = []
-    for dense_pixels in (0, 16):
-        use_conv_forms(model, dense_pixels)
+    sizes, out, states = [], [], []
+    for dense_pixels in (0, 16):  # the same seed: the same weights whatever the form
+        torch.manual_seed(0)
+        model = build_model("context", "resnet32", dense_convs=dense_pixels).double().train()
+        for m in model.modules():
+            if isinstance(m, Conv2d):
+                m.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-2] * a[0].shape[-1]))
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
         sizes.clear()
         loss = model.forward_loss(x)
         out.append((loss, *torch.autograd.grad(loss, list(model.parameters()))))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     # of the 33 tower convs (stem, 30 in blocks, 2 shortcuts), 20 see a map of <= 4x4 on a patch:
     # stage 2 after its first conv (9), stage 3's first conv and shortcut (2) and the rest of it (9);
     # the other 13 see the 8x8 patch (stem, stage 1, stage 2's first conv and shortcut)

@@ -14,7 +14,6 @@ from vwe import fast
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
 from vwe.engine import PretrainStep
-from vwe.fast import use_conv_forms
 from vwe.fast_step import (
     PLAIN,
     FastStep,
@@ -24,6 +23,7 @@ from vwe.fast_step import (
     _snapshot,
     capture_hazards,
     default_options,
+    for_device,
 )
 from vwe.models import Classifier, build_model
 from vwe.supervised import SupervisedStep
@@ -42,9 +42,11 @@ def batch(b: int = 4, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
 
 
-def fresh(tower: str = "conv4", seed: int = 0, device: str = "cpu", fused: bool = False):
+def fresh(tower: str = "conv4", seed: int = 0, device: str = "cpu", fused: bool = False,
+          dense_convs: int = 0):
+    """The same weights for a seed whatever `dense_convs` (the form of the tower's convolutions)."""
     torch.manual_seed(seed)
-    model = build_model("context", tower).to(device)
+    model = build_model("context", tower, dense_convs=dense_convs).to(device)
     return model, torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=fused)
 
 
@@ -61,7 +63,7 @@ def make_train_step(model, optimizer, aug, gen, options: StepOptions | None = No
     """The plain step (`options` PLAIN), else the plain step in a FastStep (default: the model's
     device's fastest options), as the trainers build it."""
     step = PretrainStep(model, optimizer, aug, gen)
-    options = default_options(step.device) if options is None else options
+    options = for_device(default_options(), step.device) if options is None else options
     return step if options == PLAIN else FastStep(step, options)
 
 
@@ -121,7 +123,7 @@ def record_inputs(model, into: list) -> None:
 @pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
 def test_step_augments_with_the_generator_like_augment_does(options):
     images = batch()
-    model, opt = fresh()
+    model, opt = fresh(dense_convs=options.dense_convs)
     seen = []
     record_inputs(model, seen)
     _, gen = run(options, model, opt, images, steps=2)
@@ -139,7 +141,7 @@ def test_compiled_step_traces_as_one_graph_and_matches_eager(monkeypatch):
     images = batch()
     results = []
     for options in (FAST_CPU, replace(FAST_CPU, compile="default")):
-        model, opt = fresh()
+        model, opt = fresh(dense_convs=options.dense_convs)
         losses, _ = run(options, model, opt, images, steps=2)
         results.append((torch.stack(losses), flat(model.parameters())))
     assert torch.equal(results[1][0], results[0][0])
@@ -167,9 +169,8 @@ def test_compiled_supervised_step_traces_as_one_graph_and_matches_the_plain_step
 
 def float64_gradients(dense_pixels: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The loss and every parameter's gradient of the Conv4 context model in float64, train mode."""
-    model, _ = fresh()
+    model, _ = fresh(dense_convs=dense_pixels)
     model.double()
-    use_conv_forms(model, dense_pixels)
     loss = model.forward_loss(x)
     loss.backward()
     return loss.detach(), [p.grad for p in model.parameters()]
@@ -229,7 +230,7 @@ def test_the_dense_bf16_step_traces_as_one_graph():
     model, opt = fresh()
     plain = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), PLAIN)
     loss = plain.forward_loss(images, *plain.draw(len(images)))
-    model, opt = fresh()
+    model, opt = fresh(dense_convs=16)
     fast_step = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1),
                                 StepOptions(bf16=True, channels_last=True, dense_convs=16))
     traced = torch.compile(fast_step.forward_loss, backend="eager", fullgraph=True)
@@ -242,7 +243,7 @@ def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
     images = batch(8)
     grads = {}
     for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
-        model, opt = fresh("resnet32")
+        model, opt = fresh("resnet32", dense_convs=options.dense_convs)
         losses, _ = run(options, model, opt, images)
         grads[name] = [p.grad for p in model.parameters()]
         grads[name + " loss"] = losses[0]
@@ -265,7 +266,7 @@ def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
 @pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
 def test_step_is_exactly_adams_first_update_of_its_own_gradients(options):
     images = batch()
-    model, opt = fresh(fused=True)  # fused, as pretrain uses on CUDA
+    model, opt = fresh(fused=True, dense_convs=options.dense_convs)  # fused, as pretrain uses on CUDA
     before = [p.detach().clone() for p in model.parameters()]
     run(options, model, opt, images)
     for w0, p in zip(before, model.parameters(), strict=True):
@@ -278,12 +279,10 @@ def test_step_is_exactly_adams_first_update_of_its_own_gradients(options):
 
 def test_one_fast_and_one_plain_step_give_weights_within_tolerance():
     images = batch(8)
-    start, _ = fresh("resnet32")
-    w0 = flat(start.parameters())
+    w0 = flat(fresh("resnet32")[0].parameters())
     updates = {}
     for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
-        model = copy.deepcopy(start)
-        opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
+        model, opt = fresh("resnet32", dense_convs=options.dense_convs)
         run(options, model, opt, images)
         updates[name] = flat(model.parameters()) - w0
     fast, plain = updates["fast"], updates["plain"]
@@ -296,7 +295,7 @@ def test_one_fast_and_one_plain_step_give_weights_within_tolerance():
 
 def test_channels_last_converts_weights_and_moves_resumed_adam_state_along():
     images = batch()
-    model, opt = fresh(fused=True)
+    model, opt = fresh(fused=True, dense_convs=FAST_CPU.dense_convs)
     run(PLAIN, model, opt, images)  # Adam state now exists, in the contiguous layout
     state_before = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
     w1 = [p.detach().clone() for p in model.parameters()]
@@ -367,8 +366,8 @@ def test_augmentation_makes_nothing_on_the_host():
 @pytest.mark.parametrize("encoding, dense_pixels", [("shared", 0), ("literal", 0), ("shared", 16)],
                          ids=["shared", "literal", "dense"])
 def test_model_forward_and_backward_make_nothing_on_the_host(encoding, dense_pixels):
-    model = build_model("context", "resnet32", encoding).to("meta")
-    use_conv_forms(model, dense_pixels)  # every form of the convolutions builds its matrices on the device
+    # every form of the convolutions builds its matrices on the device
+    model = build_model("context", "resnet32", encoding, dense_convs=dense_pixels).to("meta")
     images = torch.empty(2, 3, 32, 32, device="meta")
     assert capture_hazards(lambda: model.forward_loss(images).backward()) == []
 
@@ -376,13 +375,13 @@ def test_model_forward_and_backward_make_nothing_on_the_host(encoding, dense_pix
 # ---------------------------------------------------------------- options and errors
 
 
-def test_default_options_per_device():
-    assert default_options("cpu") == PLAIN
-    assert default_options("cuda") == StepOptions(bf16=True, channels_last=True, compile="default",
-                                                  cuda_graph=True, dense_convs=16)
-    assert default_options("cuda:0", compile=False).compile is None
-    assert default_options("cuda").describe() == ("bf16 + channels_last + compile(default) + cuda_graph + "
-                                                  "dense_convs(16 px)")
+def test_default_options_and_the_device_rule():
+    fastest = StepOptions(bf16=True, channels_last=True, compile="default", cuda_graph=True, dense_convs=16)
+    assert default_options() == fastest
+    assert default_options(compile=False).compile is None
+    assert fastest.describe() == "bf16 + channels_last + compile(default) + cuda_graph + dense_convs(16 px)"
+    assert for_device(fastest, torch.device("cpu")) == PLAIN  # the CPU runs the plain step
+    assert for_device(fastest, torch.device("cuda", 0)) == fastest
     assert PLAIN.describe() == "fp32"
     assert StepOptions(dense_convs=4).describe() == "fp32 + dense_convs(4 px)"
 
@@ -404,6 +403,8 @@ def test_bad_options_and_inputs_are_refused():
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="supports torch.optim.Adam"):
         make_train_step(model, sgd, None, gen, StepOptions(cuda_graph=True))
+    with pytest.raises(ValueError, match="build the model with dense_convs=16"):
+        make_train_step(model, opt, None, gen, FAST_CPU)  # a model built with the library's convolutions
     step = make_train_step(model, opt, AugmentConfig(), gen)
     with pytest.raises(TypeError, match="uint8"):
         step(to_float(batch()))
@@ -417,14 +418,12 @@ def test_bad_options_and_inputs_are_refused():
 @cuda
 def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance():
     images = batch(64, device="cuda")
-    start, _ = fresh("resnet32", device="cuda")
-    w0 = flat(start.parameters())
+    w0 = flat(fresh("resnet32", device="cuda")[0].parameters())
     out = {}
     eager_bf16 = StepOptions(bf16=True, channels_last=True)  # bf16 alone: its error is the yardstick
-    fast = default_options("cuda")
+    fast = default_options()
     for name, options in (("plain", PLAIN), ("bf16", eager_bf16), ("fast", fast)):
-        model = copy.deepcopy(start)
-        opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=True)
+        model, opt = fresh("resnet32", device="cuda", fused=True, dense_convs=options.dense_convs)
         losses, gen = run(options, model, opt, images)
         out[name] = (losses[0], flat(p.grad for p in model.parameters()), flat(model.parameters()) - w0,
                      gen.get_state(), [opt.state[p]["step"].item() for p in model.parameters()])

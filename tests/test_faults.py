@@ -600,7 +600,7 @@ def test_config_refuses_wrong_types_and_values(overrides, error, message):
 
 
 def test_batch_larger_than_the_data_is_refused_before_the_run_dir_is_touched(tmp_path, shapes):
-    with pytest.raises(ValueError, match="batch_size=128 is more than the 64 training images"):
+    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
         pretrain(CFG.replace(batch_size=128), tmp_path / "run", data=shapes, progress=False)
     assert not (tmp_path / "run").exists()
 

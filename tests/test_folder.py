@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from vwe.config import get_config
+from vwe.config import get_config, resolve
 from vwe.data import absolute_dataset_name, load_dataset
 from vwe.data import folder as vwe_folder
 from vwe.data.dataset import describe
@@ -179,3 +179,18 @@ def test_a_relative_folder_is_named_by_its_absolute_path(tmp_path, monkeypatch):
     assert absolute_dataset_name("folder:imgs") == f"folder:{tmp_path.resolve() / 'imgs'}"
     assert absolute_dataset_name("shapes") == "shapes"
     assert load_dataset("folder:imgs", root=tmp_path).name == absolute_dataset_name("folder:imgs")
+
+
+def test_resolve_passes_skip_bad_to_the_loader_and_a_resolved_folder_stays_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("VWE_DATA_DIR", str(tmp_path / "data"))  # the folder's cache
+    make_tree(tmp_path / "imgs", {"a": 3, "b": 3})
+    (tmp_path / "imgs" / "a" / "notes.txt").write_text("not an image")
+    cfg = get_config("smoke", dataset=f"folder:{tmp_path / 'imgs'}")  # 256 training images asked: a cap
+    with pytest.raises(ValueError, match="1 file"):
+        resolve(cfg)
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        cfg, data, _ = resolve(cfg, skip_bad=True)  # what --skip-bad-images passes, with no environment
+    assert len(data.train_labels) + len(data.test_labels) == 6
+    _, again, _ = resolve(cfg, data)  # the small folder stays whole: the CLI's table resolves it twice
+    assert torch.equal(again.train_images, data.train_images)
+    assert torch.equal(again.test_images, data.test_images)

@@ -13,6 +13,7 @@ from entry import pretrain
 
 from vwe.config import get_config
 from vwe.data import make_shapes
+from vwe.engine import held_out_sum
 from vwe.models import build_model
 from vwe.pretrain import held_out_loss, load_pretrained
 from vwe.runs import Run, differences, list_checkpoints
@@ -84,3 +85,21 @@ def test_a_field_a_checkpoint_predates_counts_as_its_default():
     assert differences(run.saved_identity({"config": saved}), cfg.identity("pretrain")) == []
     moved = cfg.replace(validation=8).identity("pretrain")
     assert differences(run.saved_identity({"config": saved}), moved) == ["validation: 0 -> 8"]
+
+
+def test_held_out_sum_scores_every_row_once_in_eval_mode_and_restores_the_mode():
+    # 10 rows in batches of 4: the last, partial batch counts too. Sums of integers below 2**24 are
+    # exact in fp32, so the total equals the reference bit for bit.
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(10)
+    model = torch.nn.BatchNorm2d(3).train()
+    modes = []
+
+    def score(x, y):
+        modes.append(model.training)
+        return x.sum(dtype=torch.float32) + y.sum()
+
+    total = held_out_sum(model, (images, labels), 4, score)
+    assert total.item() == images.sum().item() + labels.sum().item()
+    assert modes == [False] * 3 and model.training

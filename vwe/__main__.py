@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve, resolve_device
-from vwe.data import CIFAR10_MD5_ENV, CIFAR100_MD5_ENV, dataset_type, describe, project_dir
+from vwe.data import dataset_type, describe
 from vwe.data.folder import SKIP_BAD_ENV
 from vwe.evaluate import FEATURES
 from vwe.models import ENCODINGS, MODELS, TOWERS
-from vwe.runs import RunError
+from vwe.runs import RunError, profile_dir
 from vwe.table import ROW_KEYS
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    """Options that every loader reads through the environment (notebook kernels included)."""
+    """Options of the loaders (`vwe.data.load_dataset`), also read from the environment (notebook
+    kernels included)."""
     p.add_argument("--cifar100-md5", metavar="MD5",
                    help="accept a CIFAR-100 archive you verified whose md5 is not the official one "
                         "(same as $VWE_CIFAR100_MD5); the md5 is recorded in every result")
@@ -151,8 +151,8 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      encoding=a.encoding, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size,
                      lr=a.lr, views=a.views, original=a.original, augment=False if a.no_augment else None,
                      compile=False if a.no_compile else None)
-    cfg, data, device = resolve(cfg)
-    run_dir = a.run_dir or project_dir() / "runs" / cfg.profile / cfg.run_name
+    cfg, data, device = resolve(cfg, **_sources(a))
+    run_dir = a.run_dir or profile_dir(cfg.profile) / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
         f"{cfg.epochs} epochs{f' or {cfg.minutes} minutes' if cfg.minutes else ''}, lr {cfg.lr}")
@@ -199,8 +199,8 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
         cfg = get_config(a.profile or "cpu", **overrides)
         model = random_weights_model(a.random_weights, a.seed or 0)
         name = f"random-{a.random_weights}"
-        out_dir = project_dir() / "runs" / cfg.profile / name
-    cfg, data, device = resolve(cfg)
+        out_dir = profile_dir(cfg.profile) / name
+    cfg, data, device = resolve(cfg, **_sources(a))
     model = model.to(device)
     print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on "
           f"{describe(data.provenance())}")
@@ -218,12 +218,9 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
 
 
 def default_table_dir(cfg: Config) -> Path:
-    """runs/<profile>, where the course's notebooks train the profile's runs; a table with another
-    number of epochs gets a folder of its own (runs/cpu-30ep), or its runs would resume, or refuse
-    to shorten, the course's."""
-    if cfg.epochs == PROFILES[cfg.profile].epochs:
-        return project_dir() / "runs" / cfg.profile
-    return project_dir() / "runs" / f"{cfg.profile}-{cfg.epochs}ep"
+    """The table's folder: its profile's, where the course's notebooks train the same runs
+    (`vwe.runs.profile_dir`)."""
+    return profile_dir(cfg.profile, cfg.epochs)
 
 
 def cmd_table(a: argparse.Namespace) -> None:
@@ -237,7 +234,8 @@ def cmd_table(a: argparse.Namespace) -> None:
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)
     out_dir = a.out_dir or default_table_dir(cfg)
-    table = run_table(cfg, out_dir, rows=a.rows, progress=not a.no_progress)
+    cfg, data, _ = resolve(cfg, **_sources(a))
+    table = run_table(cfg, out_dir, rows=a.rows, data=data, progress=not a.no_progress)
     say("\n" + table.files["md"].read_text())
     say("results: " + ", ".join(str(p) for p in table.files.values()))
 
@@ -247,7 +245,7 @@ def cmd_embed(a: argparse.Namespace) -> None:
 
     result, files = embed_to_file(a.checkpoint, a.images, a.out, patches=a.patches, split=a.split,
                                   batch_size=a.batch_size, device=resolve_device(a.device),
-                                  skip_bad=a.skip_bad_images, progress=not a.no_progress)
+                                  progress=not a.no_progress, **_sources(a))
     shapes = ", ".join(f"{k} {tuple(result[k].shape)}" for k in ("embeddings", "patch_embeddings")
                        if k in result)
     extras = [k for k in ("labels", "files") if k in result]
@@ -256,13 +254,13 @@ def cmd_embed(a: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(f) for f in files))
 
 
+def _sources(a: argparse.Namespace) -> dict:
+    """The loader's arguments that `_data_options` sets (`vwe.data.load_dataset`)."""
+    return dict(cifar100_md5=a.cifar100_md5, cifar10_md5=a.cifar10_md5, skip_bad=a.skip_bad_images or None)
+
+
 def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
-    # One place that every loader reads, the notebooks' kernels included.
-    for value, env in ((a.cifar100_md5, CIFAR100_MD5_ENV), (a.cifar10_md5, CIFAR10_MD5_ENV),
-                       (a.skip_bad_images and "1", SKIP_BAD_ENV)):
-        if value:
-            os.environ[env] = value
     try:
         with distributed.launched():  # torchrun's process group, when it started us
             commands = {"pretrain": cmd_pretrain, "linear-eval": cmd_linear_eval, "table": cmd_table,

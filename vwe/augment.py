@@ -317,3 +317,12 @@ def augment(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> T
     check_images(images, shape=("B", 3, "H", "W"), name="images")
     params = sample_params(images.shape[0], cfg, generator, images.device)
     return apply_params(images, params, cfg)
+
+
+def batch_views(views: int, original: bool, augmented: bool) -> tuple[int, bool]:
+    """What a pretraining batch holds of each image: (augmented views, whether the image itself too).
+
+    Without augmentation every view would be the same image, so the batch is the images alone
+    (0, True): one view each. `Config.views_per_image` and `vwe.engine.PretrainStep` both read this.
+    """
+    return (views, original) if augmented else (0, True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vwe import distributed
-from vwe.augment import AugmentConfig
+from vwe.augment import AugmentConfig, batch_views
 from vwe.checks import is_int, is_real
 from vwe.data import Dataset, check_dataset_name, load_dataset
 from vwe.models import DECODERS, ENCODINGS, MODELS, TOWERS
@@ -181,8 +181,9 @@ class Config:
     @property
     def views_per_image(self) -> int:
         """Views of each image in a batch: the augmented ones, plus the original when asked (or alone,
-        without augmentation)."""
-        return self.views + self.original if self.augment else 1
+        without augmentation; `vwe.augment.batch_views`)."""
+        views, original = batch_views(self.views, self.original, self.augment)
+        return views + original
 
     @property
     def pairs_per_step(self) -> int:
@@ -238,18 +239,24 @@ PROFILES: dict[str, Config] = {
 }
 
 
-def resolve(cfg: Config, data: Dataset | None = None) -> tuple[Config, Dataset, torch.device]:
+def resolve(cfg: Config, data: Dataset | None = None, **sources) -> tuple[Config, Dataset, torch.device]:
     """What an entry point (`vwe.course.start`, the CLI, `vwe.table.run_table`) does once with a config.
 
-    Returns the config with the dataset that "auto" became, the data (loaded, or `data` cut to the
-    config's sizes; on the CPU, where notebooks show it) and the device to train on (this process's
-    GPU under torchrun). Library functions take these values as they are and resolve nothing again.
+    Returns the config with the dataset that "auto" became, the data (loaded, with `sources` the
+    loader's other arguments such as `cifar100_md5` and `skip_bad` of `vwe.data.load_dataset`, or
+    `data` cut to the config's sizes; on the CPU, where notebooks show it) and the device to train on
+    (this process's GPU under torchrun). Resolving the data it returns again changes nothing.
+    Library functions take these values as they are and resolve nothing again.
+    On CUDA it switches cuDNN's autotuner on for the process: a run's shapes never change, so its
+    search pays off.
     """
     device = distributed.local_device(resolve_device(cfg.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if data is None:
         with distributed.main_first():  # one process downloads and caches, the others read
             data = load_dataset(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                                validation=cfg.validation)
+                                validation=cfg.validation, **sources)
     else:
         data = data.cut(cfg.n_train, cfg.n_test, cfg.validation)
     return cfg.replace(dataset=data.name), data, device

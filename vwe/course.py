@@ -29,7 +29,7 @@ from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, pro
 from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
-from vwe.runs import latest_checkpoint
+from vwe.runs import latest_checkpoint, profile_dir
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -62,7 +62,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
     repository. The data folder is $VWE_DATA_DIR, else `data/` in the repository.
     """
     cfg, data, dev = resolve(get_config(profile, dataset=dataset, device=device, **overrides))
-    run_dir = Path(run_dir) if run_dir is not None else project_dir() / "runs" / cfg.profile
+    run_dir = Path(run_dir) if run_dir is not None else profile_dir(cfg.profile)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"profile {cfg.profile} | dataset {data.name} | device {dev} | run dir {run_dir}")
     # Which images, how many, and their archive md5 (flagged when not the official archive) or folder
@@ -246,7 +246,7 @@ def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None
     if dataset is not None:
         dataset = absolute_dataset_name(dataset)  # the kernels run in notebooks/
     paths = find_notebooks(names=notebooks)
-    out_dir = Path(out_dir) if out_dir is not None else project_dir() / "runs" / profile
+    out_dir = Path(out_dir) if out_dir is not None else profile_dir(profile)
     out_dir = out_dir.resolve()  # the kernels run in notebooks/, so a relative path would move
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "dataset": dataset, "device": device, "run_dir": str(out_dir)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -208,30 +207,15 @@ def prepare_model(model: nn.Module, device: torch.device, sync_bn: bool = True) 
     """`model` made ready for a data-parallel run (unchanged in one process); returns it.
 
     sync_bn: BatchNorm normalises with the global batch's statistics (torch's nn.SyncBatchNorm on
-    CUDA, `SyncBatchNorm` elsewhere), and the shared context encoder's one zero patch per batch is
-    run by rank 0 only and its feature summed to the others (`_tower_with_shared_zero_patch` in place
-    of `ContextAutoencoder.tower_with_zero_patch`), so BatchNorm sees the B*16 + 1 patches that one
-    process sees. Parameters and buffers keep their
+    CUDA, `SyncBatchNorm` elsewhere); build a context autoencoder with `sync_zero_patch=True` too, so
+    that BatchNorm sees the B*16 + 1 patches that one process sees. Parameters and buffers keep their
     names, so checkpoints are the same either way. sync_bn=False: each process normalises its own
     slice (cheaper; the model then depends on the number of processes).
     """
     if world() == 1 or not sync_bn:
         return model
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else _to_sync(model)
-    if hasattr(model, "tower_with_zero_patch"):
-        model.tower_with_zero_patch = types.MethodType(_tower_with_shared_zero_patch, model)
-    return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else _to_sync(model)
 
-
-def _tower_with_shared_zero_patch(model: nn.Module, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`ContextAutoencoder.tower_with_zero_patch` across processes: in train mode only rank 0 adds the
-    zero patch to its tower batch and the others receive its feature, so synchronised BatchNorm sees
-    the global B*16 + 1 patches once, as one process would. (M, 3, 8, 8) -> (M, D), (D,)."""
-    zeros = 1 if is_main() or not model.training else 0
-    feats = model.tower(torch.cat([flat, flat.new_zeros(zeros, *flat.shape[1:])]))  # (M + zeros, D)
-    # a process without the zero patch sums no rows: zeros, still in the graph
-    zero = feats[len(flat):].sum(0)  # (D,)
-    return feats[:len(flat)], all_reduce_sum(zero) if model.training else zero
 
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` in DistributedDataParallel when several processes train, else `module` itself.

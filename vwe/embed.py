@@ -54,14 +54,16 @@ class Images:
 
 def load_images(source: str, split: str = "all", n_train: int | None = None, n_test: int | None = None,
                 seed: int = 0, root: str | Path | None = None, skip_bad: bool = False,
-                progress: bool = True) -> Images:
+                progress: bool = True, cifar100_md5: str | None = None, cifar10_md5: str | None = None
+                ) -> Images:
     """The images named by `source` (module doc). For a dataset, `split` picks train, test or all
-    (train first), `n_train`/`n_test`/`seed` as in `load_dataset`; for files, `skip_bad` leaves out
-    the files that do not decode (with their count in `source`) instead of refusing them."""
+    (train first), `n_train`/`n_test`/`seed` and the archives' md5s as in `load_dataset`; `skip_bad`
+    leaves out the files that do not decode (with their count in `source`) instead of refusing them."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if source in DATASETS or source.startswith(FOLDER_PREFIX):
-        ds = load_dataset(source, root=root, n_train=n_train, n_test=n_test, seed=seed)
+        ds = load_dataset(source, root=root, n_train=n_train, n_test=n_test, seed=seed,
+                          cifar100_md5=cifar100_md5, cifar10_md5=cifar10_md5, skip_bad=skip_bad or None)
         parts = ("train", "test") if split == "all" else (split,)
         files = [getattr(ds, f"{p}_files") for p in parts]
         return Images(
@@ -153,9 +155,11 @@ def load_embeddings(path: str | Path) -> dict:
 
 def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path, patches: bool = False,
                   split: str = "all", batch_size: int = 256, device: torch.device | str = "cpu",
-                  skip_bad: bool = False, progress: bool = True) -> tuple[dict, list[Path]]:
-    """Load `checkpoint` (a file or a run directory), embed `images` (a source for `load_images`, or
-    loaded `Images`), write `out`; returns (the result dict, the files written).
+                  skip_bad: bool = False, progress: bool = True, cifar100_md5: str | None = None,
+                  cifar10_md5: str | None = None) -> tuple[dict, list[Path]]:
+    """Load `checkpoint` (a file or a run directory), embed `images` (a source for `load_images`, with
+    `skip_bad` and the md5s, or loaded `Images`), write `out`; returns (the result dict, the files
+    written).
 
     A dataset source that is the checkpoint's own dataset gets the checkpoint's sizes and seed (the
     images it was trained and tested on); any other dataset is read whole.
@@ -166,7 +170,8 @@ def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path,
     if isinstance(images, str):
         same = dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
         sizes = same if absolute_dataset_name(images) == cfg.dataset else {}
-        images = load_images(images, split, skip_bad=skip_bad, progress=progress, **sizes)
+        images = load_images(images, split, skip_bad=skip_bad, progress=progress, cifar100_md5=cifar100_md5,
+                             cifar10_md5=cifar10_md5, **sizes)
     result = embed(model, images.images, batch_size, patches, progress)
     if images.labels is not None:
         result.update(labels=images.labels, classes=images.classes)

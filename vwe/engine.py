@@ -3,9 +3,12 @@
 A step is a function of one batch (images (B, 3, 32, 32) uint8, and for the supervised row labels
 (B,)) on the training device that does one optimisation step and returns the loss as a 0-d fp32
 tensor, without a host sync. `Step` is the plain one: what a trainer adds is its augmentation
-(`draw`) and its loss (`forward_loss`): `PretrainStep` here, `vwe.supervised.SupervisedStep` for the
+(`draw`) and its loss (`loss`): `PretrainStep` here, `vwe.supervised.SupervisedStep` for the
 supervised row. `vwe.fast_step.FastStep` runs the same two at GPU speed (bf16, torch.compile, a CUDA
-graph); the CPU, and so the course, trains with the plain step.
+graph); the CPU, and so the course, trains with the plain step (`train` decides, once).
+
+`train` is what both trainers set up around `fit` (seed, model, optimizer, run folder, resume,
+step); `held_out_sum` the evaluation loop under both trainers' held-out scores.
 
 Under torchrun every process draws the augmentation of the whole global batch, as one process does,
 and trains on its slice of it inside DistributedDataParallel (`vwe.distributed`).
@@ -18,16 +21,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vwe import distributed
-from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
+from vwe.augment import AugmentConfig, AugmentParams, apply_params, batch_views, sample_params
 from vwe.checks import check_images, is_int
-from vwe.data import batches, to_float
-from vwe.runs import NonFiniteLossError, Run
+from vwe.config import Config, check_resolved
+from vwe.data import Dataset, batches, to_float
+from vwe.fast_step import PLAIN, FastStep, StepOptions, for_device
+from vwe.runs import NonFiniteLossError, Run, open_run
 
 CLOCK_EVERY = 50  # steps between the processes' agreements on a time box's end, under torchrun
 
@@ -37,7 +43,9 @@ class Step:
 
     Subclasses give `check(*batch)`; `draw(n)`, the batch's random augmentation as (n,)-leading
     tensors (the only use of their generator, so every process and every form of the step draws the
-    same); and `forward_loss(*batch, *params)`.
+    same); `net`, the module that runs the model (the model, or under torchrun the DDP module around
+    it); and `loss(net, *batch, *params)`, the loss computed with `net` as the network (FastStep
+    passes its own compiled, bf16 form of `net`).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
@@ -48,6 +56,10 @@ class Step:
         return ()
 
     def forward_loss(self, *inputs: Tensor) -> Tensor:
+        """The loss of a local batch and its augmentation, with the step's own network."""
+        return self.loss(self.net, *inputs)
+
+    def loss(self, net: Callable[[Tensor], Tensor], *inputs: Tensor) -> Tensor:
         raise NotImplementedError
 
     def check(self, *batch: Tensor) -> None:
@@ -85,8 +97,7 @@ class PretrainStep(Step):
             raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the model on "
                              f"{self.device}; make it with torch.Generator(device={str(self.device)!r})")
         self.aug, self.aug_gen = aug, aug_gen
-        # without augmentation every view would be the same image: the batch is the images alone
-        self.views, self.original = (views, original) if aug is not None else (1, True)
+        self.views, self.original = batch_views(views, original, aug is not None)
         # DDP hooks `forward` only: under torchrun the loss goes through a module whose forward it is
         self.net = (distributed.data_parallel(distributed.ForwardLoss(model), self.device)
                     if distributed.world() > 1 else model.forward_loss)
@@ -97,12 +108,12 @@ class PretrainStep(Step):
         params = sample_params(n * self.views, self.aug, self.aug_gen, self.device)  # view-major
         return tuple(getattr(params, f.name) for f in fields(params))
 
-    def forward_loss(self, images: Tensor, *params: Tensor) -> Tensor:
+    def loss(self, net: Callable[[Tensor], Tensor], images: Tensor, *params: Tensor) -> Tensor:
         x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
         if self.aug is not None:
             views = apply_params(x.repeat(self.views, 1, 1, 1), AugmentParams(*params), self.aug)
             x = torch.cat([x, views]) if self.original else views  # ((V + 1) * B or V * B, 3, 32, 32)
-        return self.net(x)
+        return net(x)
 
     def check(self, images: Tensor) -> None:
         check_images(images, "uint8", name="a training batch")
@@ -256,3 +267,66 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
     epochs.close()
     model.eval()
     return run.metrics
+
+
+@torch.no_grad()
+def held_out_sum(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int,
+                 score: Callable[..., Tensor]) -> Tensor:
+    """The sum of `score(*batch)` over `inputs` (each (N, ...), images (N, 3, 32, 32) uint8 first) in
+    eval mode, bf16 on CUDA; the model's mode is restored after. Returns a 0-d fp32 tensor.
+
+    Under torchrun each process scores its share and the sums are added: every process returns the
+    same number.
+    """
+    was_training = model.training
+    model.eval()
+    device = inputs[0].device
+    total = torch.zeros((), device=device)
+    part = distributed.shard(len(inputs[0]))
+    mine = tuple(x[part] for x in inputs)
+    for idx in batches(len(mine[0]), batch_size, shuffle=False, device=device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            total += score(*(x[idx] for x in mine))
+    model.train(was_training)
+    return distributed.sum_across(total)
+
+
+def train(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.device | None, *, name: str,
+          identity: dict, record: dict | None, batch_size: int, labels: bool,
+          build: Callable[[int], nn.Module], optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+          step: Callable[[nn.Module, torch.optim.Optimizer, torch.Generator], Step], options: StepOptions,
+          evaluate: Callable[[nn.Module, Dataset], dict[str, float]],
+          lr_at: Callable[[int], float] | None = None, fresh: bool = False, progress: bool = True,
+          sync_bn: bool = True) -> tuple[Run, nn.Module, list[dict]]:
+    """Set up a run and `fit` it: what both trainers do, given what differs between them.
+
+    `cfg`, `data` and `device` as `vwe.config.resolve` makes them (`device` None: where `data` is);
+    the run folder `run_dir` holds run `name` of `identity` (plus `record`), trained in batches of
+    `batch_size` on the training images (and `labels`). After seeding with `cfg.seed`:
+    `build(dense_convs)` makes the model (its tower's convolutions on maps of at most `dense_convs`
+    pixels as matrix products, `vwe.fast`), `optimizer(model)` its optimizer, `step(model,
+    optimizer, aug_gen)` the plain step, which on CUDA runs as `FastStep(step, options)`;
+    `evaluate(model, data)` gives the held-out scores of each epoch. Returns the run (closed), the
+    model (eval mode) and the metrics of every epoch.
+    """
+    check_resolved(cfg, data)
+    device = device or data.train_images.device
+    n_train = len(data.train_labels)
+    if batch_size > n_train:
+        raise ValueError(f"the batch of {batch_size} is more than the {n_train} training images: no full "
+                         f"batch to train on; use a batch of at most {n_train} or more images")
+    distributed.check_batch(batch_size)
+    data = data.to(device)  # the whole dataset lives on the device as uint8
+    options = for_device(options, device)
+
+    torch.manual_seed(cfg.seed)
+    model = distributed.prepare_model(build(options.dense_convs).to(device), device, sync_bn)
+    opt = optimizer(model)
+    with open_run(run_dir, name, cfg, identity, data, device, record, fresh) as run:
+        run.resume(model, opt)  # before the step: a CUDA graph captures the loaded optimizer
+        plain = step(model, opt, run.aug_gen)
+        fast = plain if options == PLAIN else FastStep(plain, options)
+        inputs = (data.train_images, data.train_labels) if labels else (data.train_images,)
+        metrics = fit(run, model, opt, fast, inputs, batch_size, lambda: evaluate(model, data), lr_at=lr_at,
+                      progress=progress)
+    return run, model, metrics

@@ -1,10 +1,10 @@
-"""A faster form of the towers' convolutions for the GPU training step: the same sums, on small maps
-computed as one matrix product each.
+"""The towers' convolution: `nn.Conv2d` that on small maps computes the same sums as one matrix product.
 
 Measured (BENCHMARKS.md, run 2, H200): the tower's convolutions on 4x4 and 2x2 maps as matrix
 products took the step's kernel time from 8.13 to 7.89 ms (-3 %), and the simple autoencoder's
-epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.fast_step.DENSE_PIXELS`). The model
-(`vwe.models`) builds plain `nn.Conv2d`s; `use_conv_forms` switches the tower's to `Conv2d`.
+epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.fast_step.DENSE_PIXELS`). The towers
+(`vwe.models`) are built of `Conv2d`, with `dense_pixels` 0 (the library's convolution) unless the
+training step on the GPU asks for more.
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ class Conv2d(nn.Conv2d):
 
     Why: the towers run on 8x8 patches, so their convolutions see 8x8, 4x4 and 2x2 maps with 16 to
     64 channels, where convolution kernels keep the tensor cores mostly idle; as a matrix product
-    (B*16 rows of C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md).
+    (B*16 rows of C*H*W) the same sums run at matrix-multiply speed (BENCHMARKS.md). No parameter or
+    buffer is added: the state_dict is `nn.Conv2d`'s.
     """
 
-    dense_pixels: int = 0
+    def __init__(self, *args, dense_pixels: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dense_pixels = dense_pixels
 
     def form(self, pixels: int) -> str:
         """How `forward` computes a map of `pixels` pixels: "dense" or "conv" (the library's)."""
@@ -54,17 +57,3 @@ class Conv2d(nn.Conv2d):
         if self.form(x.shape[-2] * x.shape[-1]) == "dense":
             return dense_conv2d(x, self)
         return super().forward(x)
-
-
-def use_conv_forms(model: nn.Module, dense_pixels: int) -> None:
-    """Run the convolutions of `model.tower` on maps of at most `dense_pixels` pixels as a matrix
-    product (0: never); the function, the parameters and the state_dict stay the same.
-
-    Each `nn.Conv2d` of the tower becomes a `Conv2d` in place (its class is switched): `Conv2d` adds
-    no parameter or buffer, so the optimizer's references and the checkpoints' keys are untouched.
-    """
-    for m in model.tower.modules():
-        if type(m) is nn.Conv2d:
-            m.__class__ = Conv2d
-        if isinstance(m, Conv2d):
-            m.dense_pixels = dense_pixels

@@ -9,11 +9,14 @@ the same generator in the same order. What changes is how it is computed, set by
     compile          torch.compile of augment + forward + loss (backward comes with it)
     cuda_graph       capture the whole step (forward, backward, Adam) once and replay it
     dense_convs      tower convolutions on maps of at most this many pixels (the 4x4 and 2x2 maps
-                     of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never
+                     of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never;
+                     the model is built so (`vwe.models.build_model(dense_convs=...)`)
 
-The trainers wrap their step in it on CUDA only (`default_options`: all of them, dense_convs=16;
-BENCHMARKS.md measures each). Under torchrun the compiled model is the DDP module (not fullgraph)
-and the CUDA graph is off, both unmeasured on a GPU.
+The trainers wrap their step in it on CUDA only (`vwe.engine.train`; the pretraining step with
+`default_options`: all of them, dense_convs=16; BENCHMARKS.md measures each). FastStep computes the
+step's loss with its own form of the step's network (`Step.loss(net, ...)`): compiled, in bf16.
+Under torchrun the compiled network is the DDP module (not fullgraph) and the CUDA graph is off,
+both unmeasured on a GPU. `vwe.config.resolve` switches cuDNN's autotuner on for a CUDA process.
 
 Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their
 BatchNorms, the decoder, the augmentation, and the backward of it all), many of which the GPU
@@ -33,6 +36,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -41,8 +45,10 @@ from torch.utils._pytree import tree_leaves
 
 from vwe.checks import is_int
 from vwe.distributed import is_main, world
-from vwe.engine import Step
-from vwe.fast import use_conv_forms
+from vwe.fast import Conv2d
+
+if TYPE_CHECKING:  # vwe.engine builds FastSteps: it imports this module
+    from vwe.engine import Step
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
@@ -95,13 +101,17 @@ class StepOptions:
 PLAIN = StepOptions()
 
 
-def default_options(device: torch.device | str, compile: bool = True) -> StepOptions:
-    """The fastest options for `device`: everything on CUDA (`compile=False` drops torch.compile
-    only), the plain fp32 step on the CPU."""
-    if torch.device(device).type != "cuda":
-        return PLAIN
+def default_options(compile: bool = True) -> StepOptions:
+    """The fastest options of the pretraining step on CUDA: all of them (`compile=False` drops
+    torch.compile only)."""
     return StepOptions(bf16=True, channels_last=True, compile="default" if compile else None, cuda_graph=True,
                        dense_convs=DENSE_PIXELS)
+
+
+def for_device(options: StepOptions, device: torch.device) -> StepOptions:
+    """`options` on CUDA, PLAIN elsewhere: bf16, torch.compile and a CUDA graph are for the GPU; the
+    CPU, and so the course, trains with the plain step (`vwe.engine.train` asks here)."""
+    return options if device.type == "cuda" else PLAIN
 
 
 def capture_hazards(fn: Callable[[], object]) -> list[str]:
@@ -196,10 +206,9 @@ class FastStep:
     """`step` (a `vwe.engine.Step`) computed as `options` say; `options` tells how it actually runs
     (after a fallback from the CUDA graph, without it). Called like the step it wraps.
 
-    Side effects on the step's model and optimizer: the model may be converted to channels_last and
-    its tower's convolutions switched to another form of the same sums (`options.dense_convs`),
-    Adam's `capturable` flag is set for the graph, and on CUDA `cudnn.benchmark` is switched on (the
-    shapes never change, so its search pays off).
+    Side effects on the step's model and optimizer: the model may be converted to channels_last, and
+    Adam's `capturable` flag is set for the graph. The model must have been built with
+    `options.dense_convs` (`vwe.models.build_model`).
     """
 
     def __init__(self, step: Step, options: StepOptions):
@@ -216,38 +225,41 @@ class FastStep:
             options = replace(options, cuda_graph=False)
             if is_main():
                 print("note: no CUDA graph under DDP (unproven there); the step runs without it")
+        built = {m.dense_pixels for m in model.modules() if isinstance(m, Conv2d)}
+        if built and built != {options.dense_convs}:
+            raise ValueError(f"options.dense_convs is {options.dense_convs} but the model's convolutions "
+                             f"were built with dense_pixels {sorted(built)}; build the model with "
+                             f"dense_convs={options.dense_convs}")
         self.step, self.model, self.optimizer, self.device = step, model, optimizer, device
         self.options = options
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
-        if options.dense_convs:
-            use_conv_forms(model, options.dense_convs)
         _match_state_layout(optimizer)
         # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
         # take Adam's ordinary path, and only the captured one needs the step count on the device
         _set_capturable(optimizer, False)
-        self._forward_loss = self.forward_loss
+        # the network this step computes the loss with: the step's own, compiled and in bf16 as asked
+        self.net = step.net
         if options.compile and self.parallel:
             # torch.compile's DDP support splits the graph at DDP's gradient buckets; synchronised
             # BatchNorm breaks it too, so no fullgraph (unmeasured: no GPU has run this path yet)
-            step.net = torch.compile(step.net, mode=options.compile)
-        if options.bf16:  # the model only: the augmentation before it stays fp32
-            step.net = _in_bf16(step.net, device)
+            self.net = torch.compile(self.net, mode=options.compile)
+        if options.bf16:  # the network only: the augmentation before it stays fp32
+            self.net = _in_bf16(self.net, device)
+        self._forward_loss = self.forward_loss
         if options.compile and not self.parallel:
             # fullgraph: a graph break would silently split the step and cost speed; the generator
             # stays outside (draw), so there is nothing dynamo cannot trace
             self._forward_loss = torch.compile(self.forward_loss, mode=options.compile, fullgraph=True)
         self.graph: torch.cuda.CUDAGraph | None = None
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
 
     def draw(self, n: int) -> tuple[Tensor, ...]:
         """The step's augmentation of a global batch of `n` (the only use of its generator)."""
         return self.step.draw(n)
 
     def forward_loss(self, *inputs: Tensor) -> Tensor:
-        """The step's loss (its model in bf16 autocast when `options.bf16`)."""
-        return self.step.forward_loss(*inputs)
+        """The step's loss computed with this step's network (in bf16 autocast when `options.bf16`)."""
+        return self.step.loss(self.net, *inputs)
 
     def update(self, batch: tuple[Tensor, ...], params: tuple[Tensor, ...]) -> Tensor:
         """Forward, backward and the optimizer on a batch; the loss (graph-owned memory on the graph path)."""

@@ -2,6 +2,10 @@
 
 Read from the top: the small parts first (blocks, towers, decoder), then the two whole models.
 Letters (docs/design.md, Notation): B batch, N = 16 patches, K = 8 neighbours, D = 64 tower features.
+
+The towers' convolutions are `vwe.fast.Conv2d`: `nn.Conv2d` that on maps of at most `dense_convs`
+pixels runs as one matrix product (0, the default: never; the GPU training step builds its model with
+16, `vwe.fast_step.DENSE_PIXELS`). The parameters, and so the checkpoints, are `nn.Conv2d`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe import distributed
 from vwe.checks import check_images
+from vwe.fast import Conv2d
 from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_neighbours, patchify
 
 TOWERS = ("resnet32", "conv4", "conv4-strided")
@@ -40,15 +46,16 @@ class Normalize(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual; 1x1 conv + BN projection when the shape changes."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, dense_convs: int = 0):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False, dense_pixels=dense_convs)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False, dense_pixels=dense_convs)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False, dense_pixels=dense_convs),
+                                          nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -64,17 +71,18 @@ class ResNet32(nn.Module):
     """
 
     def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES),
-                 normalize: bool = True):
+                 normalize: bool = True, dense_convs: int = 0):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()  # the author's code: [0, 1] pixels
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            Conv2d(3, widths[0], 3, 1, 1, bias=False, dense_pixels=dense_convs), nn.BatchNorm2d(widths[0]),
+            nn.ReLU()
         )
         stages, cin = [], widths[0]
         for i, cout in enumerate(widths):
             stride = 1 if i == 0 else 2  # 8x8 => 8x8, then 8x8 => 4x4 => 2x2
-            blocks = [BasicBlock(cin, cout, stride)]
-            blocks += [BasicBlock(cout, cout, 1) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(cin, cout, stride, dense_convs)]
+            blocks += [BasicBlock(cout, cout, 1, dense_convs) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.Sequential(*stages)
@@ -96,12 +104,14 @@ class Conv4(nn.Module):
     blocks 1-3, global average pool after block 4. (B, 3, H, W) -> (B, 64). About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES), normalize: bool = True):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES), normalize: bool = True,
+                 dense_convs: int = 0):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
         for i, cout in enumerate(widths):
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            conv = Conv2d(cin, cout, 3, 1, 1, bias=False, dense_pixels=dense_convs)
+            layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             if i < len(widths) - 1:
                 layers.append(nn.AvgPool2d(2))  # 8x8 => 4x4 => 2x2 => 1x1 on a patch
             cin = cout
@@ -119,12 +129,13 @@ class StridedConv4(nn.Module):
     """
 
     def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES),
-                 strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True):
+                 strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True, dense_convs: int = 0):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
         for cout, stride in zip(widths, strides, strict=True):
-            layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            conv = Conv2d(cin, cout, 3, stride, 1, bias=False, dense_pixels=dense_convs)
+            layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.out_features = widths[-1]
@@ -136,14 +147,15 @@ class StridedConv4(nn.Module):
         return self.features(self.normalize(x)).mean(dim=(2, 3))  # (B, 64)
 
 
-def make_tower(name: str, normalize: bool = True) -> nn.Module:
-    """A fresh tower by name (one of TOWERS); `normalize=False` feeds it the [0, 1] pixels as they are."""
+def make_tower(name: str, normalize: bool = True, dense_convs: int = 0) -> nn.Module:
+    """A fresh tower by name (one of TOWERS); `normalize=False` feeds it the [0, 1] pixels as they are,
+    `dense_convs` as in the module docstring."""
     if name == "resnet32":
-        return ResNet32(normalize=normalize)
+        return ResNet32(normalize=normalize, dense_convs=dense_convs)
     if name == "conv4":
-        return Conv4(normalize=normalize)
+        return Conv4(normalize=normalize, dense_convs=dense_convs)
     if name == "conv4-strided":
-        return StridedConv4(normalize=normalize)
+        return StridedConv4(normalize=normalize, dense_convs=dense_convs)
     raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
 
 
@@ -194,7 +206,6 @@ class Autoencoder(nn.Module):
                  normalize: bool = True):
         super().__init__()
         self.tower = make_tower(tower, normalize) if isinstance(tower, str) else tower
-        self.tower_name = tower if isinstance(tower, str) else type(tower).__name__.lower()
         self.embed_dim = embed_dim_per_tower * self.tower.out_features
         self.decoder = Decoder(self.embed_dim, decoder)
 
@@ -242,14 +253,18 @@ class ContextAutoencoder(Autoencoder):
     patches per image in one batch, the slots form the same patches as 8 batches (each slot's own
     statistics, zero patches included), the shared form each patch once and the zero patch once per
     batch.
+
+    `sync_zero_patch=True` is for a data-parallel run (`vwe.distributed`) with synchronised
+    BatchNorm: the shared form's zero patch is then one per global batch, as one process has it
+    (`tower_with_zero_patch`).
     """
 
     def __init__(self, tower: str | nn.Module = "resnet32", encoding: str = "shared", decoder: str = "text",
-                 normalize: bool = True):
+                 normalize: bool = True, sync_zero_patch: bool = False):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
         super().__init__(tower, N_NEIGHBOURS, decoder, normalize)
-        self.encoding = encoding
+        self.encoding, self.sync_zero_patch = encoding, sync_zero_patch
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) -> (B, 16, 8 * D): each target's context features in context order."""
@@ -272,11 +287,17 @@ class ContextAutoencoder(Autoencoder):
         """The tower on (M, 3, 8, 8) patches and on the zero patch: (M, D) and the zero patch's (D,).
 
         One tower call on both together, so BatchNorm in train mode normalises them as one batch (a
-        separate batch of one zero patch would break Conv4's 1x1 BatchNorm). Data-parallel training
-        replaces this stage (`vwe.distributed.prepare_model`).
+        separate batch of one zero patch would break Conv4's 1x1 BatchNorm). With `sync_zero_patch`,
+        training data-parallel, only rank 0 adds the zero patch and the others receive its feature,
+        so synchronised BatchNorm sees the global B*16 + 1 patches once, as one process would.
         """
-        feats = self.tower(torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])]))  # (M + 1, D)
-        return feats[:-1], feats[-1]
+        if not (self.sync_zero_patch and self.training):
+            feats = self.tower(torch.cat([flat, flat.new_zeros(1, *flat.shape[1:])]))  # (M + 1, D)
+            return feats[:-1], feats[-1]
+        zeros = 1 if distributed.is_main() else 0
+        feats = self.tower(torch.cat([flat, flat.new_zeros(zeros, *flat.shape[1:])]))  # (M + zeros, D)
+        # a process without the zero patch sums no rows: zeros, still in the graph
+        return feats[:len(flat)], distributed.all_reduce_sum(feats[len(flat):].sum(0))
 
 
 class PatchAutoencoder(Autoencoder):
@@ -294,14 +315,17 @@ MODELS = ("context", "patch")
 
 
 def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared",
-                decoder: str = "text", normalize: bool = True) -> Autoencoder:
-    """An autoencoder by name: model "context" (with `encoding`) or "patch" (the simple baseline),
-    `decoder` one of DECODERS, `normalize=False` for towers that see the [0, 1] pixels as they are."""
+                decoder: str = "text", normalize: bool = True, dense_convs: int = 0,
+                sync_zero_patch: bool = False) -> Autoencoder:
+    """An autoencoder by name: model "context" (with `encoding` and `sync_zero_patch`) or "patch" (the
+    simple baseline), `decoder` one of DECODERS, `normalize=False` for towers that see the [0, 1]
+    pixels as they are, `dense_convs` as in the module docstring."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+    net = make_tower(tower, normalize, dense_convs)
     if model == "context":
-        return ContextAutoencoder(tower, encoding, decoder, normalize)
-    if model == "patch":
-        return PatchAutoencoder(tower, decoder, normalize)
-    raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
+        return ContextAutoencoder(net, encoding, decoder, sync_zero_patch=sync_zero_patch)
+    return PatchAutoencoder(net, decoder)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -314,9 +338,9 @@ class Classifier(nn.Module):
     (B, 3, 32, 32) -> (B, classes) logits.
     """
 
-    def __init__(self, tower: str = "resnet32", num_classes: int = 100):
+    def __init__(self, tower: str = "resnet32", num_classes: int = 100, dense_convs: int = 0):
         super().__init__()
-        self.tower = make_tower(tower)
+        self.tower = make_tower(tower, dense_convs=dense_convs)
         self.head = nn.Linear(self.tower.out_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def _as_tensor(x: object, what: str) -> torch.Tensor:
     return x.detach().cpu()
 
 
-def _pixels(x: object, what: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+def float_pixels(x: object, what: str, shape: tuple[int | None, ...]) -> torch.Tensor:
     """Images as float [0, 1] on the CPU, checked against `shape` (None: any size there)."""
     x = _as_tensor(x, what)
     if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape, strict=True)):
@@ -122,7 +122,7 @@ def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | Non
     grid=True draws the 4x4 patch grid on 32x32 images (lines every 8 pixels) and numbers the
     patches 0..15 in row-major order.
     """
-    x = _pixels(images, "images", (None, 3, None, None))
+    x = float_pixels(images, "images", (None, 3, None, None))
     n = len(x)
     if n == 0:
         raise ValueError("images is empty; pass at least one image")
@@ -155,7 +155,7 @@ def show_images(images: torch.Tensor, labels: torch.Tensor | Sequence[int] | Non
 
 def show_patches(patches: torch.Tensor) -> Figure:
     """The 16 patches (16, 3, 8, 8) of one image laid out apart: patchify made visible."""
-    p = _pixels(patches, "patches", (N_PATCHES, 3, PATCH, PATCH))
+    p = float_pixels(patches, "patches", (N_PATCHES, 3, PATCH, PATCH))
     fig, axes = plt.subplots(GRID, GRID, figsize=(4, 4.4))
     for k, ax in enumerate(axes.flat):
         ax.imshow(_hwc(p[k]), interpolation="nearest")
@@ -199,7 +199,7 @@ def show_context(image: torch.Tensor, target: int, title: str | None = None) -> 
     order (what the encoder sees), zero patches black with a "0", the target's own slot a "?".
     The title defaults to `describe_target(target)`.
     """
-    x = _pixels(image, "image", (3, IMAGE, IMAGE))
+    x = float_pixels(image, "image", (3, IMAGE, IMAGE))
     k = _check_patch_index(target)
     row = neighbour_table()[k].tolist()
     r, c = divmod(k, GRID)
@@ -261,11 +261,12 @@ def show_augmentations(images: torch.Tensor, augmented_list: Sequence[torch.Tens
 
     `augmented_list[i]` has the originals' shape and is labelled `titles[i]`.
     """
-    x = _pixels(images, "images", (None, 3, None, None))
+    x = float_pixels(images, "images", (None, 3, None, None))
     if len(augmented_list) == 0 or len(augmented_list) != len(titles):
         raise ValueError(f"need one title per augmented batch and at least one batch, got "
                          f"{len(augmented_list)} batches and {len(titles)} titles")
-    rows = [x] + [_pixels(a, f"augmented_list[{i}]", tuple(x.shape)) for i, a in enumerate(augmented_list)]
+    rows = [x] + [float_pixels(a, f"augmented_list[{i}]", tuple(x.shape))
+                  for i, a in enumerate(augmented_list)]
     names = ["original", *titles]
     n = len(x)
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 0.6, 1.35 * len(rows)), squeeze=False)
@@ -328,12 +329,12 @@ def show_reconstructions(truth: torch.Tensor, simple: torch.Tensor, context: tor
     Each input is (n, 3, 8, 8); patches are upscaled nearest, and every reconstruction carries
     its MSE against the ground truth. `labels` (n strings) names the rows, e.g. "image 3, patch 5".
     """
-    t = _pixels(truth, "truth", (None, 3, PATCH, PATCH))
+    t = float_pixels(truth, "truth", (None, 3, PATCH, PATCH))
     n = len(t)
     if n == 0:
         raise ValueError("truth is empty; pass at least one patch")
-    s = _pixels(simple, "simple", (n, 3, PATCH, PATCH))
-    c = _pixels(context, "context", (n, 3, PATCH, PATCH))
+    s = float_pixels(simple, "simple", (n, 3, PATCH, PATCH))
+    c = float_pixels(context, "context", (n, 3, PATCH, PATCH))
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has {len(labels)} entries for {n} patches")
     fig, axes = plt.subplots(n, 3, figsize=(5, 1.55 * n + 0.4), squeeze=False)
@@ -357,8 +358,8 @@ def show_rebuilt_image(image: torch.Tensor, recon_patches: torch.Tensor, name: s
 
     The error map is the absolute error averaged over the three channels.
     """
-    x = _pixels(image, "image", (3, IMAGE, IMAGE))
-    p = _pixels(recon_patches, "recon_patches", (N_PATCHES, 3, PATCH, PATCH))
+    x = float_pixels(image, "image", (3, IMAGE, IMAGE))
+    p = float_pixels(recon_patches, "recon_patches", (N_PATCHES, 3, PATCH, PATCH))
     rebuilt = unpatchify(p.unsqueeze(0))[0]  # (3, 32, 32)
     error = (rebuilt - x).abs().mean(0)  # (32, 32)
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.2))
@@ -387,10 +388,10 @@ def show_patch_reconstruction(image: torch.Tensor, patch: int, simple: torch.Ten
     the chosen patch, ground truth | simple AE | context AE; bottom row: the whole image and both
     rebuilds, the chosen patch outlined. `title`, if given, goes above it all.
     """
-    x = _pixels(image, "image", (3, IMAGE, IMAGE))
+    x = float_pixels(image, "image", (3, IMAGE, IMAGE))
     k = _check_patch_index(patch, "patch")
-    s = _pixels(simple, "simple", (N_PATCHES, 3, PATCH, PATCH))
-    c = _pixels(context, "context", (N_PATCHES, 3, PATCH, PATCH))
+    s = float_pixels(simple, "simple", (N_PATCHES, 3, PATCH, PATCH))
+    c = float_pixels(context, "context", (N_PATCHES, 3, PATCH, PATCH))
     r, col = divmod(k, GRID)
     truth = x[:, r * PATCH:(r + 1) * PATCH, col * PATCH:(col + 1) * PATCH]  # (3, 8, 8)
     # constrained layout: tight_layout lets the top row's labels run into the suptitle and row 2

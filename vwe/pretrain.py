@@ -3,8 +3,8 @@
     step = PretrainStep(model, optimizer, aug, run.aug_gen, views, original)   # vwe.engine
     fit(run, model, optimizer, step, ...)                                       # the epoch loop
 
-On CUDA the step is wrapped in `vwe.fast_step.FastStep` (bf16, torch.compile, a CUDA graph); the
-CPU trains with the plain step. The run folder and its checkpoints are `vwe.runs`'s.
+`vwe.engine.train` sets both up (on CUDA the step runs as `vwe.fast_step.FastStep`: bf16,
+torch.compile, a CUDA graph); the run folder and its checkpoints are `vwe.runs`'s.
 """
 
 from __future__ import annotations
@@ -15,31 +15,23 @@ from pathlib import Path
 import torch
 
 from vwe import distributed
-from vwe.config import Config, check_resolved
-from vwe.data import Dataset, batches, to_float
-from vwe.engine import PretrainStep, fit
-from vwe.fast_step import FastStep, default_options
+from vwe.config import Config
+from vwe.data import Dataset, to_float
+from vwe.engine import PretrainStep, held_out_sum, train
+from vwe.fast_step import default_options
 from vwe.models import Autoencoder, build_model
-from vwe.runs import CheckpointError, latest_checkpoint, load_checkpoint, open_run
+from vwe.runs import CheckpointError, latest_checkpoint, load_checkpoint
 
 
-@torch.no_grad()
 def held_out_loss(model: Autoencoder, images: torch.Tensor, batch_size: int = 1024) -> float:
     """Mean reconstruction loss over `images` (N, 3, 32, 32) uint8: eval mode, no augmentation.
 
     Under torchrun each process evaluates its share and the sums are added: every process returns
     the same number.
     """
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=images.device)
-    use_bf16 = images.device.type == "cuda"
-    mine = images[distributed.shard(len(images))]
-    for idx in batches(len(mine), batch_size, shuffle=False, device=images.device):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            total += model.forward_loss(to_float(mine[idx])).float() * len(idx)
-    model.train(was_training)
-    return (distributed.sum_across(total) / len(images)).item()
+    total = held_out_sum(model, (images,), batch_size,
+                         lambda x: model.forward_loss(to_float(x)).float() * len(x))
+    return (total / len(images)).item()
 
 
 @dataclass
@@ -69,29 +61,21 @@ def pretrain(
     Under torchrun the processes train data-parallel (`vwe.distributed`); `sync_bn=False` lets each
     normalise its own slice instead of the global batch.
     """
-    check_resolved(cfg, data)
-    device = device or data.train_images.device
-    n_train = len(data.train_labels)
-    if cfg.batch_size > n_train:
-        raise ValueError(f"batch_size={cfg.batch_size} is more than the {n_train} training images: "
-                         f"no full batch to train on; use a batch_size <= {n_train} or more images")
-    distributed.check_batch(cfg.batch_size)
     if progress and distributed.is_main():
-        print(f"{cfg.run_name} on {device}: {cfg.cost_text(n_train)}", flush=True)
-    data = data.to(device)  # the whole dataset lives on the device as uint8
-
-    torch.manual_seed(cfg.seed)
-    model = distributed.prepare_model(build_model(**cfg.model_args).to(device), device, sync_bn)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, device, fresh=fresh) as run:
-        run.resume(model, optimizer)  # before the step: a CUDA graph captures the loaded optimizer
-        step = PretrainStep(model, optimizer, cfg.aug if cfg.augment else None, run.aug_gen, cfg.views,
-                            cfg.original)
-        if device.type == "cuda":  # bf16, torch.compile and a CUDA graph: the same step, faster
-            step = FastStep(step, default_options(device, cfg.compile))
-        metrics = fit(run, model, optimizer, step, (data.train_images,), cfg.batch_size,
-                      lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
-                      progress=progress)
+        print(f"{cfg.run_name} on {device or data.train_images.device}: "
+              f"{cfg.cost_text(len(data.train_labels))}", flush=True)
+    run, model, metrics = train(
+        cfg, run_dir, data, device, name=cfg.run_name, identity=cfg.identity("pretrain"), record=None,
+        batch_size=cfg.batch_size, labels=False,
+        # one zero patch per global batch when BatchNorm sees the global batch of several processes
+        build=lambda dense: build_model(**cfg.model_args, dense_convs=dense,
+                                        sync_zero_patch=sync_bn and distributed.world() > 1),
+        optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, fused=next(m.parameters()).is_cuda),
+        step=lambda m, opt, aug_gen: PretrainStep(m, opt, cfg.aug if cfg.augment else None, aug_gen,
+                                                  cfg.views, cfg.original),
+        options=default_options(cfg.compile),
+        evaluate=lambda m, d: {"test_loss": held_out_loss(m, d.test_images, cfg.eval_batch_size)},
+        fresh=fresh, progress=progress, sync_bn=sync_bn)
     return PretrainResult(run.dir, run.checkpoint, model, metrics, cfg, data.name)
 
 

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from vwe import distributed
-from vwe.config import Config
-from vwe.data import Dataset
+from vwe.config import PROFILES, Config
+from vwe.data import Dataset, project_dir
 from vwe.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,6 +71,14 @@ class RunDirBusyError(RunError):
 
 class ConfigMismatchError(ValueError):
     """A resume was asked with a config that differs from the checkpoint's."""
+
+
+def profile_dir(profile: str, epochs: int | None = None) -> Path:
+    """Where a profile's runs live: runs/<profile> in the repository (the course's notebooks, the CLI,
+    the table). Another number of `epochs` than the profile's gets a folder of its own
+    (runs/cpu-30ep), or its runs would resume, or refuse to shorten, the course's."""
+    name = profile if epochs in (None, PROFILES[profile].epochs) else f"{profile}-{epochs}ep"
+    return project_dir() / "runs" / name
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -6,14 +6,15 @@ batch 128, random crop with 4-pixel zero padding and a horizontal flip, and no w
 is built without one). The row's number is the test top-1 accuracy of
 one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
-It trains as `vwe.pretrain.pretrain` does: a step (`SupervisedStep`), `vwe.engine.fit` in a run
-folder of `vwe.runs`, data-parallel under torchrun. A resume must share the config's supervised
-identity (`vwe.config.SUPERVISED_FIELDS`) and the recipe.
+It trains as `vwe.pretrain.pretrain` does: its step (`SupervisedStep`) set up by `vwe.engine.train`
+around `vwe.engine.fit` in a run folder of `vwe.runs`, data-parallel under torchrun. A resume must
+share the config's supervised identity (`vwe.config.SUPERVISED_FIELDS`) and the recipe.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from vwe import distributed
-from vwe.config import Config, check_resolved
-from vwe.data import Dataset, batches, to_float
-from vwe.engine import Step, fit
-from vwe.fast_step import FastStep, StepOptions
+from vwe.config import Config
+from vwe.data import Dataset, to_float
+from vwe.engine import Step, held_out_sum, train
+from vwe.fast_step import StepOptions
 from vwe.models import Classifier
-from vwe.runs import open_run
 
 
 @dataclass(frozen=True)
@@ -106,27 +106,20 @@ class SupervisedStep(Step):
     def draw(self, n: int) -> tuple[torch.Tensor, ...]:
         return draw_crop_flip(n, self.pad, self.aug_gen)
 
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def loss(self, net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+             *params: torch.Tensor) -> torch.Tensor:
         crops = crop_flip(images, self.pad, *params)
-        return F.cross_entropy(self.net(to_float(crops)).float(), labels)  # (B, 3, 32, 32) in [0, 1]
+        return F.cross_entropy(net(to_float(crops)).float(), labels)  # (B, 3, 32, 32) in [0, 1]
 
 
-@torch.no_grad()
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     """Top-1 accuracy in percent of `model` (eval mode, no augmentation) on (N, 3, 32, 32) uint8.
 
     Under torchrun each process counts its share and the counts are added.
     """
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=images.device)
-    part = distributed.shard(len(images))
-    mine, my_labels = images[part], labels[part]
-    for idx in batches(len(mine), batch_size, shuffle=False, device=images.device):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
-            correct += (model(to_float(mine[idx])).argmax(1) == my_labels[idx]).sum()
-    model.train(was_training)
-    return 100.0 * distributed.sum_across(correct).item() / len(images)
+    correct = held_out_sum(model, (images, labels), batch_size,
+                           lambda x, y: (model(to_float(x)).argmax(1) == y).sum())
+    return 100.0 * correct.item() / len(images)
 
 
 @dataclass
@@ -161,27 +154,14 @@ def train_supervised(
     Under torchrun the processes train data-parallel; `sync_bn` as in `vwe.pretrain.pretrain`.
     """
     recipe = recipe or SupervisedRecipe()
-    check_resolved(cfg, data)
-    device = device or data.train_images.device
-    n_train = len(data.train_labels)
-    if recipe.batch_size > n_train:
-        raise ValueError(f"the supervised batch of {recipe.batch_size} is more than the {n_train} "
-                         "training images; use more images or a smaller SupervisedRecipe.batch_size")
-    distributed.check_batch(recipe.batch_size)
-    data = data.to(device)  # the whole dataset lives on the device as uint8
-
-    torch.manual_seed(cfg.seed)
-    model = distributed.prepare_model(Classifier(cfg.tower, data.num_classes).to(device), device, sync_bn)
-    optimizer = recipe.optimizer(model.parameters())
-    name, record = f"supervised-{cfg.tower}", {"recipe": dataclasses.asdict(recipe)}
-    with open_run(run_dir, name, cfg, cfg.identity("supervised"), data, device, record, fresh) as run:
-        run.resume(model, optimizer)
-        step = SupervisedStep(model, optimizer, recipe.pad, run.aug_gen)
-        if device.type == "cuda":  # bf16 on channels_last weights, compiled (SGD: no CUDA graph)
-            step = FastStep(step, StepOptions(bf16=True, channels_last=True,
-                                              compile="default" if cfg.compile else None))
-        held_out = (data.test_images, data.test_labels, cfg.eval_batch_size)
-        metrics = fit(run, model, optimizer, step, (data.train_images, data.train_labels), recipe.batch_size,
-                      lambda: {"test_acc": accuracy(model, *held_out)},
-                      lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), progress=progress)
+    run, model, metrics = train(
+        cfg, run_dir, data, device, name=f"supervised-{cfg.tower}", identity=cfg.identity("supervised"),
+        record={"recipe": dataclasses.asdict(recipe)}, batch_size=recipe.batch_size, labels=True,
+        build=lambda dense: Classifier(cfg.tower, data.num_classes, dense),
+        optimizer=lambda m: recipe.optimizer(m.parameters()),
+        step=lambda m, opt, aug_gen: SupervisedStep(m, opt, recipe.pad, aug_gen),
+        # bf16 on channels_last weights, compiled; SGD: no CUDA graph
+        options=StepOptions(bf16=True, channels_last=True, compile="default" if cfg.compile else None),
+        evaluate=lambda m, d: {"test_acc": accuracy(m, d.test_images, d.test_labels, cfg.eval_batch_size)},
+        lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), fresh=fresh, progress=progress, sync_bn=sync_bn)
     return SupervisedResult(run.dir, run.checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])

@@ -16,20 +16,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vwe.patches import GRID, N_PATCHES, PATCH, patchify
+from vwe.plots import float_pixels
 from vwe.widgets import _Explorer
 from vwe.words import assign, nearest_neighbours, patch_pixels, word_exemplars
 
 GAP = 1  # pixels of white between tiles
 
 
-def _float_tiles(patches: torch.Tensor, what: str) -> torch.Tensor:
-    """uint8 or float [0, 1] patches (..., 3, 8, 8) -> float on the CPU, checked."""
-    if not isinstance(patches, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(patches).__name__}")
-    if patches.shape[-3:] != (3, PATCH, PATCH):
-        raise ValueError(f"{what} must end in (3, {PATCH}, {PATCH}), got {tuple(patches.shape)}")
-    patches = patches.detach().cpu()
-    return patches.float() / 255 if patches.dtype == torch.uint8 else patches.float().clamp(0, 1)
+TILE = (3, PATCH, PATCH)  # one patch's pixels, the last dimensions of every tile array
 
 
 def mosaic(tiles: torch.Tensor, gap: int = GAP, split_after: int | None = None) -> np.ndarray:
@@ -37,9 +31,7 @@ def mosaic(tiles: torch.Tensor, gap: int = GAP, split_after: int | None = None) 
 
     split_after=j widens the gap after column j (to set a query apart from its neighbours).
     """
-    tiles = _float_tiles(tiles, "tiles")
-    if tiles.dim() != 5:
-        raise ValueError(f"tiles must be (rows, cols, 3, P, P), got {tuple(tiles.shape)}")
+    tiles = float_pixels(tiles, "tiles", (None, None, *TILE))  # (rows, cols, 3, 8, 8)
     r, c, _, p, _ = tiles.shape
     extra = 3 * gap if split_after is not None else 0
     out = np.ones((r * (p + gap) - gap, c * (p + gap) - gap + extra, 3), dtype=np.float32)
@@ -66,11 +58,11 @@ def show_neighbours(queries: torch.Tensor, neighbours: Mapping[str, torch.Tensor
     queries (Q, 3, 8, 8); neighbours maps a feature name to (Q, k, 3, 8, 8) patches, best first.
     One panel per query: a row per feature, the query then its k neighbours.
     """
-    q = _float_tiles(queries, "queries")
-    if q.dim() != 4 or not neighbours:
-        raise ValueError(f"need queries (Q, 3, 8, 8) and at least one feature; got {tuple(q.shape)}, "
-                         f"{len(neighbours)} features")
-    n = {name: _float_tiles(v, f"neighbours[{name!r}]") for name, v in neighbours.items()}
+    q = float_pixels(queries, "queries", (None, *TILE))  # (Q, 3, 8, 8)
+    if not neighbours:
+        raise ValueError("need the neighbours of at least one feature, got none")
+    n = {name: float_pixels(v, f"neighbours[{name!r}]", (None, None, *TILE))  # (Q, k, 3, 8, 8)
+         for name, v in neighbours.items()}
     k = next(iter(n.values())).shape[1]
     for name, v in n.items():
         if v.shape[:2] != (len(q), k):
@@ -95,9 +87,7 @@ def show_vocabulary(exemplars: torch.Tensor, counts: torch.Tensor | None = None,
     patches per word (labels give each word's share); words: the word ids of the rows (default
     0..W-1).
     """
-    ex = _float_tiles(exemplars, "exemplars")
-    if ex.dim() != 5:
-        raise ValueError(f"exemplars must be (words, n, 3, 8, 8), got {tuple(ex.shape)}")
+    ex = float_pixels(exemplars, "exemplars", (None, None, *TILE))  # (words, n, 3, 8, 8)
     words = list(range(len(ex))) if words is None else [int(w) for w in words]
     if len(words) != len(ex):
         raise ValueError(f"{len(words)} word ids for {len(ex)} rows of exemplars")
@@ -146,9 +136,10 @@ def show_word_view(image: torch.Tensor, patch: int, neighbours: torch.Tensor, si
     the exemplars of its word. image (3, 32, 32); neighbours (n, 3, 8, 8) with sims (n,);
     exemplars (m, 3, 8, 8).
     """
-    tiles = _float_tiles(patchify(image.unsqueeze(0))[0], "image")  # (16, 3, 8, 8)
+    tiles = float_pixels(patchify(image.unsqueeze(0))[0], "image", (N_PATCHES, *TILE))  # (16, 3, 8, 8)
     query = tiles[patch]  # (3, 8, 8)
-    nb, ex = _float_tiles(neighbours, "neighbours"), _float_tiles(exemplars, "exemplars")
+    nb = float_pixels(neighbours, "neighbours", (None, *TILE))  # (n, 3, 8, 8)
+    ex = float_pixels(exemplars, "exemplars", (None, *TILE))  # (m, 3, 8, 8)
     fig = plt.figure(figsize=(8.5, 2.6))
     grid = fig.add_gridspec(2, 2, width_ratios=(1, 3.6))
     ax = fig.add_subplot(grid[:, 0])

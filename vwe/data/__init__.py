@@ -87,7 +87,8 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: int | None = None,
                  n_test: int | None = None, seed: int = 0, download: bool = True,
-                 validation: int = 0) -> Dataset:
+                 validation: int = 0, cifar100_md5: str | None = None, cifar10_md5: str | None = None,
+                 skip_bad: bool | None = None) -> Dataset:
     """Load `name` (one of DATASETS, or "folder:PATH"), on the CPU; read `.name` for what ran.
 
     "auto" is CIFAR-100 when its archive or cache is in the data dir, or (with `download`) when
@@ -96,32 +97,34 @@ def load_dataset(name: str = "auto", root: str | Path | None = None, n_train: in
     relative to the current directory). `n_train`/`n_test` keep the first n images of CIFAR or
     of a folder (all of a folder's when it has fewer), or set the Shapes sizes (default 10 000 /
     2 000); `seed` generates Shapes and splits and shuffles a folder. With `validation` > 0 the
-    dataset is its `validation_split(validation)`, cut to `n_train`/`n_test`.
+    dataset is its `validation_split(validation)`, cut to `n_train`/`n_test`. `cifar100_md5` and
+    `cifar10_md5` accept a verified copy of an archive (`vwe.data.cifar.expected_md5`), `skip_bad`
+    leaves out a folder's files that do not decode (`vwe.data.folder.load_folder`).
     """
+    sources = dict(cifar100_md5=cifar100_md5, cifar10_md5=cifar10_md5, skip_bad=skip_bad)
     check_dataset_name(name)
     if validation:
         # The validation images are the last of the whole training split (fixed whatever n_train is);
         # Shapes draws its split at the size asked, so ask for them on top of n_train.
         n_whole = n_train + validation if name == "shapes" and n_train else None
-        whole = load_dataset(name, root, n_whole, None, seed, download)
+        whole = load_dataset(name, root, n_whole, None, seed, download, **sources)
         return whole.cut(n_train, n_test, validation)
     if name.startswith(FOLDER_PREFIX):
-        ds = load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed)
-        # A profile's sizes are a cap for your own images: a small folder is used whole.
-        return ds.subset(*(None if n is None else min(n, len(labels))
-                           for n, labels in ((n_train, ds.train_labels), (n_test, ds.test_labels))))
+        # a profile's sizes are a cap for your own images (`Dataset.cut`)
+        ds = load_folder(name[len(FOLDER_PREFIX):], root=root, seed=seed, skip_bad=skip_bad)
+        return ds.cut(n_train, n_test)
     shapes = (SHAPES_TRAIN if n_train is None else n_train,
               SHAPES_TEST if n_test is None else n_test, seed)
     if name == "shapes":
         return make_shapes(*shapes)
     if name == "cifar10":
-        return load_cifar10(root, download=download).subset(n_train, n_test)
+        return load_cifar10(root, download=download, md5=cifar10_md5).subset(n_train, n_test)
     if name == "auto" and not cifar100_available(root):
         if not (download and _reachable(CIFAR100_URL)):
             return make_shapes(*shapes)
         try:
-            ds = load_cifar100(root, download=True)
+            ds = load_cifar100(root, download=True, md5=cifar100_md5)
         except FileNotFoundError:  # the server answered but the download did not complete
             return make_shapes(*shapes)
         return ds.subset(n_train, n_test)
-    return load_cifar100(root, download=download).subset(n_train, n_test)
+    return load_cifar100(root, download=download, md5=cifar100_md5).subset(n_train, n_test)

@@ -72,17 +72,19 @@ CIFAR10 = CifarFormat(
 )
 
 
-def expected_md5(fmt: CifarFormat) -> str:
-    """The md5 the archive must have: $<fmt.md5_env> when set (a copy the user verified and names),
-    else the official archive's."""
-    named = os.environ.get(fmt.md5_env, "").strip().lower()
-    if not named:
+def expected_md5(fmt: CifarFormat, named: str | None = None) -> str:
+    """The md5 the archive must have: `named` (a copy the user verified and names, on the command
+    line `fmt.md5_flag`), else $<fmt.md5_env> when set, else the official archive's."""
+    given = named or os.environ.get(fmt.md5_env, "")
+    md5 = given.strip().lower()
+    if not md5:
         return fmt.official_md5()
-    if not re.fullmatch(r"[0-9a-f]{32}", named):
-        raise ValueError(f"{fmt.md5_env}={os.environ[fmt.md5_env]!r} is not an md5 (32 hex digits); "
-                         f"set it to the md5 of your verified copy, or unset it to require the "
-                         f"official archive ({fmt.official_md5()})")
-    return named
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        source = fmt.md5_flag if named else fmt.md5_env
+        raise ValueError(f"{source}={given!r} is not an md5 (32 hex digits); "
+                         f"give the md5 of your verified copy, or none to require the official "
+                         f"archive ({fmt.official_md5()})")
+    return md5
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
@@ -274,11 +276,11 @@ def load_cifar(fmt: CifarFormat, root: str | Path | None = None, download: bool 
                md5: str | None = None) -> Dataset:
     """CIFAR-10 or CIFAR-100 (`fmt`) from `<data dir>/<fmt.archive>` (or its cache), on the CPU.
 
-    `md5` is the archive's expected checksum, by default `expected_md5(fmt)`: the official one
-    unless $<fmt.md5_env> names the md5 of a verified copy. The result's `archive_md5` records it,
-    `official` whether it is the official archive's.
+    `md5` names the md5 of a verified copy of the archive (`expected_md5(fmt, md5)`: by default
+    $<fmt.md5_env>'s, else the official one). The result's `archive_md5` records it, `official`
+    whether it is the official archive's.
     """
-    md5 = md5 or expected_md5(fmt)
+    md5 = expected_md5(fmt, md5)
     folder = data_dir(root)
     archive, cache = folder / fmt.archive, folder / fmt.cache
     ds = _from_cache(cache, md5, fmt)

@@ -103,11 +103,15 @@ class Dataset:
 
     def cut(self, n_train: int | None, n_test: int | None, validation: int = 0) -> Dataset:
         """`validation_split(validation)` when > 0, then `subset`; with a validation split, `n_test`
-        counts validation images and is capped at their number."""
-        if validation:
-            data = self.validation_split(validation)
-            return data.subset(n_train, None if n_test is None else min(n_test, validation))
-        return self.subset(n_train, n_test)
+        counts validation images and is capped at their number. An image folder's sizes are caps: a
+        small folder is used whole. So a cut dataset cut again to the same sizes stays as it is."""
+        data = self.validation_split(validation) if validation else self
+        if validation and n_test is not None:
+            n_test = min(n_test, validation)
+        if data.content_sha256 is not None:  # an image folder (`vwe.data.folder`)
+            n_train = None if n_train is None else min(n_train, len(data.train_labels))
+            n_test = None if n_test is None else min(n_test, len(data.test_labels))
+        return data.subset(n_train, n_test)
 
     def subset(self, n_train: int | None, n_test: int | None) -> Dataset:
         """The first `n_train` training and `n_test` test images (None keeps a split whole)."""
