@@ -15,6 +15,7 @@ comes first and `start(` next.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -150,6 +151,9 @@ def test_run_all_injects_parameters_and_stops_at_a_failing_notebook(tmp_path, ca
     assert [(t["notebook"], t["status"]) for t in timings] == [("02_good", "ok")]
     printed = nbformat.read(out / "02_good.ipynb", as_version=4).cells[-1].outputs[0].text
     assert printed == f"smoke shapes {out}\n"
+    record = json.loads((out / "course.json").read_text())  # the timings as a results file
+    assert record["notebooks"] == timings and record["header"]["profile"] == "smoke"
+    assert record["header"]["data"]["dataset"] == "shapes" and record["header"]["machine"]
 
     (out / "02_good.ipynb").unlink()
     with pytest.raises(NotebookError) as err:  # 01_bad runs first, and stops the run

@@ -112,10 +112,11 @@ def test_load_results_names_the_files_it_has(tmp_path):
 
 def test_render_readme_replaces_only_between_the_markers():
     text = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n"
-    assert render_readme(text, "new") == "intro\n<!-- results:begin -->\nnew\n<!-- results:end -->\noutro\n"
-    assert render_readme(render_readme(text, "new"), "new") == render_readme(text, "new")
-    with pytest.raises(ValueError, match="results:begin"):
-        render_readme("no markers", "new")
+    new = {"results": "new"}
+    assert render_readme(text, new) == "intro\n<!-- results:begin -->\nnew\n<!-- results:end -->\noutro\n"
+    assert render_readme(render_readme(text, new), new) == render_readme(text, new)
+    with pytest.raises(ValueError, match="course:begin"):
+        render_readme(text, {"course": "new"})
 
 
 def test_committed_docs_are_what_the_results_files_render(capsys):

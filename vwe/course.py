@@ -5,7 +5,7 @@ papermill, which is `make run-all`).
 The repository ships compact weights of both autoencoders pretrained on real CIFAR-100
 (`checkpoints/`, listed with their sha256, data and scale in `checkpoints/manifest.json`): on
 CIFAR-100 notebooks 05-07 study those by default, since the few minutes of pretraining a 2-core CPU
-affords in notebook 04 are too little for the method to show (README, Results).
+affords in notebook 04 are too little for the method to show (docs/results.md).
 
     python -m vwe.course --profile cpu --dataset auto     # notebooks -> runs/cpu/NN_name.ipynb
 """
@@ -29,7 +29,8 @@ from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, pro
 from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
-from vwe.runs import latest_checkpoint, profile_dir
+from vwe.results import command, machine
+from vwe.runs import latest_checkpoint, profile_dir, provenance
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -271,7 +272,21 @@ def run_all(profile: str = "cpu", dataset: str | None = None, device: str | None
                         "status": "ok"})
         print(f"{path.stem:<28} {timings[-1]['seconds']:8.1f} s", flush=True)
     _print_summary(timings, out_dir)
+    _write_timings(timings, get_config(profile, dataset=dataset, device=device), out_dir)
     return timings
+
+
+def _write_timings(timings: list[dict], cfg: Config, out_dir: Path) -> None:
+    """out_dir/course.json: each notebook's wall time, with the data, machine, revision, date and command
+    (a results file: committed as docs/results/course-<profile>.json, the README's course table reads it)."""
+    _, data, device = resolve(cfg)  # the notebooks' data, from the cache they left
+    prov = provenance(device)
+    header = {"title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
+              "profile": cfg.profile, "data": data.provenance(), "device": prov["device"],
+              "machine": machine(prov["device"]), "git": prov["git"], "time": prov["time"],
+              "torch": prov["torch"], "command": command()}
+    text = json.dumps({"header": header, "notebooks": timings}, indent=2) + "\n"
+    atomic_write(out_dir / "course.json", lambda tmp: tmp.write_text(text))
 
 
 def _print_summary(timings: list[dict], out_dir: Path) -> None:

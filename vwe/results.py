@@ -366,6 +366,19 @@ def _curve_markdown(payload: dict) -> list[str]:
             f"standard errors and {SIGNIFICANT_POINTS:g} points."]
 
 
+def _course_lines(payload: dict) -> list[str]:
+    """A course run's notebook times: what ran where, then one table row of seconds."""
+    h, notebooks = payload["header"], payload["notebooks"]
+    total = sum(n["seconds"] for n in notebooks)
+    return [
+        f"Wall time of each notebook on the `{h['profile']}` profile ({describe(h['data'])}; "
+        f"{h['machine']}; revision `{h['git']}`, {h['time'][:10]}; `{h['command']}`):", "",
+        "| " + " | ".join(n["notebook"][:2] for n in notebooks) + " | all |",
+        "|" + "---:|" * (len(notebooks) + 1),
+        "| " + " | ".join(f"{n['seconds']:.0f} s" for n in notebooks) + f" | {total / 60:.1f} min |",
+    ]
+
+
 def render_results_md(folder: Path | None = None) -> str:
     """docs/results.md: every committed results file, a table each, newest measurement first."""
     folder = folder or results_dir()
@@ -379,9 +392,13 @@ def render_results_md(folder: Path | None = None) -> str:
            "measured, on which data and machine, at which revision and with which command.", ""]
     for name in order:
         payload = payloads[name]
-        body = (_curve_markdown(payload) if "points" in payload
-                else results_markdown(payload["header"], rows_of(payload), payload["header"].get("title"))
-                .splitlines())
+        if "points" in payload:
+            body = _curve_markdown(payload)
+        elif "notebooks" in payload:
+            body = [f"# {payload['header']['title']}", "", *_course_lines(payload)]
+        else:
+            h = payload["header"]
+            body = results_markdown(h, rows_of(payload), h.get("title")).splitlines()
         # one level down: each file is a section of this page
         out += ["#" + body[0], f"*File: [`results/{name}.json`](results/{name}.json)*", *body[1:], ""]
     return "\n".join(out).rstrip("\n") + "\n"
@@ -427,15 +444,24 @@ def render_glance(folder: Path | None = None) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+COURSE_FILE = "course-cpu"  # the course's notebook times on the `cpu` profile (`make run-all`)
 
 
-def render_readme(text: str, block: str) -> str:
-    """`text` (the README) with `block` between its two results markers."""
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md needs the lines {README_BEGIN} and {README_END}, in that order")
-    return text[: start + len(README_BEGIN)] + "\n" + block + "\n" + text[end:]
+def render_course(folder: Path | None = None) -> str:
+    """The README's course timings: each notebook's wall time from COURSE_FILE."""
+    return "\n".join(_course_lines(load_results(COURSE_FILE, folder)))
+
+
+def render_readme(text: str, blocks: dict[str, str]) -> str:
+    """`text` (the README) with each of `blocks` ({"results": ...}) between its markers
+    `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
+    for name, block in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        start, stop = text.find(begin), text.find(end)
+        if start < 0 or stop < start:
+            raise ValueError(f"README.md needs the lines {begin} and {end}, in that order")
+        text = text[: start + len(begin)] + "\n" + block + "\n" + text[stop:]
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = project_dir()
     readme = root / "README.md"
     targets = {root / "docs" / "results.md": render_results_md(),
-               readme: render_readme(readme.read_text(), render_glance())}
+               readme: render_readme(readme.read_text(), {"results": render_glance(),
+                                                          "course": render_course()})}
     stale = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         for path in stale:
