@@ -116,11 +116,14 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
     net = build_model(**cfg.model_args)
     weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    data = entry["data"]
-    steps = data["n_train"] // cfg.batch_size * cfg.epochs
-    source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with the {cfg.profile} recipe on "
+    data, last = entry["data"], entry["metrics"][-1]
+    # the epochs reached: a clock-stopped run (`Config.minutes`) ends inside one, with its steps there
+    per_epoch = data["n_train"] // cfg.batch_size
+    steps = int(last["epoch"]) * per_epoch + last.get("steps", 0)
+    recipe = f"the {cfg.profile} recipe" + (f" ({cfg.encoding} encoding)" if cfg.model == "context" else "")
+    source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with {recipe} on "
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
-              f"{cfg.epochs} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
+              f"{last['epoch']:g} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
               f"{steps * cfg.pairs_per_step:,} pairs")
     return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
 

@@ -291,7 +291,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     model, checkpoint, epochs, test_acc = None, None, 0, None
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, device=device, progress=progress)
-        model, checkpoint, epochs, test_acc = res.model, res.checkpoint, len(res.metrics), res.test_acc
+        model, checkpoint, epochs, test_acc = res.model, res.checkpoint, res.metrics[-1]["epoch"], res.test_acc
     elif row.kind == "pretrained":
         res = pretrain(cfg_row, run_dir, data, device, progress=progress)
         # a run folder holding more epochs than asked is refused by `vwe.runs.check_resumable`
