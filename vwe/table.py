@@ -288,14 +288,16 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     t0 = time.perf_counter()
     cfg_row = row_config(cfg, row)
     run_dir = row_dir(out_dir, cfg, row)
-    model, checkpoint, epochs, test_acc = None, None, 0, None
+    res, test_acc = None, None
     if row.kind == "supervised":
         res = train_supervised(cfg_row, run_dir, data, device=device, progress=progress)
-        model, checkpoint, epochs, test_acc = res.model, res.checkpoint, res.metrics[-1]["epoch"], res.test_acc
+        test_acc = res.test_acc
     elif row.kind == "pretrained":
-        res = pretrain(cfg_row, run_dir, data, device, progress=progress)
         # a run folder holding more epochs than asked is refused by `vwe.runs.check_resumable`
-        model, checkpoint, epochs = res.model, res.checkpoint, res.metrics[-1]["epoch"]
+        res = pretrain(cfg_row, run_dir, data, device, progress=progress)
+    # the epochs reached: fractional where a time box (`cfg.minutes`) stopped the run inside one
+    model, checkpoint, epochs = (None, None, 0) if res is None else (res.model, res.checkpoint,
+                                                                     res.metrics[-1]["epoch"])
     if not distributed.is_main():  # rank 0 alone evaluates and writes; the others read its result
         return _result_of_main(row, cfg, out_dir, fingerprint)
     features = row_features(row, data, cfg, device, model, progress)
