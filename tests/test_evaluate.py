@@ -1,6 +1,7 @@
 """Linear evaluation: the probe learns separable features; on labels it can only memorise, the probe and
 the kNN classifier report training accuracy ~100 % and test accuracy at chance."""
 
+import inspect
 import math
 
 import pytest
@@ -121,6 +122,8 @@ def test_probe_refuses_mismatched_inputs():
         linear_probe(x, y[:10], x, y)
     with pytest.raises(ValueError, match="dim"):
         linear_probe(x, y, x[:, :3], y)
+    with pytest.raises(ValueError, match="dim"):  # either matrix alone not 2-d
+        linear_probe(x[:, 0], y, x, y)
 
 
 # ----------------------------------------------------------------------------- standardised probe
@@ -195,3 +198,32 @@ def test_tower_embedding_is_the_patch_features_the_context_embedding_repeats():
     assert torch.equal(extract_features(patch, images, features="tower"), extract_features(patch, images))
     with pytest.raises(ValueError, match="unknown features"):
         extract_features(model, images, features="pixels")
+
+
+def test_probe_defaults_are_the_papers():
+    # the module docstring's probe: Adam at lr 1e-3, batch 128, 100 epochs, standardised features
+    defaults = {k: p.default for k, p in inspect.signature(linear_probe).parameters.items()}
+    assert (defaults["epochs"], defaults["batch_size"], defaults["lr"]) == (100, 128, 1e-3)
+    assert defaults["norm"] == "standard" and defaults["progress"] is False
+
+
+def test_probe_records_the_epochs_mean_loss_and_accuracy():
+    # At lr 1e-30 the layer keeps its seeded initial weights, so the first epoch's mean loss over its
+    # three batches (128, 128, 44 rows) is the cross-entropy of that layer on all 300 training rows.
+    x, y = _separable(n=300)
+    res = linear_probe(x, y, x[:10], y[:10], seed=3, epochs=1, lr=1e-30, num_classes=5)
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(32, 5)
+    with torch.no_grad():
+        logits = layer(standardize(x, x)[0])
+    assert res.seed == 3 and len(res.losses) == 1
+    assert res.losses[0] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert res.train_accs[0] == res.train_acc == 100 * int((logits.argmax(1) == y).sum()) / 300
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}])
+def test_probe_refuses_each_non_positive_setting(bad):
+    x, y = _separable(n=20)
+    linear_probe(x, y, x, y, epochs=1, batch_size=1, lr=1e-3)  # the smallest valid settings run
+    with pytest.raises(ValueError, match="must be > 0"):
+        linear_probe(x, y, x, y, **{"epochs": 1, "batch_size": 1, "lr": 1e-3, **bad})
