@@ -26,7 +26,7 @@ PYTEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist
 # `python -m vwe`, or N processes of it started by torchrun (docs/running.md, More than one GPU)
 VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
-.PHONY: help setup test lint sync run-all lab paper pretrain gpu-reproduce bench e2e clean
+.PHONY: help setup test lint sync run-all lab paper pretrain gpu-reproduce bench e2e mutants clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,6 +74,27 @@ bench: setup  ## training-step / feature / probe throughput, then each convoluti
 e2e: setup  ## install Debian's Chromium if missing, then the JupyterLab browser tests
 	bash scripts/install-chromium.sh
 	$(PY) -m pytest tests/e2e
+
+# The core that `make mutants` mutates: the grid, the augmentation, the models' encoder, decoder and loss
+# (not their constructors), the evaluation's maths (not its wiring to configs and files)
+MUTANTS = 'vwe.patches.*' 'vwe.augment.x_*' \
+	'vwe.models.xǁ*ǁforward_*' 'vwe.models.xǁ*ǁdecode_*' 'vwe.models.xǁ*ǁencode_*' \
+	'vwe.models.xǁ*ǁforward_loss_*' 'vwe.models.xǁ*ǁimage_embedding_*' 'vwe.models.xǁ*ǁtower_*' \
+	'vwe.evaluate.x_extract_features_*' 'vwe.evaluate.x_pixel_features_*' 'vwe.evaluate.x_standardize_*' \
+	'vwe.evaluate.x__accuracy_*' 'vwe.evaluate.x_linear_probe_*' 'vwe.evaluate.x_linear_eval_*' \
+	'vwe.evaluate.x_knn_*'
+MUTANT_WORKERS ?= 2
+
+mutants: setup  ## mutation score of the core against its fast unit tests (opt-in; installs mutmut)
+	$(PY) -m pip install --quiet 'mutmut>=3'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTANT_WORKERS) $(MUTANTS)
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+		run = sum(s[k] for k in ('killed', 'survived', 'no_tests', 'timeout', 'suspicious', 'segfault')); \
+		print(f\"mutation score: {s['killed']} of {run} mutants killed ({100 * s['killed'] / run:.1f} %), \
+		{s['survived']} survived, {s['no_tests']} without a test\")"
+	$(VENV)/bin/mutmut results | grep -v 'not checked'
 
 clean:  ## remove run outputs and caches (keeps data/ and .venv/)
 	rm -rf runs/ .pytest_cache .ruff_cache test-output

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from vwe.config import (
     PROBE_FIELDS,
@@ -58,9 +59,14 @@ def test_unknown_profile():
         get_config("fast")
 
 
-def test_resolve_device():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    # "auto" on either kind of machine, whichever this one is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_what_identifies_a_run_is_declared_once_on_the_fields():

@@ -1,10 +1,15 @@
-"""Linear evaluation: the probe learns separable features, stays at chance on shuffled labels."""
+"""Linear evaluation: the probe learns separable features; on labels it can only memorise, the probe and
+the kNN classifier report training accuracy ~100 % and test accuracy at chance."""
+
+import inspect
+import math
 
 import pytest
 import torch
 
 from vwe.evaluate import (
     extract_features,
+    knn_accuracy,
     linear_eval,
     linear_probe,
     pixel_features,
@@ -30,11 +35,55 @@ def test_probe_is_near_perfect_on_linearly_separable_features():
     assert res.losses[-1] < res.losses[0]
 
 
-def test_probe_is_at_chance_on_shuffled_labels():
-    x, y = _separable(n=2000, classes=5)
-    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
-    res = linear_probe(x[:1500], shuffled[:1500], x[1500:], shuffled[1500:], seed=0, epochs=10)
-    assert abs(res.test_acc - 20.0) < 7  # 5 classes: chance is 20 %, 500 test points
+def _memorisable(n: int = 256, dim: int = 512, classes: int = 5, seed: int = 0):
+    """(train features, train labels, test features, test labels), n rows each: Gaussian features with
+    more dimensions than rows, and labels drawn independently of them. A linear layer can fit any
+    labels of n <= dim points in general position, so it learns the training labels by heart; nothing
+    it learns says anything about a test label."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(2 * n, dim, generator=g)
+    labels = torch.randint(0, classes, (2 * n,), generator=g)
+    return feats[:n], labels[:n], feats[n:], labels[n:]
+
+
+def chance_band(m: int, classes: int, sigmas: float = 5.0) -> tuple[float, float]:
+    """Where a test accuracy (percent) on `m` labels drawn uniformly, independently of the classifier,
+    lies: whatever it predicts, each of its answers is right with probability p = 1 / classes, so the
+    number right is Binomial(m, p). Mean +- `sigmas` standard deviations (5: outside with probability
+    < 6e-7 in the normal approximation)."""
+    p = 1 / classes
+    half = sigmas * math.sqrt(p * (1 - p) / m)
+    return 100 * (p - half), 100 * (p + half)
+
+
+def test_probe_reports_the_test_accuracy_not_the_training_one():
+    # Training labels the probe memorises, test labels it cannot know: the training accuracy is ~100 %
+    # and the test accuracy chance. A probe that reports its training accuracy as the test accuracy,
+    # or that trains on the test set, reports far above chance.
+    train, train_y, test, test_y = _memorisable()
+    res = linear_probe(train, train_y, test, test_y, seed=0, epochs=100, num_classes=5)
+    low, high = chance_band(len(test_y), 5)
+    assert res.train_acc == 100.0 and res.train_accs[-1] == 100.0
+    assert low < res.test_acc < high, (res.test_acc, low, high)
+
+
+def test_linear_eval_means_the_test_accuracies_over_seeds():
+    train, train_y, test, test_y = _memorisable(seed=1)
+    ev = linear_eval(train, train_y, test, test_y, seeds=(0, 1, 2), epochs=100, num_classes=5)
+    low, high = chance_band(len(test_y), 5)  # each seed's accuracy lies in it, so does their mean
+    assert all(r.train_acc == 100.0 for r in ev.runs)
+    assert ev.accs == [r.test_acc for r in ev.runs] and low < ev.mean < high, (ev.accs, low, high)
+
+
+def test_knn_reports_the_test_accuracy_not_the_training_one():
+    # kNN on the training rows themselves finds each row as its own nearest neighbour (cosine 1; the
+    # cosine of two independent Gaussian rows is ~N(0, 1/dim), below 0.2 here, so each other vote
+    # weighs < exp(-0.8 / 0.07) ~ 1e-5 of its own): 100 %. On the test rows: chance.
+    train, train_y, test, test_y = _memorisable(seed=2)
+    assert knn_accuracy(train, train_y, train, train_y, k=20, temperature=0.07) == 100.0
+    low, high = chance_band(len(test_y), 5)
+    acc = knn_accuracy(train, train_y, test, test_y, k=20, temperature=0.07, num_classes=5)
+    assert low < acc < high, (acc, low, high)
 
 
 def test_probe_is_deterministic_for_a_seed_and_eval_reports_mean_and_std():
@@ -73,6 +122,8 @@ def test_probe_refuses_mismatched_inputs():
         linear_probe(x, y[:10], x, y)
     with pytest.raises(ValueError, match="dim"):
         linear_probe(x, y, x[:, :3], y)
+    with pytest.raises(ValueError, match="dim"):  # either matrix alone not 2-d
+        linear_probe(x[:, 0], y, x, y)
 
 
 # ----------------------------------------------------------------------------- standardised probe
@@ -147,3 +198,32 @@ def test_tower_embedding_is_the_patch_features_the_context_embedding_repeats():
     assert torch.equal(extract_features(patch, images, features="tower"), extract_features(patch, images))
     with pytest.raises(ValueError, match="unknown features"):
         extract_features(model, images, features="pixels")
+
+
+def test_probe_defaults_are_the_papers():
+    # the module docstring's probe: Adam at lr 1e-3, batch 128, 100 epochs, standardised features
+    defaults = {k: p.default for k, p in inspect.signature(linear_probe).parameters.items()}
+    assert (defaults["epochs"], defaults["batch_size"], defaults["lr"]) == (100, 128, 1e-3)
+    assert defaults["norm"] == "standard" and defaults["progress"] is False
+
+
+def test_probe_records_the_epochs_mean_loss_and_accuracy():
+    # At lr 1e-30 the layer keeps its seeded initial weights, so the first epoch's mean loss over its
+    # three batches (128, 128, 44 rows) is the cross-entropy of that layer on all 300 training rows.
+    x, y = _separable(n=300)
+    res = linear_probe(x, y, x[:10], y[:10], seed=3, epochs=1, lr=1e-30, num_classes=5)
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(32, 5)
+    with torch.no_grad():
+        logits = layer(standardize(x, x)[0])
+    assert res.seed == 3 and len(res.losses) == 1
+    assert res.losses[0] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert res.train_accs[0] == res.train_acc == 100 * int((logits.argmax(1) == y).sum()) / 300
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}])
+def test_probe_refuses_each_non_positive_setting(bad):
+    x, y = _separable(n=20)
+    linear_probe(x, y, x, y, epochs=1, batch_size=1, lr=1e-3)  # the smallest valid settings run
+    with pytest.raises(ValueError, match="must be > 0"):
+        linear_probe(x, y, x, y, **{"epochs": 1, "batch_size": 1, "lr": 1e-3, **bad})
