@@ -42,7 +42,8 @@ def main() -> None:
     rows = table.model_rows(features, data, cfg, epochs, a.out)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
     header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
-                  views_per_image=context.config.views_per_image, lr=context.config.lr,
+                  views_per_image=context.config.views_per_image,
+                  pairs_per_step=context.config.pairs_per_step, lr=context.config.lr,
                   profile=f"shipped ({context.config.profile} recipe)",
                   title=f"The shipped autoencoders on {data.name}, both readings of the paper")
     files = write_results(header, rows, a.out)
