@@ -234,7 +234,7 @@ FP32_LOSS_RTOL = 1e-5
 
 def one_step_gradients(options: StepOptions, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss and the flat gradient of one step of the ResNet-32 context model from the same start."""
-    model, opt = fresh("resnet32")
+    model, opt = fresh("resnet32", dense_convs=options.dense_convs)
     losses, _ = run(options, model, opt, images)
     return losses[0], flat(p.grad for p in model.parameters())
 
