@@ -18,9 +18,19 @@ from pathlib import Path
 import torch
 
 from vwe import table
-from vwe.config import get_config, resolve
+from vwe.config import Config, get_config, resolve
 from vwe.course import load_shipped
 from vwe.results import write_results
+
+
+def shipped_what(cfg: Config, n_probe: int, n_test: int) -> str:
+    """The measurement in one sentence: which models, pretrained how, probed on what."""
+    steps = cfg.n_train // cfg.batch_size * cfg.epochs
+    return (f"The two autoencoders in `checkpoints/` (ResNet-32, pretrained on the first {cfg.n_train:,} "
+            f"training images with the `{cfg.profile}` recipe and the {cfg.encoding} encoding: {cfg.epochs} "
+            f"epochs, {steps:,} steps of {cfg.pairs_per_step} pairs) beside the untrained baselines, "
+            f"probed on the features of the first {n_probe:,} training images and scored on {n_test:,} "
+            "test images.")
 
 
 def main() -> None:
@@ -45,7 +55,8 @@ def main() -> None:
                   views_per_image=context.config.views_per_image,
                   pairs_per_step=context.config.pairs_per_step, lr=context.config.lr,
                   profile=f"shipped ({context.config.profile} recipe)",
-                  title=f"The shipped autoencoders on {data.name}, both readings of the paper")
+                  title=f"The shipped autoencoders on {data.name}, both readings of the paper",
+                  what=shipped_what(context.config, len(data.train_labels), len(data.test_labels)))
     files = write_results(header, rows, a.out)
     print(files["md"].read_text())
     print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")
