@@ -177,7 +177,8 @@ assert abs(context_row.probes["embedding/standard"]["accs"][0] - probes["standar
 # are **not CIFAR-100 numbers** (other classes, another chance level): compare the order of the rows.
 
 # %% tags=["nbval-ignore-output"]
-header = table.table_header(cfg, data, s.device, table.data_fingerprint(data))
+header = table.table_header(cfg, data, s.device, table.data_fingerprint(data),
+                            command=f"notebooks/05_linear_evaluation.ipynb, profile {profile!r}")
 header["epochs"] = max(epochs.values())  # the pretrained models', not this notebook's profile
 files = write_results(header, results, s.run_dir / "05_results")
 display(Markdown(files["md"].read_text()))

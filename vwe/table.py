@@ -56,10 +56,10 @@ from vwe.results import (
     AUTHOR_PROBE_EPOCHS,
     PAPER_DATASET,
     RowResult,
-    command,
     machine,
     write_results,
 )
+from vwe.results import command as command_line
 from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
@@ -359,8 +359,10 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: str) -> dict:
-    """What the numbers came from: data, protocol, hardware, software, repository revision."""
+def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: str,
+                 command: str | None = None) -> dict:
+    """What the numbers came from: data, protocol, hardware, software, repository revision, and the
+    command (default: this process's command line)."""
     prov = provenance(device)
     return {
         **data.provenance(), "data_sha256": fingerprint,
@@ -370,7 +372,7 @@ def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: 
         "encoding": cfg.encoding, "probe_epochs": cfg.probe_epochs, "probe_seeds": list(cfg.probe_seeds),
         "probe_norm": cfg.probe_norm, "knn": KNN,
         "torch": prov["torch"], "python": platform.python_version(), "git": prov["git"],
-        "time": prov["time"], "machine": machine(prov["device"]), "command": command(),
+        "time": prov["time"], "machine": machine(prov["device"]), "command": command or command_line(),
     }
 
 
