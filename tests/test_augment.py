@@ -19,6 +19,7 @@ from vwe.augment import (
     adjust_saturation,
     apply_params,
     augment,
+    batch_views,
     colour_jitter,
     crop_rotate,
     crop_theta,
@@ -512,6 +513,13 @@ def test_apply_params_compiles_without_graph_breaks():
     p = sample_params(4, cfg, gen(7), "cpu")
     compiled = torch.compile(apply_params, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, p, cfg), apply_params(x, p, cfg), atol=1e-6, rtol=0)
+
+
+def test_a_batch_holds_the_views_only_when_they_are_augmented():
+    assert batch_views(4, True, augmented=True) == (4, True)
+    assert batch_views(2, False, augmented=True) == (2, False)
+    # without augmentation every view would repeat the image: the image alone, once
+    assert batch_views(4, False, augmented=False) == batch_views(3, True, augmented=False) == (0, True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

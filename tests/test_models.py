@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe import distributed
 from vwe.models import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -151,6 +152,32 @@ def test_without_batchnorm_the_three_encodings_agree_in_train_mode():
     for encoding in ("literal", "slots"):
         for ours, ref in zip(results[encoding], results["shared"], strict=True):
             torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12, msg=encoding)
+
+
+def test_the_synchronised_zero_patch_is_rank_zeros_alone(monkeypatch):
+    # sync_zero_patch, training: rank 0 adds the zero patch to its batch, the other ranks add none
+    # and receive its feature through the all-reduce. In one process that is the plain form.
+    torch.manual_seed(0)
+    m = ContextAutoencoder("conv4", sync_zero_patch=True).double().train()
+    flat = patchify(torch.rand(2, 3, 32, 32, dtype=torch.float64)).flatten(0, 1)  # (32, 3, 8, 8)
+    with torch.no_grad():
+        alone = m.tower(torch.cat([flat, torch.zeros(1, 3, 8, 8, dtype=flat.dtype)]))  # (33, 64)
+        for got, expected in zip(m.tower_with_zero_patch(flat), (alone[:-1], alone[-1]), strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        # rank 1 of 2: its batch is its own patches only; the zero feature is what rank 0 sends
+        sent = torch.full((64,), 0.5, dtype=flat.dtype)
+        monkeypatch.setattr(distributed, "is_main", lambda: False)
+        monkeypatch.setattr(distributed, "all_reduce_sum", lambda x: x + sent)
+        feats, zero = m.tower_with_zero_patch(flat)
+        torch.testing.assert_close(feats, m.tower(flat), rtol=0, atol=0)
+        torch.testing.assert_close(zero, sent, rtol=0, atol=0)
+        # without the option, or in eval mode, every rank runs its own zero patch
+        for sync, training in ((False, True), (True, False)):
+            m.sync_zero_patch = sync
+            m.train(training)
+            mine = m.tower(torch.cat([flat, torch.zeros(1, 3, 8, 8, dtype=flat.dtype)]))
+            for got, expected in zip(m.tower_with_zero_patch(flat), (mine[:-1], mine[-1]), strict=True):
+                torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_literal_encoding_is_the_tower_on_each_context_patch():
