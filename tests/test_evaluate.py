@@ -300,10 +300,11 @@ def test_knn_defaults_are_20_neighbours_at_temperature_0_07():
     one = torch.tensor([1])
     assert knn_accuracy(train, labels, test, one) == 100.0
     assert knn_accuracy(train, labels, test, one, k=21) == 0.0  # the data tells k = 20 from 21
-    # temperature: one class-1 row at cosine 1 against two class-0 rows at 0.9: at T = 0.07 the
-    # pair weighs 2 exp(-0.1 / 0.07) = 0.48 < 1, at T = 1.07 it weighs 2 exp(-0.1 / 1.07) = 1.82
+    # temperature: one class-1 row at cosine 1 against two class-0 rows at 0.9 and 17 class-2 rows at
+    # -1 (20 rows in all). At T = 0.07 the pair weighs 2 exp(-0.1 / 0.07) = 0.48 and the 17 rows
+    # 17 exp(-2 / 0.07) ~ 0, both < 1; at T = 1.07 they weigh 1.82 and 17 exp(-2 / 1.07) = 2.63
     near = torch.tensor([[1.0, 0.0, 0.0], [0.9, math.sqrt(0.19), 0.0], [0.9, -math.sqrt(0.19), 0.0]])
-    far = torch.tensor([[-1.0, 0.0, 0.0]]).expand(17, 3)  # 20 rows in all; exp(-2 / T) each
+    far = torch.tensor([[-1.0, 0.0, 0.0]]).expand(17, 3)
     train, labels = torch.cat([near, far]), torch.tensor([1, 0, 0] + [2] * 17)
     test = torch.tensor([[1.0, 0.0, 0.0]])
     assert knn_accuracy(train, labels, test, one) == 100.0
