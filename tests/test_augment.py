@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -18,8 +19,10 @@ from vwe.augment import (
     adjust_saturation,
     apply_params,
     augment,
+    batch_views,
     colour_jitter,
     crop_rotate,
+    crop_theta,
     grayscale,
     hsv_to_rgb,
     rgb_to_hsv,
@@ -94,12 +97,15 @@ def test_saturation_keeps_grey_pixels():
 
 
 def test_hsv_of_known_colours():
+    # the last, red with half blue, is the red sector's negative side: hue -1/12 of a turn = 11/12
     rgb = torch.tensor(
-        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0.25, 0.0]]
-    ).T.reshape(1, 3, 1, 7)
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0.25, 0.0],
+         [1, 0, 0.5]]
+    ).T.reshape(1, 3, 1, 8)
     expected = torch.tensor(
-        [[0, 1, 1], [1 / 3, 1, 1], [2 / 3, 1, 1], [1 / 6, 1, 1], [0, 0, 0.5], [0, 0, 0], [1 / 12, 1, 0.5]]
-    ).T.reshape(1, 3, 1, 7)
+        [[0, 1, 1], [1 / 3, 1, 1], [2 / 3, 1, 1], [1 / 6, 1, 1], [0, 0, 0.5], [0, 0, 0], [1 / 12, 1, 0.5],
+         [11 / 12, 1, 1]]
+    ).T.reshape(1, 3, 1, 8)
     torch.testing.assert_close(rgb_to_hsv(rgb), expected, atol=1e-7, rtol=0)
     torch.testing.assert_close(hsv_to_rgb(expected), rgb, atol=1e-7, rtol=0)
 
@@ -139,6 +145,21 @@ def test_colour_jitter_applies_steps_in_order_where_masked():
     assert torch.equal(out[~apply], x[~apply])
     only_contrast = colour_jitter(x, None, c, None, None, torch.ones(6, dtype=torch.bool))
     assert torch.equal(only_contrast, adjust_contrast(x, c))
+
+
+@pytest.mark.parametrize(
+    "op, values",
+    [(adjust_brightness, FACTORS), (adjust_contrast, FACTORS), (adjust_saturation, FACTORS),
+     (adjust_hue, torch.linspace(-0.5, 0.5, 6, dtype=torch.float64))],
+)
+def test_colour_steps_return_pixels_in_zero_one_of_the_images_dtype(op, values):
+    # each step clamps what it computes: pixels a step before overshot (here by up to 0.5 on either
+    # side; some pixels have all three channels below 0) come out in [0, 1], and float64 factors do
+    # not promote float32 images
+    x = images() * 2 - 0.5
+    out = op(x, values)
+    assert out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
+    assert op(x.double(), values).max() == 1 and (op(x, values) == 0).any()
 
 
 # ---------------------------------------------------------------- geometry
@@ -253,6 +274,24 @@ def test_unrotated_crops_stay_inside_the_image():
     torch.testing.assert_close(out[:, 0].double()[inside], sx[inside], atol=1e-4, rtol=0)
 
 
+def test_crop_positions_beyond_the_edges_are_clamped_to_them():
+    # a quarter-area square crop has half the image's width: cx = -1 puts its centre at -0.5 (in
+    # [-1, 1] coordinates), touching the left edge; anything further out is clamped there
+    b = 4
+    theta = crop_theta(torch.full((b,), 0.25), torch.ones(b), torch.tensor([-3.0, 3.0, -1.0, 1.0]),
+                       torch.tensor([3.0, -3.0, 0.5, -0.5]), torch.zeros(b), 10, 10)
+    assert theta[:, 0, 2].tolist() == [-0.5, 0.5, -0.5, 0.5]
+    assert theta[:, 1, 2].tolist() == [0.5, -0.5, 0.25, -0.25]
+
+
+def test_crop_rotate_warns_of_nothing():
+    # grid_sample and affine_grid warn on every call whose align_corners is left to its default
+    x = images(b=2, h=8, w=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crop_rotate(x, ones(2, 0.5), ones(2), ones(2, 0.3), ones(2, -0.3), ones(2, 20.0))
+
+
 # ---------------------------------------------------------------- sampling and augment
 
 
@@ -270,6 +309,50 @@ def test_sample_params_ranges_and_rates():
         assert 0.6 <= factors.min() and factors.max() <= 1.4
     assert -0.2 <= p.hue.min() and p.hue.max() <= 0.2
     assert p.jitter.dtype == torch.bool and abs(p.jitter.float().mean() - 0.7) < 0.03
+
+
+def test_sample_params_are_the_columns_of_one_uniform_draw():
+    # Each parameter is its definition (AugmentConfig) applied to its own column of one (B, 10)
+    # uniform draw: crop scale, log ratio, cx, cy, angle, the three factors, hue, jitter. Contrast
+    # 1.5 would give a negative lower bound: factors start at 0.
+    cfg = AugmentConfig(crop_scale=(0.2, 0.7), crop_ratio=(0.5, 3.0), rotation=(-30.0, 60.0),
+                        brightness=0.3, contrast=1.5, saturation=0.6, hue=0.25, jitter_p=0.6)
+    g = gen(9)
+    p = sample_params(64, cfg, g, "cpu")
+    reference = gen(9)
+    u = torch.rand(64, 10, generator=reference).double()
+    assert torch.equal(g.get_state(), reference.get_state())  # the draw is exactly B x 10 numbers
+    expected = {
+        "scale": 0.2 + 0.5 * u[:, 0],
+        "ratio": torch.exp(math.log(0.5) + math.log(6.0) * u[:, 1]),
+        "cx": -1 + 2 * u[:, 2],
+        "cy": -1 + 2 * u[:, 3],
+        "angle": -30 + 90 * u[:, 4],
+        "brightness": 0.7 + 0.6 * u[:, 5],
+        "contrast": 2.5 * u[:, 6],
+        "saturation": 0.4 + 1.2 * u[:, 7],
+        "hue": -0.25 + 0.5 * u[:, 8],
+    }
+    for name, values in expected.items():
+        # float32 arithmetic on numbers below 90: a few ulps, 1e-5 relative at most
+        torch.testing.assert_close(getattr(p, name).double(), values, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(p.jitter, u[:, 9] < 0.6)
+
+
+def test_jitter_is_drawn_with_a_strict_inequality():
+    # P(u < p) = p for u uniform in [0, 1); with u <= p, jitter_p = 0 could still jitter (u = 0)
+    u = torch.rand(4, 10, generator=gen(1))
+    p = sample_params(4, AugmentConfig(jitter_p=u[0, 9].item()), gen(1), "cpu")
+    assert not p.jitter[0]
+    assert torch.equal(p.jitter, u[:, 9] < u[0, 9])
+
+
+def test_sample_params_of_an_empty_batch_and_bad_batch_sizes():
+    p = sample_params(0, AugmentConfig(), gen(0), "cpu")
+    assert p.scale.shape == p.jitter.shape == (0,)
+    for batch in (-1, 2.0, True):
+        with pytest.raises(ValueError, match=f"batch must be a non-negative int, got {batch!r}"):
+            sample_params(batch, AugmentConfig(), gen(0), "cpu")
 
 
 def test_sample_params_do_not_depend_on_config_for_the_stream():
@@ -314,6 +397,58 @@ def test_no_jitter_is_geometry_only():
     p = sample_params(8, cfg, gen(5), "cpu")
     expected = crop_rotate(x, p.scale, p.ratio, p.cx, p.cy, p.angle).clamp(0, 1)
     assert torch.equal(augment(x, cfg, gen(5)), expected)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"crop_scale": (0.5, 0.5)}, {"crop_ratio": (0.5, 0.5)}, {"rotation": 10.0}]
+)
+def test_any_one_geometric_step_resamples(changes):
+    # the crop-rotate is skipped only when the crop is the whole image AND nothing rotates
+    x = images(b=4, h=16, w=16)
+    cfg = dataclasses.replace(IDENTITY, **changes)
+    p = sample_params(4, cfg, gen(2), "cpu")
+    out = augment(x, cfg, gen(2))
+    assert torch.equal(out, crop_rotate(x, p.scale, p.ratio, p.cx, p.cy, p.angle).clamp(0, 1))
+    assert (out - x).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("step", ["brightness", "contrast", "saturation", "hue", "jitter_p"])
+def test_a_step_the_config_switches_off_is_skipped_whatever_the_params(step):
+    # params drawn with every step on; the config given to apply_params decides what runs
+    x = images(b=8, h=16, w=16)
+    p = sample_params(8, AugmentConfig(), gen(5), "cpu")
+    assert p.jitter.any() and (p.brightness != 1).all() and (p.hue != 0).all()
+    geometry = crop_rotate(x, p.scale, p.ratio, p.cx, p.cy, p.angle).clamp(0, 1)
+    steps = {name: getattr(p, name) for name in ("brightness", "contrast", "saturation", "hue")}
+    if step == "jitter_p":
+        expected = geometry
+    else:
+        expected = colour_jitter(geometry, **{**steps, step: None}, apply=p.jitter)
+    assert torch.equal(apply_params(x, p, dataclasses.replace(AugmentConfig(), **{step: 0.0})), expected)
+
+
+def test_the_resampled_image_is_clamped_to_zero_one():
+    # pixels that overshoot [0, 1] (as a step before could leave them) are resampled into it
+    x = images(b=4, h=16, w=16) * 2 - 0.5
+    cfg = dataclasses.replace(IDENTITY, crop_scale=(0.5, 0.9))
+    p = sample_params(4, cfg, gen(3), "cpu")
+    raw = crop_rotate(x, p.scale, p.ratio, p.cx, p.cy, p.angle)
+    assert raw.min() < -0.1 and raw.max() > 1.1
+    assert torch.equal(apply_params(x, p, cfg), raw.clamp(0, 1))
+
+
+@pytest.mark.parametrize("call", ["crop_rotate", "colour_jitter", "apply_params", "augment"])
+def test_each_entry_point_names_the_images_it_refuses(call):
+    x, cfg, one = torch.zeros(2, 1, 8, 8), AugmentConfig(), torch.ones(2)
+    calls = {
+        "crop_rotate": lambda: crop_rotate(x, one, one, one, one, one),
+        "colour_jitter": lambda: colour_jitter(x, one, one, one, one, one.bool()),
+        "apply_params": lambda: apply_params(x, sample_params(2, cfg, gen(0), "cpu"), cfg),
+        "augment": lambda: augment(x, cfg, gen(0)),
+    }
+    message = r"^images must be float images in \[0, 1\] of shape \(B, 3, H, W\), got float32 \(2, 1, 8, 8\)$"
+    with pytest.raises(ValueError, match=message):
+        calls[call]()
 
 
 def test_identity_config_returns_input_exactly():
@@ -378,6 +513,13 @@ def test_apply_params_compiles_without_graph_breaks():
     p = sample_params(4, cfg, gen(7), "cpu")
     compiled = torch.compile(apply_params, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, p, cfg), apply_params(x, p, cfg), atol=1e-6, rtol=0)
+
+
+def test_a_batch_holds_the_views_only_when_they_are_augmented():
+    assert batch_views(4, True, augmented=True) == (4, True)
+    assert batch_views(2, False, augmented=True) == (2, False)
+    # without augmentation every view would repeat the image: the image alone, once
+    assert batch_views(4, False, augmented=False) == batch_views(3, True, augmented=False) == (0, True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

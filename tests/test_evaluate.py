@@ -207,11 +207,13 @@ def test_probe_defaults_are_the_papers():
     assert defaults["norm"] == "standard" and defaults["progress"] is False
 
 
-def test_probe_records_the_epochs_mean_loss_and_accuracy():
+@pytest.mark.parametrize("num_classes", [5, None])
+def test_probe_records_the_epochs_mean_loss_and_accuracy(num_classes):
     # At lr 1e-30 the layer keeps its seeded initial weights, so the first epoch's mean loss over its
     # three batches (128, 128, 44 rows) is the cross-entropy of that layer on all 300 training rows.
+    # Without num_classes the labels' largest, 4, makes it 5 classes.
     x, y = _separable(n=300)
-    res = linear_probe(x, y, x[:10], y[:10], seed=3, epochs=1, lr=1e-30, num_classes=5)
+    res = linear_probe(x, y, x[:10], y[:10], seed=3, epochs=1, lr=1e-30, num_classes=num_classes)
     torch.manual_seed(3)
     layer = torch.nn.Linear(32, 5)
     with torch.no_grad():
@@ -227,3 +229,90 @@ def test_probe_refuses_each_non_positive_setting(bad):
     linear_probe(x, y, x, y, epochs=1, batch_size=1, lr=1e-3)  # the smallest valid settings run
     with pytest.raises(ValueError, match="must be > 0"):
         linear_probe(x, y, x, y, **{"epochs": 1, "batch_size": 1, "lr": 1e-3, **bad})
+
+
+def test_probe_defaults_train_100_epochs_in_batches_of_128_silently(capsys):
+    x, y = _separable(n=200, dim=4)
+    assert len(linear_probe(x, y, x, y, batch_size=200).losses) == 100
+    default = linear_probe(x, y, x, y, epochs=1)
+    assert default == linear_probe(x, y, x, y, epochs=1, batch_size=128)
+    assert default.losses != linear_probe(x, y, x, y, epochs=1, batch_size=129).losses  # batches tell
+    assert capsys.readouterr().err == ""  # no progress bar unless asked
+    linear_probe(x, y, x, y, epochs=1, progress=True)
+    assert "probe seed 0" in capsys.readouterr().err
+
+
+def test_probe_is_adam_on_batches_of_a_seeded_permutation():
+    # The probe written out as a plain loop: the layer initialised under the seed, Adam at lr, and
+    # each epoch the rows in the order of the next permutation of a generator seeded alike.
+    x, y = _separable(n=150, dim=8)
+    seed, epochs, batch, lr = 4, 2, 64, 0.05
+    res = linear_probe(x, y, x, y, seed=seed, epochs=epochs, batch_size=batch, lr=lr, norm="raw")
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(8, 5)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    order = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for idx in torch.randperm(150, generator=order).split(batch):
+            loss = torch.nn.functional.cross_entropy(layer(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / 150)
+    # the same float operations in the same order, summed in float32 instead of float64
+    assert res.losses == pytest.approx(losses, rel=1e-6)
+
+
+def test_linear_eval_runs_one_probe_per_seed_with_the_settings_given():
+    x, y = _separable(n=150, dim=8)
+    ev = linear_eval(x, y, x[:50], y[:50], seeds=(5, 7), epochs=2, batch_size=32, norm="raw")
+    assert [r.seed for r in ev.runs] == [5, 7]
+    for run, seed in zip(ev.runs, (5, 7), strict=True):
+        assert len(run.losses) == 2 and run.norm == "raw"
+        assert run == linear_probe(x, y, x[:50], y[:50], seed=seed, epochs=2, batch_size=32, norm="raw")
+    a, b = ev.accs
+    assert ev.mean == pytest.approx((a + b) / 2) and ev.std == pytest.approx(abs(a - b) / math.sqrt(2))
+    assert a != b  # the two seeds' probes differ, so the std above is not 0 by accident
+    one = linear_eval(x, y, x[:50], y[:50], seeds=(5,), epochs=2, batch_size=32, norm="raw")
+    assert one.accs == [a] and one.mean == a and one.std == 0.0  # one seed: no spread, not an error
+
+
+def _votes_data():
+    """Unit rows at chosen cosines to the single test row e0 = (1, 0, 0): (train, labels, test).
+
+    Class 1: 10 rows at cosine 0.99. Class 0: 11 rows at 0.9899. Class 2: 5 rows at 0.5.
+    With k = 20 and T = 0.07 the 10 class-1 rows (weight 1 each) outvote the 10 nearest class-0
+    rows (exp(-1e-4 / 0.07) = 0.9986 each): class 1. With k = 21 the eleventh class-0 row tips it.
+    """
+    def at(cos: float, n: int) -> torch.Tensor:
+        return torch.tensor([[cos, math.sqrt(1 - cos * cos), 0.0]], dtype=torch.float64).expand(n, 3)
+
+    train = torch.cat([at(0.99, 10), at(0.9899, 11), at(0.5, 5)])
+    labels = torch.tensor([1] * 10 + [0] * 11 + [2] * 5)
+    return train, labels, torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+
+
+def test_knn_defaults_are_20_neighbours_at_temperature_0_07():
+    train, labels, test = _votes_data()
+    one = torch.tensor([1])
+    assert knn_accuracy(train, labels, test, one) == 100.0
+    assert knn_accuracy(train, labels, test, one, k=21) == 0.0  # the data tells k = 20 from 21
+    # temperature: one class-1 row at cosine 1 against two class-0 rows at 0.9 and 17 class-2 rows at
+    # -1 (20 rows in all). At T = 0.07 the pair weighs 2 exp(-0.1 / 0.07) = 0.48 and the 17 rows
+    # 17 exp(-2 / 0.07) ~ 0, both < 1; at T = 1.07 they weigh 1.82 and 17 exp(-2 / 1.07) = 2.63
+    near = torch.tensor([[1.0, 0.0, 0.0], [0.9, math.sqrt(0.19), 0.0], [0.9, -math.sqrt(0.19), 0.0]])
+    far = torch.tensor([[-1.0, 0.0, 0.0]]).expand(17, 3)
+    train, labels = torch.cat([near, far]), torch.tensor([1, 0, 0] + [2] * 17)
+    test = torch.tensor([[1.0, 0.0, 0.0]])
+    assert knn_accuracy(train, labels, test, one) == 100.0
+    assert knn_accuracy(train, labels, test, one, temperature=1.07) == 0.0
+
+
+def test_knn_accuracy_checks_labels_against_the_classes_given():
+    train, labels, test = _votes_data()  # labels 0..2
+    assert knn_accuracy(train, labels, test, torch.tensor([1]), num_classes=3) == 100.0
+    with pytest.raises(ValueError, match=r"train labels must lie in \[0, 2\), got 0..2"):
+        knn_accuracy(train, labels, test, torch.tensor([1]), num_classes=2)

@@ -82,3 +82,41 @@ def test_gather_neighbours_refuses_a_wrong_fill_or_grid():
 def test_bad_images_are_refused(shape):
     with pytest.raises(ValueError, match="square|divisible|shape"):
         patchify(torch.rand(shape))
+
+
+def test_a_grid_of_any_patch_size_channels_and_dtype():
+    # patch 1 is a valid grid (every pixel a patch); uint8 pixels and one channel cut like any others
+    x = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    p = patchify(x, patch=1)
+    assert p.shape == (2, 16, 1, 1, 1) and p.dtype == torch.uint8
+    assert torch.equal(p.flatten(1), x.flatten(1))  # row-major: patch k is pixel (k // 4, k % 4)
+    assert torch.equal(unpatchify(p), x)
+    assert patchify(torch.rand(3, 5, 12, 12), patch=4).shape == (3, 9, 5, 4, 4)
+
+
+@pytest.mark.parametrize("patch", [0, -8, 8.0, 2.5, True])
+def test_a_patch_size_that_is_not_a_positive_int_is_refused(patch):
+    message = f"patch must be a positive int \\(pixels per side\\), got {patch!r}"
+    with pytest.raises(ValueError, match=message):
+        patchify(torch.rand(2, 3, 32, 32), patch=patch)
+
+
+def test_a_batch_that_is_not_four_dimensional_is_refused_with_its_shape():
+    message = r"^x must be images of shape \(B, C, H, W\), got float32 \(3, 32, 32\)"
+    with pytest.raises(ValueError, match=message):
+        patchify(torch.rand(3, 32, 32))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 3, 8), (2, 16, 3, 8, 4), (2, 16, 3, 4, 8)])
+def test_unpatchify_refuses_what_is_not_square_patches(shape):
+    with pytest.raises(ValueError, match=r"expected patches of shape \(B, N, C, P, P\)"):
+        unpatchify(torch.zeros(shape))
+
+
+def test_gather_neighbours_keeps_the_items_dtype():
+    # a float64 fill (a tower's zero-patch feature computed apart) must not promote float32 items
+    x = torch.rand(2, 16, 3)
+    fill = torch.rand(3, dtype=torch.float64)
+    out = gather_neighbours(x, fill)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, indexed_gather(x, fill.float()))
