@@ -88,12 +88,10 @@ MUTANT_WORKERS ?= 2
 mutants: setup  ## mutation score of the core against its fast unit tests (opt-in; installs mutmut)
 	$(PY) -m pip install --quiet 'mutmut>=3'
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTANT_WORKERS) $(MUTANTS)
-	$(VENV)/bin/mutmut export-cicd-stats
-	$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-		run = sum(s[k] for k in ('killed', 'survived', 'no_tests', 'timeout', 'suspicious', 'segfault')); \
-		print(f\"mutation score: {s['killed']} of {run} mutants killed ({100 * s['killed'] / run:.1f} %), \
-		{s['survived']} survived, {s['no_tests']} without a test\")"
+	start=$$(date +%s); \
+		OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTANT_WORKERS) $(MUTANTS) && \
+		$(VENV)/bin/mutmut export-cicd-stats && \
+		$(PY) scripts/mutation_score.py --seconds $$(( $$(date +%s) - start )) --workers $(MUTANT_WORKERS)
 	$(VENV)/bin/mutmut results | grep -v 'not checked'
 
 clean:  ## remove run outputs and caches (keeps data/ and .venv/)

@@ -381,6 +381,15 @@ def _course_lines(payload: dict) -> list[str]:
     ]
 
 
+def _mutation_lines(payload: dict) -> list[str]:
+    """`make mutants`' score: the mutants killed of those run, what ran where."""
+    h, m = payload["header"], payload["mutation"]
+    return [f"{m['killed']:,} of {m['run']:,} mutants killed ({m['score']:.1f} %), {m['survived']} survived, "
+            f"{m['no_tests']} without a test; `{h['command']}` ({h['workers']} mutmut workers) in "
+            f"{h['seconds']} s on {h['machine']}, revision `{h['git']}`, {h['time'][:10]}. Every survivor "
+            "and why it cannot change a result: [testing.md](testing.md#mutation-score)."]
+
+
 def render_results_md(folder: Path | None = None) -> str:
     """docs/results.md: every committed results file, a table each, newest measurement first."""
     folder = folder or results_dir()
@@ -398,6 +407,8 @@ def render_results_md(folder: Path | None = None) -> str:
             body = _curve_markdown(payload)
         elif "notebooks" in payload:
             body = [f"# {payload['header']['title']}", "", *_course_lines(payload)]
+        elif "mutation" in payload:
+            body = [f"# {payload['header']['title']}", "", *_mutation_lines(payload)]
         else:
             h = payload["header"]
             body = results_markdown(h, rows_of(payload), h.get("title")).splitlines()
