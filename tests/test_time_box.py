@@ -1,10 +1,10 @@
 """Training by the clock (`Config.minutes`, `--minutes`): a time box stops a run inside an epoch, and the
 same command resumes it to the same bits as a run that never stopped.
 
-The clock is injected (`vwe.engine.fit(clock=...)`): one that ticks a minute at every read stops a
-run with `minutes=k` after exactly k steps of the call, whatever this machine's speed. Runs are
-smoke-sized (Conv4, 64 training / 32 test Shapes, batch 16: four steps an epoch) and deterministic
-on the CPU, so "resumed == uninterrupted" is torch.equal, not a tolerance.
+The clock is injected (`vwe.pretrain.pretrain(clock=...)`, handed on to `vwe.engine.fit`): one that
+ticks a minute at every read stops a run with `minutes=k` after exactly k steps of the call, whatever
+this machine's speed. Runs are smoke-sized (Conv4, 64 training / 32 test Shapes, batch 16: four steps
+an epoch) and deterministic on the CPU, so "resumed == uninterrupted" is torch.equal, not a tolerance.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ import torch
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.shapes import make_shapes
-from vwe.engine import PretrainStep, fit
-from vwe.models import build_model
-from vwe.pretrain import held_out_loss, pretrain
-from vwe.runs import list_checkpoints, load_checkpoint, open_run
+from vwe.pretrain import pretrain
+from vwe.runs import list_checkpoints, load_checkpoint
 
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=3)
 STEPS = 64 // 16  # an epoch
@@ -39,17 +37,9 @@ def minute_clock():
     return lambda: 60.0 * next(ticks)
 
 
-def train(cfg, run_dir: Path, data, clock=None) -> list[dict]:
-    """What `vwe.pretrain.pretrain` does on the CPU, with the clock given to `fit`."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(**cfg.model_args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, torch.device("cpu")) as run:
-        run.resume(model, optimizer)
-        step = PretrainStep(model, optimizer, cfg.aug, run.aug_gen, cfg.views, cfg.original)
-        return fit(run, model, optimizer, step, (data.train_images,), cfg.batch_size,
-                   lambda: {"test_loss": held_out_loss(model, data.test_images)}, progress=False,
-                   clock=clock or minute_clock())
+def train(cfg, run_dir: Path, data) -> list[dict]:
+    """`vwe.pretrain.pretrain` on the CPU with the minute clock."""
+    return pretrain(cfg, run_dir, data, progress=False, clock=minute_clock()).metrics
 
 
 def newest(run_dir: Path) -> dict:

@@ -297,7 +297,8 @@ def train(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.device 
           step: Callable[[nn.Module, torch.optim.Optimizer, torch.Generator], Step], options: StepOptions,
           evaluate: Callable[[nn.Module, Dataset], dict[str, float]],
           lr_at: Callable[[int], float] | None = None, fresh: bool = False, progress: bool = True,
-          sync_bn: bool = True) -> tuple[Run, nn.Module, list[dict]]:
+          sync_bn: bool = True, clock: Callable[[], float] = time.monotonic
+          ) -> tuple[Run, nn.Module, list[dict]]:
     """Set up a run and `fit` it: what both trainers do, given what differs between them.
 
     `cfg`, `data` and `device` as `vwe.config.resolve` makes them (`device` None: where `data` is);
@@ -306,8 +307,9 @@ def train(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.device 
     `build(dense_convs)` makes the model (its tower's convolutions on maps of at most `dense_convs`
     pixels as matrix products, `vwe.fast`), `optimizer(model)` its optimizer, `step(model,
     optimizer, aug_gen)` the plain step, which on CUDA runs as `FastStep(step, options)`;
-    `evaluate(model, data)` gives the held-out scores of each epoch. Returns the run (closed), the
-    model (eval mode) and the metrics of every epoch.
+    `evaluate(model, data)` gives the held-out scores of each epoch; `clock` times a time box
+    (`cfg.minutes`, `fit`). Returns the run (closed), the model (eval mode) and the metrics of every
+    epoch.
     """
     check_resolved(cfg, data)
     device = device or data.train_images.device
@@ -328,5 +330,5 @@ def train(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.device 
         fast = plain if options == PLAIN else FastStep(plain, options)
         inputs = (data.train_images, data.train_labels) if labels else (data.train_images,)
         metrics = fit(run, model, opt, fast, inputs, batch_size, lambda: evaluate(model, data), lr_at=lr_at,
-                      progress=progress)
+                      progress=progress, clock=clock)
     return run, model, metrics

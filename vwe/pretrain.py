@@ -9,6 +9,8 @@ torch.compile, a CUDA graph); the run folder and its checkpoints are `vwe.runs`'
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,7 @@ def pretrain(
     fresh: bool = False,
     progress: bool = True,
     sync_bn: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PretrainResult:
     """Train `cfg.model` for `cfg.epochs` epochs, checkpointing every epoch, resuming when possible.
 
@@ -59,7 +62,8 @@ def pretrain(
     `fresh=True` discards earlier checkpoints of this run directory instead of resuming (also needed
     to change the config of a run); nothing is discarded before the run directory's lock is held.
     Under torchrun the processes train data-parallel (`vwe.distributed`); `sync_bn=False` lets each
-    normalise its own slice instead of the global batch.
+    normalise its own slice instead of the global batch. `clock` measures a time box (`cfg.minutes`;
+    a test passes one that ticks at every read).
     """
     if progress and distributed.is_main():
         print(f"{cfg.run_name} on {device or data.train_images.device}: "
@@ -75,7 +79,7 @@ def pretrain(
                                                   cfg.views, cfg.original),
         options=default_options(cfg.compile),
         evaluate=lambda m, d: {"test_loss": held_out_loss(m, d.test_images, cfg.eval_batch_size)},
-        fresh=fresh, progress=progress, sync_bn=sync_bn)
+        fresh=fresh, progress=progress, sync_bn=sync_bn, clock=clock)
     return PretrainResult(run.dir, run.checkpoint, model, metrics, cfg, data.name)
 
 
