@@ -14,14 +14,14 @@ from entry import train_supervised
 
 import vwe.runs
 import vwe.table
-from vwe.__main__ import default_table_dir, main
+from vwe.__main__ import main
 from vwe.config import get_config
 from vwe.data import describe, make_shapes
 from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
 from vwe.models import Classifier
 from vwe.pretrain import load_pretrained
 from vwe.results import AUTHOR_PROBE, AUTHOR_PROBE_EPOCHS, CSV_COLUMNS
-from vwe.runs import ConfigMismatchError, load_checkpoint
+from vwe.runs import ConfigMismatchError, load_checkpoint, profile_dir
 from vwe.supervised import SupervisedRecipe, accuracy, crop_flip, draw_crop_flip, lr_at
 from vwe.table import (
     ROW_KEYS,
@@ -384,6 +384,6 @@ def test_cli_table(tmp_path, capsys):
 def test_a_table_with_other_epochs_gets_its_own_folder():
     # the course trains runs/cpu/<run> for the profile's 4 epochs; a 30-epoch table must not reuse them
     runs = Path(__file__).resolve().parent.parent / "runs"  # the project's runs/, wherever it starts
-    assert default_table_dir(get_config("cpu")) == runs / "cpu"
-    assert default_table_dir(get_config("cpu", epochs=30)) == runs / "cpu-30ep"
-    assert default_table_dir(get_config("paper")) == runs / "paper"
+    assert profile_dir("cpu", get_config("cpu").epochs) == runs / "cpu"
+    assert profile_dir("cpu", 30) == runs / "cpu-30ep"
+    assert profile_dir("paper", get_config("paper").epochs) == runs / "paper"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vwe import distributed
-from vwe.config import PROBE_NORMS, PROFILES, Config, get_config, resolve, resolve_device
+from vwe.config import PROBE_NORMS, PROFILES, get_config, resolve, resolve_device
 from vwe.data import dataset_type, describe
 from vwe.data.folder import SKIP_BAD_ENV
 from vwe.evaluate import FEATURES
@@ -217,12 +217,6 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 
-def default_table_dir(cfg: Config) -> Path:
-    """The table's folder: its profile's, where the course's notebooks train the same runs
-    (`vwe.runs.profile_dir`)."""
-    return profile_dir(cfg.profile, cfg.epochs)
-
-
 def cmd_table(a: argparse.Namespace) -> None:
     from vwe.table import run_table
 
@@ -233,7 +227,7 @@ def cmd_table(a: argparse.Namespace) -> None:
                      views=a.views, original=a.original, data_seed=a.data_seed, probe_epochs=a.probe_epochs,
                      probe_seeds=tuple(a.seeds) if a.seeds else None,
                      compile=False if a.no_compile else None)
-    out_dir = a.out_dir or default_table_dir(cfg)
+    out_dir = a.out_dir or profile_dir(cfg.profile, cfg.epochs)
     cfg, data, _ = resolve(cfg, **_sources(a))
     table = run_table(cfg, out_dir, rows=a.rows, data=data, progress=not a.no_progress)
     say("\n" + table.files["md"].read_text())
