@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from vwe.files import atomic_write
-from vwe.results import machine
-from vwe.runs import provenance
+from vwe.results import measured_on
 
 RUN = ("killed", "survived", "no_tests", "timeout", "suspicious", "segfault")  # the mutants that ran
 
@@ -29,10 +28,9 @@ def main() -> None:
     a = p.parse_args()
     stats = json.loads(a.stats.read_text())
     run = sum(stats[k] for k in RUN)
-    prov = provenance(torch.device("cpu"))
-    header = {"title": "Mutation score of the core (`make mutants`)", "command": "make mutants",
-              "git": prov["git"], "time": prov["time"], "machine": machine(),
-              "seconds": round(a.seconds), "workers": a.workers}
+    header = {"title": "Mutation score of the core (`make mutants`)",
+              **measured_on(torch.device("cpu"), "make mutants"), "seconds": round(a.seconds),
+              "workers": a.workers}
     score = {"killed": stats["killed"], "survived": stats["survived"], "no_tests": stats["no_tests"],
              "run": run, "score": round(100 * stats["killed"] / run, 1)}
     text = json.dumps({"header": header, "mutation": score}, indent=2) + "\n"

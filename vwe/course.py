@@ -29,8 +29,8 @@ from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, pro
 from vwe.files import atomic_write
 from vwe.models import Autoencoder, build_model
 from vwe.pretrain import load_pretrained
-from vwe.results import command, machine
-from vwe.runs import latest_checkpoint, profile_dir, provenance
+from vwe.results import measured_on
+from vwe.runs import latest_checkpoint, profile_dir
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"  # 01_patching.ipynb ...; a new NN_name notebook joins run_all
 # A kernel logs to the stderr it shares with run-all: at every start ipykernel warns that its ZeroMQ
@@ -283,11 +283,8 @@ def _write_timings(timings: list[dict], cfg: Config, out_dir: Path) -> None:
     """out_dir/course.json: each notebook's wall time, with the data, machine, revision, date and command
     (a results file: committed as docs/results/course-<profile>.json, the README's course table reads it)."""
     _, data, device = resolve(cfg)  # the notebooks' data, from the cache they left
-    prov = provenance(device)
     header = {"title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
-              "profile": cfg.profile, "data": data.provenance(), "device": prov["device"],
-              "machine": machine(prov["device"]), "git": prov["git"], "time": prov["time"],
-              "torch": prov["torch"], "command": command()}
+              "profile": cfg.profile, "data": data.provenance(), **measured_on(device)}
     text = json.dumps({"header": header, "notebooks": timings}, indent=2) + "\n"
     atomic_write(out_dir / "course.json", lambda tmp: tmp.write_text(text))
 

@@ -26,10 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from vwe.config import batch_text
 from vwe.data import describe
 from vwe.data.dataset import project_dir
 from vwe.files import atomic_write
+from vwe.runs import provenance
 
 # The author's linear evaluation, the source of the paper's numbers: the tower's 16 x 64 = 1 024
 # features, raw, 10 probe epochs (docs/design.md, The paper as its author ran it).
@@ -315,6 +318,15 @@ def command() -> str:
     argv = list(getattr(sys, "orig_argv", sys.argv))
     argv[0] = Path(argv[0]).name  # the interpreter's name, not this machine's path to it
     return shlex.join(argv)
+
+
+def measured_on(device: torch.device, command_line: str | None = None) -> dict:
+    """What every results file records of where and when it was measured: the device and machine, the
+    revision, torch and python, the time, and the command (default: this process's)."""
+    prov = provenance(device)
+    return {"device": prov["device"], "machine": machine(prov["device"]), "git": prov["git"],
+            "torch": prov["torch"], "python": platform.python_version(), "time": prov["time"],
+            "command": command_line or command()}
 
 
 # ----------------------------------------------------------------------------- the committed files

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,10 +55,9 @@ from vwe.results import (
     AUTHOR_PROBE_EPOCHS,
     PAPER_DATASET,
     RowResult,
-    machine,
+    measured_on,
     write_results,
 )
-from vwe.results import command as command_line
 from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
@@ -361,18 +359,15 @@ def _duration(seconds: float) -> str:
 
 def table_header(cfg: Config, data: Dataset, device: torch.device, fingerprint: str,
                  command: str | None = None) -> dict:
-    """What the numbers came from: data, protocol, hardware, software, repository revision, and the
-    command (default: this process's command line)."""
-    prov = provenance(device)
+    """What the numbers came from: data, protocol, and `measured_on` (hardware, software, revision,
+    time, the command: by default this process's command line)."""
     return {
         **data.provenance(), "data_sha256": fingerprint,
-        "classes": data.num_classes, "profile": cfg.profile, "device": prov["device"],
+        "classes": data.num_classes, "profile": cfg.profile,
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "views_per_image": cfg.views_per_image,
         "pairs_per_step": cfg.pairs_per_step, "lr": cfg.lr, "seed": cfg.seed,
         "encoding": cfg.encoding, "probe_epochs": cfg.probe_epochs, "probe_seeds": list(cfg.probe_seeds),
-        "probe_norm": cfg.probe_norm, "knn": KNN,
-        "torch": prov["torch"], "python": platform.python_version(), "git": prov["git"],
-        "time": prov["time"], "machine": machine(prov["device"]), "command": command or command_line(),
+        "probe_norm": cfg.probe_norm, "knn": KNN, **measured_on(device, command),
     }
 
 
