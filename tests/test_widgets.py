@@ -5,7 +5,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import re
+import threading
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -13,6 +15,8 @@ from matplotlib.figure import Figure
 from vwe.data import make_shapes
 from vwe.models import build_model
 from vwe.widgets import ContextExplorer, ReconstructionExplorer
+from vwe.words import kmeans, patch_embeddings
+from vwe.words_widgets import WordExplorer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +55,59 @@ def test_context_explorer_follows_its_controls(data):
     # every move drew a new picture; back at target 5 of image 3 the same picture as before
     assert len(set(pngs[:-1])) == len(pngs) - 1
     assert pngs[-1] == pngs[1]
+
+
+def test_two_threads_redraw_an_explorer_in_turn(data):
+    """In JupyterLab two controls' messages can reach the kernel on two threads: the redraws they ask
+    for run one after the other, and the explorer ends on the state both asked for."""
+    ex = ContextExplorer(data.test_images, data.test_labels, data.classes)
+    draw, inside, calls, met = ex.redraw, [], [], threading.Event()
+
+    def redraw() -> None:
+        if inside:  # a redraw starts while another is still drawing
+            met.set()
+        inside.append(1)
+        calls.append(1)
+        try:
+            if len(calls) == 1:
+                met.wait(timeout=2)  # the first holds on long enough for the second to come in beside it
+            draw()
+        finally:
+            inside.pop()
+
+    ex.redraw = redraw
+    threads = [threading.Thread(target=ex.select, kwargs=kw) for kw in ({"patch": 0}, {"image": 3})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 2
+    assert not met.is_set(), "two redraws of one explorer ran at the same time"
+    fresh = ContextExplorer(data.test_images, data.test_labels, data.classes, image=3, target=0)
+    assert (ex.title, ex.png) == (fresh.title, fresh.png)
+
+
+def explorers(data, models):
+    """One of each explorer on the same images."""
+    feats = patch_embeddings(None, data.test_images, kind="pixels")  # (6 * 16, 192)
+    return [ContextExplorer(data.test_images), ReconstructionExplorer(data.test_images, *models),
+            WordExplorer(data.test_images, feats, kmeans(feats, 3, seed=0).centroids, n=3)]
+
+
+def test_the_explorers_draw_outside_pyplot(data, models):
+    """A cell ending on the main thread shows and closes every figure pyplot holds: an explorer
+    drawing on a comm thread meanwhile must hold none of its figures there."""
+    held = []
+    for ex in explorers(data, models):
+        show = ex._show
+
+        def spy(fig, title, show=show):
+            held.append(fig in [plt.figure(n) for n in plt.get_fignums()])
+            show(fig, title)
+
+        ex._show = spy
+        ex.select(image=2, patch=0)  # two redraws: the image, then the patch
+    assert held == [False] * 6
 
 
 def test_context_explorer_widget_and_display(data):

@@ -4,7 +4,8 @@ curves, reconstructions (paper Figure 5) and the results bar chart.
 Every function takes tensors (uint8 in [0, 255] or float in [0, 1]; CPU or GPU), returns the
 matplotlib Figure and never calls `plt.show()`: in a notebook the inline backend shows the figure
 when the cell ends, and `save` writes it as a PNG. Figures are made with pyplot so that they show
-up by themselves in notebooks; code that renders many of them (the explorers) closes each one.
+up by themselves in notebooks, except where the explorers' views are asked for with `pyplot=False`
+(see `figure`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ _OUTLINE = [pe.withStroke(linewidth=2, foreground="black")]
 
 
 # ----------------------------------------------------------------------------- inputs and output
+
+
+def figure(figsize: tuple[float, float], pyplot: bool = True, **kwargs) -> Figure:
+    """A new figure of `figsize` inches (kwargs: `Figure`'s, e.g. layout="constrained").
+
+    pyplot=True: pyplot holds it, so a notebook shows it when the cell ends. pyplot=False: nothing
+    else holds it, which is what the explorers draw: their callbacks run on the kernel's comm
+    threads, possibly beside a cell, and pyplot's list of figures is shared and not thread-safe
+    (the end of a cell shows and closes every figure on it).
+    """
+    return plt.figure(figsize=figsize, **kwargs) if pyplot else Figure(figsize=figsize, **kwargs)
 
 
 def _as_tensor(x: object, what: str) -> torch.Tensor:
@@ -191,19 +203,20 @@ def _zero_patch(ax: plt.Axes, x0: float, y0: float) -> None:
             ha="center", va="center", path_effects=_OUTLINE)
 
 
-def show_context(image: torch.Tensor, target: int, title: str | None = None) -> Figure:
+def show_context(image: torch.Tensor, target: int, title: str | None = None, pyplot: bool = True) -> Figure:
     """The paper's Figure 1 for one image (3, 32, 32) and one target patch 0..15.
 
     Left: the image with the target outlined in red and its 3x3 context in gold; neighbours that
     fall outside the image are drawn as zero patches. Right: the eight context slots in their fixed
     order (what the encoder sees), zero patches black with a "0", the target's own slot a "?".
-    The title defaults to `describe_target(target)`.
+    The title defaults to `describe_target(target)`. pyplot: see `figure`.
     """
     x = float_pixels(image, "image", (3, IMAGE, IMAGE))
     k = _check_patch_index(target)
     row = neighbour_table()[k].tolist()
     r, c = divmod(k, GRID)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.2), gridspec_kw={"width_ratios": [1, 1]})
+    fig = figure((8, 4.2), pyplot)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
 
     left.imshow(_hwc(x), interpolation="nearest")
     _draw_grid(left, numbers=True)
@@ -381,12 +394,12 @@ def show_rebuilt_image(image: torch.Tensor, recon_patches: torch.Tensor, name: s
 
 
 def show_patch_reconstruction(image: torch.Tensor, patch: int, simple: torch.Tensor,
-                              context: torch.Tensor, title: str | None = None) -> Figure:
+                              context: torch.Tensor, title: str | None = None, pyplot: bool = True) -> Figure:
     """One patch and the whole image, rebuilt by both models (the reconstruction explorer's view).
 
     image (3, 32, 32); simple and context (16, 3, 8, 8) are every patch of it, rebuilt. Top row:
     the chosen patch, ground truth | simple AE | context AE; bottom row: the whole image and both
-    rebuilds, the chosen patch outlined. `title`, if given, goes above it all.
+    rebuilds, the chosen patch outlined. `title`, if given, goes above it all. pyplot: see `figure`.
     """
     x = float_pixels(image, "image", (3, IMAGE, IMAGE))
     k = _check_patch_index(patch, "patch")
@@ -395,7 +408,8 @@ def show_patch_reconstruction(image: torch.Tensor, patch: int, simple: torch.Ten
     r, col = divmod(k, GRID)
     truth = x[:, r * PATCH:(r + 1) * PATCH, col * PATCH:(col + 1) * PATCH]  # (3, 8, 8)
     # constrained layout: tight_layout lets the top row's labels run into the suptitle and row 2
-    fig, axes = plt.subplots(2, 3, figsize=(7.2, 5.6), layout="constrained")
+    fig = figure((7.2, 5.6), pyplot, layout="constrained")
+    axes = fig.subplots(2, 3)
     for j, (p, name) in enumerate(((truth, "ground truth"), (s[k], "simple AE"), (c[k], "context AE"))):
         axes[0, j].imshow(_hwc(p), interpolation="nearest")
         axes[0, j].set_title(f"patch {k}: {name}", fontsize=9)

@@ -6,15 +6,19 @@ matplotlib `figure` it drew and its `title` text, so a test can drive it without
 control's value and the observer redraws. `widget` is the box to display; a bare explorer on a
 cell's last line displays it too. The figure is shown as PNG bytes in an `ipywidgets.Image` and
 the title as text in an `HTML` with the css class `vwe-title`, which a browser test can read.
+
+A control's callback may run on the kernel's main thread or on a subshell's (ipykernel 7 in
+JupyterLab 4 hands comm messages to subshells), so two redraws can meet: an explorer redraws one at
+a time, and draws its figures outside pyplot (`vwe.plots.figure`).
 """
 
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Sequence
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -89,6 +93,7 @@ class _Explorer:
             self.title_html, self.image_widget, self.errors,
         ])
         self.widget.add_class(self.css_class)
+        self._drawing = threading.RLock()  # one redraw at a time, whichever thread asks
 
     @staticmethod
     def _check_index(value: object, what: str, n: int) -> int:
@@ -101,9 +106,10 @@ class _Explorer:
             control.observe(self._on_change, names="value")
 
     def _on_change(self, change: dict) -> None:
-        self.errors.clear_output()  # an error shown earlier is stale once a redraw is asked for
-        with self.errors:
-            self.redraw()
+        with self._drawing:
+            self.errors.clear_output()  # an error shown earlier is stale once a redraw is asked for
+            with self.errors:
+                self.redraw()
 
     def select(self, image: int | None = None, patch: int | None = None) -> None:
         """Move the controls (which redraws), refusing indices outside the data or the grid."""
@@ -120,12 +126,11 @@ class _Explorer:
         return f"image {i} ({self.classes[label] if self.classes is not None else f'label {label}'})"
 
     def _show(self, fig: Figure, title: str) -> None:
-        """Put `fig` on screen as PNG under `title`; pyplot lets go of it, so it never shows twice."""
+        """Put `fig` (a figure outside pyplot) on screen as PNG under `title`."""
         self.title = title
         self.title_html.value = f"<b>{html.escape(title)}</b>"
         self.png = plots.png_bytes(fig)
         self.image_widget.value = self.png
-        plt.close(fig)  # the object stays usable as `self.figure`; pyplot no longer holds it
         self.figure = fig
 
     def redraw(self) -> None:
@@ -153,7 +158,7 @@ class ContextExplorer(_Explorer):
     def redraw(self) -> None:
         i, k = self.image_slider.value, self.target_picker.value
         title = f"{self.image_name(i)} - {plots.describe_target(k)}"
-        self._show(plots.show_context(self.images[i], k, title), title)
+        self._show(plots.show_context(self.images[i], k, title, pyplot=False), title)
 
 
 class ReconstructionExplorer(_Explorer):
@@ -205,5 +210,6 @@ class ReconstructionExplorer(_Explorer):
         title = (f"{self.image_name(i)} - patch {k} - MSE simple {self.mse['simple']:.4g}, "
                  f"context {self.mse['context']:.4g}")
         # The title goes above the figure as text (`title_html`), not into the figure as well.
-        fig = plots.show_patch_reconstruction(self.images[i], k, self.recon["simple"], self.recon["context"])
+        fig = plots.show_patch_reconstruction(self.images[i], k, self.recon["simple"], self.recon["context"],
+                                              pyplot=False)
         self._show(fig, title)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vwe.patches import GRID, N_PATCHES, PATCH, patchify
-from vwe.plots import float_pixels
+from vwe.plots import figure, float_pixels
 from vwe.widgets import _Explorer
 from vwe.words import assign, nearest_neighbours, patch_pixels, word_exemplars
 
@@ -131,16 +131,16 @@ def plot_word_frequencies(counts: torch.Tensor) -> Figure:
 
 
 def show_word_view(image: torch.Tensor, patch: int, neighbours: torch.Tensor, sims: torch.Tensor,
-                   exemplars: torch.Tensor, word: int) -> Figure:
+                   exemplars: torch.Tensor, word: int, pyplot: bool = True) -> Figure:
     """The explorer's view: the image with one patch outlined; the patch and its nearest neighbours;
     the exemplars of its word. image (3, 32, 32); neighbours (n, 3, 8, 8) with sims (n,);
-    exemplars (m, 3, 8, 8).
+    exemplars (m, 3, 8, 8). pyplot: see `vwe.plots.figure`.
     """
     tiles = float_pixels(patchify(image.unsqueeze(0))[0], "image", (N_PATCHES, *TILE))  # (16, 3, 8, 8)
     query = tiles[patch]  # (3, 8, 8)
     nb = float_pixels(neighbours, "neighbours", (None, *TILE))  # (n, 3, 8, 8)
     ex = float_pixels(exemplars, "exemplars", (None, *TILE))  # (m, 3, 8, 8)
-    fig = plt.figure(figsize=(8.5, 2.6))
+    fig = figure((8.5, 2.6), pyplot)
     grid = fig.add_gridspec(2, 2, width_ratios=(1, 3.6))
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(mosaic(tiles.view(GRID, GRID, 3, PATCH, PATCH), gap=0), interpolation="nearest")
@@ -198,7 +198,7 @@ class WordExplorer(_Explorer):
         self.sims, self.neighbours = sims[0].cpu(), idx[0].cpu()
         self.word = int(self.words[self.row])
         fig = show_word_view(self.images[i], k, patch_pixels(self.images, self.neighbours), self.sims,
-                             patch_pixels(self.images, self.exemplars[self.word]), self.word)
+                             patch_pixels(self.images, self.exemplars[self.word]), self.word, pyplot=False)
         share = 100 * float(self.counts[self.word]) / len(self.words)
         title = f"{self.image_name(i)} - patch {k} - word {self.word} ({share:.1f} % of patches)"
         fig.suptitle(title, fontsize=10)

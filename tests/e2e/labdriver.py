@@ -8,6 +8,7 @@ status bar's "| Idle", cell prompts, rendered outputs.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -252,15 +253,19 @@ def assert_no_errors(page: Page) -> None:
     assert not errors, "a cell shows an error:\n" + "\n---\n".join(errors)
 
 
-def image_digest(page: Page, img_selector: str) -> str:
-    """SHA-256 of the bytes an <img> shows (data: or blob: URL alike: blob URLs change on every update)."""
-    return page.evaluate(
+def image_bytes(page: Page, img_selector: str) -> bytes:
+    """The bytes an <img> shows (data: or blob: URL alike: blob URLs change on every update)."""
+    b64 = page.evaluate(
         """async (sel) => {
             const img = document.querySelector(sel);
             if (!img) throw new Error('no image at ' + sel);
-            const bytes = await (await fetch(img.src)).arrayBuffer();
-            const digest = await crypto.subtle.digest('SHA-256', bytes);
-            return Array.from(new Uint8Array(digest)).map(b => b.toString(16).padStart(2, '0')).join('');
+            const blob = await (await fetch(img.src)).blob();
+            return await new Promise((done) => {
+                const reader = new FileReader();
+                reader.onload = () => done(reader.result.split(',')[1]);
+                reader.readAsDataURL(blob);
+            });
         }""",
         img_selector,
     )
+    return base64.b64decode(b64)

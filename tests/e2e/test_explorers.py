@@ -9,7 +9,6 @@ Screenshots before and after go to test-output/e2e/.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from labdriver import (
     add_smoke_notebook,
     assert_no_errors,
     copy_package,
-    image_digest,
+    image_bytes,
     open_notebook,
     run_all,
 )
@@ -58,6 +57,7 @@ class Explorer:
 
     page: Page
     css: str
+    output_dir: Path  # where screenshots and, on a failure, the PNGs compared go
 
     @property
     def root(self) -> Locator:
@@ -71,21 +71,21 @@ class Explorer:
     def figure(self) -> str:
         return f".{self.css} img.vwe-figure"
 
-    def digest(self) -> str:
-        """SHA-256 of the PNG the figure shows now."""
-        return image_digest(self.page, self.figure)
+    def png(self) -> bytes:
+        """The PNG the figure shows now."""
+        return image_bytes(self.page, self.figure)
 
-    def screenshot(self, output_dir: Path, name: str) -> Path:
+    def screenshot(self, name: str) -> Path:
         # The new PNG may still be decoding when its bytes are there: wait until it is painted.
         self.page.evaluate("async (sel) => await document.querySelector(sel).decode()", self.figure)
-        path = output_dir / f"{name}.png"
+        path = self.output_dir / f"{name}.png"
         self.root.screenshot(path=path)
         print(f"screenshot: {path}")
         return path
 
 
-def find_explorer(page: Page, css: str) -> Explorer:
-    explorer = Explorer(page, css)
+def find_explorer(page: Page, css: str, output_dir: Path) -> Explorer:
+    explorer = Explorer(page, css, output_dir)
     expect(explorer.root).to_have_count(1)
     explorer.root.scroll_into_view_if_needed()
     return explorer
@@ -106,25 +106,31 @@ def pick_patch(explorer: Explorer, k: int) -> None:
     explorer.root.locator(f".vwe-patch-picker button[data-value='{k}']").click()
 
 
-def sha256(png: bytes) -> str:
-    return hashlib.sha256(png).hexdigest()
+def wait_for_figure(explorer: Explorer, png: bytes, what: str, timeout_ms: int,
+                    before: bytes | None = None) -> None:
+    """Wait until the PNG on screen is byte for byte `png` (what the explorer draws headless).
 
-
-def wait_for_figure(explorer: Explorer, png: bytes, what: str, timeout_ms: int) -> None:
-    """Wait until the PNG on screen is byte for byte `png` (what the explorer draws headless)."""
+    On a timeout the screen's and the expected PNG go to test-output/e2e/, and the message says whether
+    the screen still shows `before` (the update never arrived) or a third picture (it was drawn otherwise).
+    """
     deadline = time.monotonic() + timeout_ms / 1000
-    while explorer.digest() != sha256(png):
+    while (screen := explorer.png()) != png:
         if time.monotonic() > deadline:
+            stem = explorer.output_dir / re.sub(r"\W+", "-", f"{explorer.css} {what}")
+            stem.with_name(stem.name + "-screen.png").write_bytes(screen)
+            stem.with_name(stem.name + "-expected.png").write_bytes(png)
+            shows = ("the picture from before it" if screen == before
+                     else f"a picture of {len(screen)} bytes, not the {len(png)} expected")
             raise AssertionError(f"after {what} the figure on screen is not the PNG the explorer "
-                                 "draws for this state")
+                                 f"draws for this state: it shows {shows} ({stem}-*.png)")
         time.sleep(0.1)
 
 
 def change_and_check(explorer: Explorer, action: Callable[[], None], title: re.Pattern, png: bytes,
                      what: str, timeout_ms: int) -> str:
     """Do `action`; wait until the title matches `title` and the figure becomes `png`; returns the title."""
-    before = explorer.digest()
-    assert sha256(png) != before, f"{what} should change the picture: the test drives a useless step"
+    before = explorer.png()
+    assert png != before, f"{what} should change the picture: the test drives a useless step"
     action()
     try:
         expect(explorer.title).to_have_text(title, timeout=timeout_ms)
@@ -132,7 +138,7 @@ def change_and_check(explorer: Explorer, action: Callable[[], None], title: re.P
         raise AssertionError(f"after {what} the title reads {explorer.title.inner_text()!r}, "
                              f"expected /{title.pattern}/") from e
     # The kernel sends the title before the PNG: wait for the picture to follow.
-    wait_for_figure(explorer, png, what, timeout_ms)
+    wait_for_figure(explorer, png, what, timeout_ms, before)
     assert_no_errors(explorer.page)
     return explorer.title.inner_text()
 
@@ -143,13 +149,13 @@ def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: st
 
     The PNG on screen must be byte for byte the one a headless explorer on the same images draws.
     """
-    explorer = find_explorer(page, "vwe-context-explorer")
+    explorer = find_explorer(page, "vwe-context-explorer", output_dir)
     images, labels = data.test_images[:N_EXPLORED], data.test_labels[:N_EXPLORED]
     reference = ContextExplorer(images, labels, data.classes)  # starts at image 0, target 5
 
     expect(explorer.title).to_have_text(re.compile(rf"^{re.escape(image_name(data, 0))} - target 5 "))
     wait_for_figure(explorer, reference.png, "running the notebook", timeout_ms)
-    explorer.screenshot(output_dir, f"{name}-before")
+    explorer.screenshot(f"{name}-before")
     reference.select(image=3)
     change_and_check(explorer, lambda: move_slider(explorer, 3),
                      re.compile(rf"^{re.escape(image_name(data, 3))} - target 5 \("), reference.png,
@@ -161,7 +167,7 @@ def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: st
                          re.compile(rf"^{re.escape(image_name(data, 3))} - target {k} "
                                     rf"{re.escape(TARGET_FACTS[k])}$"), reference.png,
                          f"clicking target {k}", timeout_ms)
-    explorer.screenshot(output_dir, f"{name}-after")
+    explorer.screenshot(f"{name}-after")
 
 
 def test_context_explorer_follows_slider_and_target(lab: LabServer, page: Page, smoke_data: Dataset,
@@ -229,7 +235,7 @@ def test_reconstruction_explorer_follows_slider_and_patch(
     open_notebook(page, lab, "06_reconstructions.ipynb")
     run_all(page)
 
-    explorer = find_explorer(page, "vwe-reconstruction-explorer")
+    explorer = find_explorer(page, "vwe-reconstruction-explorer", output_dir)
     images, labels = smoke_data.test_images[:N_EXPLORED], smoke_data.test_labels[:N_EXPLORED]
     # The same checkpoints' weights here: the PNG on screen must be the one drawn headless.
     reference = ReconstructionExplorer(images, models["simple"], models["context"], labels,
@@ -238,7 +244,7 @@ def test_reconstruction_explorer_follows_slider_and_patch(
     expect(explorer.title).to_have_text(re.compile(rf"^{re.escape(image_name(smoke_data, 0))} - patch 5 - "))
     wait_for_figure(explorer, reference.png, "running the notebook", 30_000)
     assert_mse_shown(explorer.title.inner_text(), models, images[0], 5)
-    explorer.screenshot(output_dir, "06_reconstructions-before")
+    explorer.screenshot("06_reconstructions-before")
 
     reference.select(image=2)
     title = change_and_check(explorer, lambda: move_slider(explorer, 2),
@@ -251,4 +257,4 @@ def test_reconstruction_explorer_follows_slider_and_patch(
                                  re.compile(rf"^{re.escape(image_name(smoke_data, 2))} - patch {k} - MSE"),
                                  reference.png, f"clicking patch {k}", 30_000)
         assert_mse_shown(title, models, images[2], k)
-    explorer.screenshot(output_dir, "06_reconstructions-after")
+    explorer.screenshot("06_reconstructions-after")
