@@ -7,9 +7,10 @@ control's value and the observer redraws. `widget` is the box to display; a bare
 cell's last line displays it too. The figure is shown as PNG bytes in an `ipywidgets.Image` and
 the title as text in an `HTML` with the css class `vwe-title`, which a browser test can read.
 
-A control's callback may run on the kernel's main thread or on a subshell's (ipykernel 7 in
-JupyterLab 4 hands comm messages to subshells), so two redraws can meet: an explorer redraws one at
-a time, and draws its figures outside pyplot (`vwe.plots.figure`).
+A control's callback may run on the kernel's main thread or on a subshell's: JupyterLab 4 hands
+comm messages to ipykernel 7's subshells, and a comm's first message, sent before its subshell
+exists, to the main thread. Two redraws can therefore meet: an explorer redraws one at a time, and
+draws its figures outside pyplot (`vwe.plots.figure`).
 """
 
 from __future__ import annotations
