@@ -19,6 +19,7 @@ import torch
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.shapes import make_shapes
+from vwe.engine import steps_done
 from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
 
@@ -94,3 +95,39 @@ def test_pretrain_help_shows_minutes(capsys):
     with pytest.raises(SystemExit):
         vwe_main(["pretrain", "--help"])
     assert "--minutes M" in capsys.readouterr().out
+
+
+def test_steps_stop_a_run_where_asked_and_a_larger_count_resumes_it_bit_for_bit(tmp_path, shapes):
+    """`Config.steps` (a compute curve's points) stops inside an epoch or at its end, like a time box."""
+    reference = newest_after(pretrain(CFG, tmp_path / "reference", shapes, progress=False))
+    run = tmp_path / "stepped"
+    for steps, files in ((3, ["checkpoint-0000-000003.pt"]), (4, ["checkpoint-0001.pt"]),
+                         (9, ["checkpoint-0002-000001.pt", "checkpoint-0002.pt"])):
+        res = pretrain(CFG.replace(steps=steps), run, shapes, progress=False)
+        assert steps_done(res.metrics, STEPS) == steps
+        assert [p.name for p in list_checkpoints(run)][:len(files)] == files
+    again = pretrain(CFG.replace(steps=9), run, shapes, progress=False)  # reached: nothing more to train
+    assert steps_done(again.metrics, STEPS) == 9
+    assert list_checkpoints(run)[0].name == "checkpoint-0002-000001.pt"
+    ours = newest_after(pretrain(CFG.replace(steps=100), run, shapes, progress=False))  # capped by epochs
+    assert ours["epoch"] == reference["epoch"] == 3
+    for name in reference["model"]:
+        assert torch.equal(ours["model"][name], reference["model"][name]), name
+
+
+def newest_after(res) -> dict:
+    return load_checkpoint(res.checkpoint)
+
+
+def test_steps_must_be_a_positive_int():
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="steps must be a positive number of steps"):
+            CFG.replace(steps=bad)
+    with pytest.raises(TypeError, match="steps"):
+        CFG.replace(steps=2.5)
+
+
+def test_steps_done_counts_whole_and_stopped_epochs():
+    assert steps_done([], STEPS) == 0
+    assert steps_done([{"epoch": 2}], STEPS) == 2 * STEPS
+    assert steps_done([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}], STEPS) == 9

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=ENCODINGS)
     p.add_argument("--epochs", type=int)
     _minutes(p)
+    p.add_argument("--steps", type=int, metavar="N", help="stop once N optimisation steps are trained in "
+                   "all (inside an epoch if need be); a larger N resumes the run")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--no-augment", action="store_true", help="the paper's no-augmentation ablation")
@@ -144,13 +146,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
+    from vwe.engine import steps_done
     from vwe.pretrain import pretrain
 
     cfg = get_config(a.profile or "cpu", dataset=a.dataset, n_train=a.n_train, n_test=a.n_test,
                      validation=a.validation, device=a.device, seed=a.seed, model=a.model, tower=a.tower,
-                     encoding=a.encoding, epochs=a.epochs, minutes=a.minutes, batch_size=a.batch_size,
-                     lr=a.lr, views=a.views, original=a.original, augment=False if a.no_augment else None,
-                     compile=False if a.no_compile else None)
+                     encoding=a.encoding, epochs=a.epochs, minutes=a.minutes, steps=a.steps,
+                     batch_size=a.batch_size, lr=a.lr, views=a.views, original=a.original,
+                     augment=False if a.no_augment else None, compile=False if a.no_compile else None)
     cfg, data, device = resolve(cfg, **_sources(a))
     run_dir = a.run_dir or profile_dir(cfg.profile) / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
@@ -163,8 +166,9 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
         print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch {first['epoch']}) -> "
               f"{last['test_loss']:.5f} (epoch {last['epoch']}); {last['images_per_s']:.0f} images/s")
         if last["epoch"] < cfg.epochs:
-            print(f"the {cfg.minutes}-minute time box stopped it at epoch {last['epoch']} of {cfg.epochs}; "
-                  "the same command resumes it")
+            done = steps_done(res.metrics, len(data.train_labels) // cfg.batch_size)
+            why = f"step {cfg.steps:,}" if done == cfg.steps else f"the {cfg.minutes}-minute time box"
+            print(f"{why} stopped it at epoch {last['epoch']} of {cfg.epochs}; the same command resumes it")
     say(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
 
 

@@ -24,7 +24,7 @@ PROBE_NORMS = ("standard", "raw")  # standardised with the training features' st
 # What identifies a run, declared once (`Config.identity`): both trainers' resume checks and the table's
 # finished rows read these.
 RUNTIME_FIELDS = ("profile", "device", "compile", "eval_batch_size")  # how a run runs, not what it computes
-EXTENT_FIELDS = ("epochs", "minutes")  # how far a run trains: a resume may ask for more
+EXTENT_FIELDS = ("epochs", "minutes", "steps")  # how far a run trains: a resume may ask for more
 PROBE_FIELDS = ("probe_epochs", "probe_batch_size", "probe_lr", "probe_seeds", "probe_norm")
 # the supervised row: its data, its tower, its seed, and its epochs (they place the lr drops)
 SUPERVISED_FIELDS = ("dataset", "n_train", "n_test", "validation", "data_seed", "tower", "epochs", "seed")
@@ -84,6 +84,9 @@ class Config:
     # a time box: train until this much wall time has passed, then checkpoint (inside an epoch if need
     # be) and stop; the same command resumes (None: all the epochs)
     minutes: float | None = None
+    # where to stop: train until this many optimisation steps in all, then checkpoint (inside an epoch if
+    # need be) and stop; a larger value resumes the run (None: all the epochs). A compute curve's points.
+    steps: int | None = None
     # linear evaluation (paper 4.2)
     probe_epochs: int = 100
     probe_batch_size: int = 128
@@ -103,7 +106,7 @@ class Config:
         for name in ("epochs", "batch_size", "probe_epochs", "probe_batch_size", "eval_batch_size",
                      "seed", "data_seed", "validation", "views"):
             _require(name, getattr(self, name), is_int, "an int")
-        for name in ("n_train", "n_test"):
+        for name in ("n_train", "n_test", "steps"):
             _require(name, getattr(self, name), lambda v: v is None or is_int(v), "an int or None")
         for name in ("lr", "probe_lr"):
             _require(name, getattr(self, name), is_real, "a number")
@@ -122,10 +125,10 @@ class Config:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
             if getattr(self, name) == math.inf:
                 raise ValueError(f"{name} must be finite, got inf")
-        for name in ("n_train", "n_test"):
+        for name, unit in (("n_train", "images"), ("n_test", "images"), ("steps", "steps")):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of images or None, got {value!r}")
+                raise ValueError(f"{name} must be a positive number of {unit} or None, got {value!r}")
         if self.validation < 0:
             raise ValueError(f"validation must be >= 0 images (0: the test split), got {self.validation}")
         if not self.probe_seeds:

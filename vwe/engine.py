@@ -193,6 +193,16 @@ def clock_stop(minutes: float, device: torch.device, clock: Callable[[], float] 
     return stop
 
 
+def steps_done(metrics: list[dict], steps_per_epoch: int) -> int:
+    """The steps a run has trained in all, from its metrics (`fit`'s): 0 before the first."""
+    if not metrics:
+        return 0
+    last = metrics[-1]
+    if "steps" in last:  # stopped inside an epoch: the epochs before it, then its steps
+        return int(last["epoch"]) * last["steps_per_epoch"] + last["steps"]
+    return last["epoch"] * steps_per_epoch
+
+
 def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> None:
     """NonFiniteLossError when the weights (or the held-out scores) are NaN/inf after `epoch`.
 
@@ -215,18 +225,24 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
 
     `evaluate()` gives the held-out scores logged with each epoch (e.g. {"test_loss": ...});
     `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). With
-    `run.cfg.minutes` the loop stops once that much time has passed on `clock` (`clock_stop`), at an
-    epoch's end or inside one: the steps done are evaluated and checkpointed like an epoch, and the
-    next call resumes at the next step, bit for bit as if nothing had stopped. Returns the metrics of
+    `run.cfg.minutes` the loop stops once that much time has passed on `clock` (`clock_stop`), with
+    `run.cfg.steps` once that many steps have been trained in all, at an epoch's end or inside one:
+    the steps done are evaluated and checkpointed like an epoch, and the next call resumes at the next
+    step, bit for bit as if nothing had stopped. Returns the metrics of
     every epoch (a stopped epoch's entry has a fractional "epoch" and its "steps"); the model is left
     in eval mode.
     """
     progress = progress and distributed.is_main()
     steps = len(inputs[0]) // batch_size  # a full epoch
-    stop = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device, clock)
-    epochs = tqdm(range(run.epoch + 1, run.cfg.epochs + 1), initial=run.epoch, total=run.cfg.epochs,
-                  desc=run.name, disable=not progress)
+    last = run.cfg.epochs if run.cfg.steps is None else min(run.cfg.epochs, math.ceil(run.cfg.steps / steps))
+    time_up = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device, clock)
+    epochs = tqdm(range(run.epoch + 1, last + 1), initial=run.epoch, total=last, desc=run.name,
+                  disable=not progress)
     for epoch in epochs:
+        # the step of this epoch at which `run.cfg.steps` is reached (past its end: none)
+        end = None if run.cfg.steps is None else run.cfg.steps - (epoch - 1) * steps
+        stop = None if end is None and time_up is None else (
+            lambda i, end=end: (end is not None and i >= end) or (time_up is not None and time_up(i)))
         lr = {}
         if lr_at is not None:
             lr = {"lr": lr_at(epoch)}
