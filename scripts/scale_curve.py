@@ -1,30 +1,40 @@
 """Probe accuracy against pretraining compute, on a validation split: where the method shows.
 
-One run per (profile, model) pretrains on the first N training images and is probed after each
-epoch in `--epochs` on the last V training images (a validation split: the test split is never
-read). The probes are the author's evaluation (the tower's 1 024 features, raw, 10 epochs) and the
-standardised probe on the same features. Everything resumes: the pretraining from its checkpoint
-(bit for bit), the points from `points.jsonl`, so a cut run loses at most the epoch in progress.
+One run per (profile, model) pretrains on the training images outside a validation split (the last
+V training images; the test split is never read) and is probed when it has trained each of `--steps`
+optimisation steps, as the author evaluates: the probes train on every image pretraining may see and
+are scored on the validation images. The probes are the author's evaluation (the tower's 1 024
+features, raw, 10 epochs) and the standardised probe on the same features, each over probe seeds
+0, 1, 2, ... until the standard error of its mean is under `--max-se` points (or `--max-seeds`).
+Everything resumes: the pretraining from its checkpoint (bit for bit), the points from
+`points.jsonl`, so a cut run loses at most the steps since its last checkpoint. `--minutes` is a time
+box for the whole command: it checkpoints and stops, and the same command goes on.
 
-    python scripts/scale_curve.py --profile cpu --model context --epochs 1,2,4,8
+    python scripts/scale_curve.py --profile author --model context --steps 200,400,800 --minutes 60
     python scripts/scale_curve.py --plot docs/scale-curve.png   # the figure from every points file
-    python scripts/scale_curve.py --export docs/results/scale-curve.json   # the results file
+    python scripts/scale_curve.py --export docs/results/compute-curve.json   # the results file
 
 Writes `OUT/<profile>-<model>-<tower>/` (the run) and one JSON line per point to `OUT/points.jsonl`;
-`--export` turns them into a results file (`vwe.results`: what ran, where, and every point).
+with `--weights DIR` each point's model also goes to DIR as the compact fp16 weights the course ships
+(`vwe.course.export_shipped`, a manifest with its sha256 and the steps it saw), to commit;
+`--export` turns the points into a results file (`vwe.results`: what ran, where, and every point).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from vwe.config import get_config, resolve
+from vwe.course import export_shipped
 from vwe.data import load_dataset
+from vwe.engine import steps_done
 from vwe.evaluate import extract_features, linear_eval
 from vwe.files import atomic_write
 from vwe.pretrain import pretrain
@@ -32,65 +42,84 @@ from vwe.results import command, machine
 from vwe.runs import provenance
 
 PROBES = {"author": dict(norm="raw", epochs=10), "standard": dict(norm="standard", epochs=30)}
+STEPS = ",".join(str(200 * 2**k) for k in range(8))  # 200 ... 25 600 steps: 0.1 M to 13.1 M pairs of 512
 
 
 def read_points(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def probe_point(model, data, seeds: tuple[int, ...], batch_size: int) -> dict:
-    """Both probes on the tower's 16 x 64 features of the training and validation images."""
+def standard_error(accs: list[float]) -> float:
+    return statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else math.inf
+
+
+def probe_point(model, data, batch_size: int, max_se: float, max_seeds: int) -> dict:
+    """Both probes on the tower's 16 x 64 features of the training and validation images, each over
+    seeds 0, 1, 2, ... until its mean's standard error is under `max_se` (at most `max_seeds`)."""
     device = next(model.parameters()).device
     train, val = (extract_features(model, x, batch_size, device, features="tower")
                   for x in (data.train_images, data.test_images))
     out = {}
     for name, probe in PROBES.items():
-        ev = linear_eval(train, data.train_labels, val, data.test_labels, seeds=seeds,
-                         num_classes=data.num_classes, **probe)
-        out[name] = {"mean": ev.mean, "std": ev.std, "accs": ev.accs}
+        accs: list[float] = []
+        while len(accs) < 3 or (standard_error(accs) >= max_se and len(accs) < max_seeds):
+            ev = linear_eval(train, data.train_labels, val, data.test_labels, seeds=(len(accs),),
+                             num_classes=data.num_classes, **probe)
+            accs += ev.accs
+        out[name] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs),
+                     "se": standard_error(accs), "accs": accs}
     return out
 
 
 def run_curve(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     points_file = out / "points.jsonl"
-    # The held-out loss of every epoch on the first 1 000 validation images: the probes use all of them.
+    # The held-out loss of every point on the first 1 000 validation images: the probes use all of them.
     cfg = get_config(args.profile, dataset=args.dataset, model=args.model, tower=args.tower,
                      encoding=args.encoding, n_train=args.n_train, n_test=min(1000, args.validation),
-                     validation=args.validation, device=args.device)
-    # the probe trains on the first --probe-train images (pretraining sees the first --n-train of them)
-    data = load_dataset(cfg.dataset, n_train=max(args.probe_train, args.n_train), validation=cfg.validation,
-                        seed=cfg.data_seed)
+                     validation=args.validation, device=args.device, epochs=10_000)
+    # the probes train on every image outside the validation split (pretraining sees the first n_train)
+    data = load_dataset(cfg.dataset, validation=cfg.validation, seed=cfg.data_seed)
     cfg, pretrain_data, device = resolve(cfg, data)
+    per_epoch = len(pretrain_data.train_labels) // cfg.batch_size
     run_dir = out / f"{args.profile}-{cfg.run_name}"
-    print(f"{run_dir.name}: pretraining on {cfg.n_train} images, probes trained on {len(data.train_labels)}, "
-          f"validated on {len(data.test_labels)}; batch {cfg.batch_size} images x {cfg.views_per_image} "
-          f"views = {cfg.pairs_per_step} (context, target) pairs a step", flush=True)
-    for epochs in sorted(int(e) for e in args.epochs.split(",")):
+    print(f"{run_dir.name}: pretraining on {len(pretrain_data.train_labels):,} images, probes trained on "
+          f"{len(data.train_labels):,}, validated on {len(data.test_labels):,}; batch {cfg.batch_text}, "
+          f"{per_epoch:,} steps an epoch", flush=True)
+    for steps in sorted(int(s) for s in args.steps.split(",")):
         key = {"profile": args.profile, "model": args.model, "tower": args.tower, "encoding": cfg.encoding,
-               "epoch": epochs, "n_train": cfg.n_train, "probe_train": len(data.train_labels),
-               "validation": len(data.test_labels)}
+               "steps": steps, "n_train": len(pretrain_data.train_labels),
+               "probe_train": len(data.train_labels), "validation": len(data.test_labels)}
         if any(all(p.get(k) == v for k, v in key.items()) for p in read_points(points_file)):
             continue
-        res = pretrain(cfg.replace(epochs=epochs), run_dir, pretrain_data, device, progress=args.progress)
+        left = None if deadline is None else (deadline - time.monotonic()) / 60
+        if left is not None and left <= 0:
+            break
+        res = pretrain(cfg.replace(steps=steps, minutes=left), run_dir, pretrain_data, device,
+                       progress=args.progress)
+        if steps_done(res.metrics, per_epoch) < steps:
+            print(f"the time box stopped {run_dir.name} at step {steps_done(res.metrics, per_epoch):,} of "
+                  f"{steps:,}; the same command goes on from there", flush=True)
+            return
         t0 = time.perf_counter()
-        probes = probe_point(res.model, data, tuple(args.seeds), cfg.eval_batch_size)
-        last = res.metrics[-1]
-        steps = epochs * (cfg.n_train // cfg.batch_size)
-        point = {**key, "steps": steps, "images": steps * cfg.batch_size,
-                 "views": steps * cfg.batch_size * cfg.views_per_image,
-                 "pairs": steps * cfg.pairs_per_step,
+        probes = probe_point(res.model, data, cfg.eval_batch_size, args.max_se, args.max_seeds)
+        point = {**key, "epoch": round(steps / per_epoch, 4), "images": steps * cfg.batch_size,
+                 "views": steps * cfg.batch_size * cfg.views_per_image, "pairs": steps * cfg.pairs_per_step,
                  "pretrain_s": round(sum(m["seconds"] for m in res.metrics), 1),
-                 "probe_s": round(time.perf_counter() - t0, 1), "val_loss": last["test_loss"],
+                 "probe_s": round(time.perf_counter() - t0, 1), "val_loss": res.metrics[-1]["test_loss"],
                  "device": str(device), "threads": args.threads, **probes,
                  **{k: v for k, v in provenance(device).items() if k in ("git", "time")},
                  "command": command()}
+        if args.weights:
+            entry = export_shipped(run_dir, args.weights, data.provenance())
+            point["weights"] = {"file": entry["file"], "sha256": entry["sha256"]}
         points = read_points(points_file) + [point]
         text = "".join(json.dumps(p) + "\n" for p in points)
         atomic_write(points_file, lambda tmp, text=text: tmp.write_text(text))
-        print(json.dumps(point))
+        print(json.dumps(point), flush=True)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -112,7 +141,8 @@ def export(args: argparse.Namespace) -> None:
         ),
         "data": data.provenance(), "machine": args.machine or machine(),
         "git": " ".join(sorted({p["git"] for p in points})), "time": max(p["time"] for p in points),
-        "probe_seeds": args.seeds,
+        "probe_seeds": "0, 1, 2, ... until the standard error of each probe's mean is under "
+                       f"{args.max_se} points (at most {args.max_seeds} seeds)",
         "commands": args.commands or sorted({p["command"] for p in points if "command" in p}),
     }
     text = json.dumps({"header": header, "points": points}, indent=2) + "\n"
@@ -128,12 +158,15 @@ def main() -> None:
     p.add_argument("--dataset", default="cifar100")
     p.add_argument("--encoding", default="shared", help="the context model's encoding (shared: 8x less "
                    "tower work than the author's per-slot calls, the same function in eval mode)")
-    p.add_argument("--n-train", type=int, default=5_000, help="pretraining images (the first N)")
-    p.add_argument("--probe-train", type=int, default=10_000,
-                   help="the probes' training images (the first N)")
+    p.add_argument("--n-train", type=int, help="pretraining images (the first N; default: every image "
+                   "outside the validation split)")
     p.add_argument("--validation", type=int, default=5_000, help="the last V training images")
-    p.add_argument("--epochs", default="2,4,8,16", help="the epochs at which to probe, comma-separated")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds")
+    p.add_argument("--steps", default=STEPS, help="the steps at which to probe, comma-separated")
+    p.add_argument("--minutes", type=float, help="a time box for the whole command: checkpoint and stop")
+    p.add_argument("--max-se", type=float, default=0.3, help="probe seeds are added until the standard "
+                   "error of each probe's mean is under this many points")
+    p.add_argument("--max-seeds", type=int, default=10)
+    p.add_argument("--weights", type=Path, help="write each point's model here as fp16 weights to commit")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="runs/scale")
