@@ -486,28 +486,47 @@ CURVE_PROBES = {"author": "author's evaluation (tower 1 024-d, raw, 10 ep)",
 
 
 def plot_scale_curve(points: Sequence[Mapping[str, object]]) -> Figure:
-    """Validation accuracy against pretraining compute, one panel per probe, one line per (profile,
-    model): the points that `scripts/scale_curve.py` writes (x: (context, target) pairs trained on,
-    log scale; error bars: the probe seeds' std)."""
+    """Validation accuracy against pretraining compute, one panel per probe, one line per run (recipe,
+    model, pretraining images): the points that `scripts/scale_curve.py` writes (x: (context, target)
+    pairs trained on, log scale, reaching to the author's compute; error bars: the probe seeds' std).
+    The runs pretrained on the most images are extrapolated to the author's compute along their last
+    doublings' slope (dotted, `vwe.curve.trend`), where the paper's two figures stand (stars: test
+    split, the author's evaluation only)."""
+    from vwe import curve
+
     if not points:
         raise ValueError("no points to plot: run scripts/scale_curve.py first")
-    fig, axes = plt.subplots(1, len(CURVE_PROBES), figsize=(11, 4), sharex=True, dpi=DPI)
-    curves: dict[tuple[str, str], list[Mapping[str, object]]] = {}
-    for p in points:
-        curves.setdefault((str(p["profile"]), str(p["model"])), []).append(p)
+    fig, axes = plt.subplots(1, len(CURVE_PROBES), figsize=(12, 4.5), sharex=True, dpi=DPI)
+    runs = curve.series(points)
+    extrapolated = curve.longest(runs)
     for ax, (probe, title) in zip(axes, CURVE_PROBES.items(), strict=True):
-        for (profile, model), pts in sorted(curves.items()):
-            pts = sorted(pts, key=lambda p: p["pairs"])
-            colour, name = _MODEL_STYLE.get(model, ("tab:grey", model))
-            marker, line = _PROFILE_MARKER.get(profile, ("^", ":"))
-            ax.errorbar([p["pairs"] for p in pts], [p[probe]["mean"] for p in pts],
-                        yerr=[p[probe]["std"] for p in pts], color=colour, marker=marker, linestyle=line,
-                        capsize=3, label=f"{name}, {profile} recipe")
+        for s in runs:
+            colour, name = _MODEL_STYLE.get(s.model, ("tab:grey", s.model))
+            marker, line = _PROFILE_MARKER.get(s.profile, ("^", ":"))
+            faint = s not in extrapolated  # the shorter runs, kept as what they are
+            ax.errorbar([p["pairs"] for p in s.points], [p[probe]["mean"] for p in s.points],
+                        yerr=[p[probe]["std"] for p in s.points], color=colour, marker=marker,
+                        linestyle=line, capsize=3, alpha=0.45 if faint else 1.0, markersize=4 if faint else 6,
+                        label=f"{name}, {s.label}")
+            if not faint and len(s.points) >= 2:
+                t = curve.trend(s, probe)
+                ax.plot([t.last_pairs, curve.AUTHOR_PAIRS], [t.last_mean, t.at_author], color=colour,
+                        linestyle=":", linewidth=1.2)
+                ax.annotate(f"extrapolated: {t.slope:+.2f} points per doubling",
+                            (curve.AUTHOR_PAIRS, t.at_author), xytext=(-6, 0), textcoords="offset points",
+                            ha="right", va="center", fontsize=7, color=colour)
+        if probe == "author":
+            for model, acc in curve.paper_accuracy().items():
+                colour, name = _MODEL_STYLE.get(model, ("tab:grey", model))
+                ax.plot([curve.AUTHOR_PAIRS], [acc], marker="*", markersize=13, color=colour,
+                        markeredgecolor="black", linestyle="none", label=f"paper, {name} (test split)")
+        ax.axvline(curve.AUTHOR_PAIRS, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xscale("log")
-        ax.set_xlabel("pretraining compute: (context, target) pairs trained on")
+        ax.set_xlim(right=curve.AUTHOR_PAIRS * 2)
+        ax.set_xlabel("pretraining compute: (context, target) pairs trained on (dashed: the author's)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation top-1 (%)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
     return fig

@@ -1,0 +1,95 @@
+"""`vwe.curve`: the compute curve's series, slopes per doubling and extrapolation to the author's compute,
+against lines whose slope is known exactly; and the figure that draws them."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+
+from vwe import curve
+from vwe.plots import plot_scale_curve
+
+matplotlib.use("Agg")
+
+
+def point(model: str, pairs: int, author: float, standard: float | None = None, n_train: int = 45_000,
+          profile: str = "author") -> dict:
+    standard = author + 1 if standard is None else standard
+    return {"profile": profile, "model": model, "encoding": "shared", "n_train": n_train,
+            "probe_train": n_train, "pairs": pairs, "author": {"mean": author, "std": 0.2},
+            "standard": {"mean": standard, "std": 0.3}}
+
+
+def line(model: str, intercept: float, slope: float, doublings: range, **kw) -> list[dict]:
+    """Points on acc = intercept + slope * log2(pairs / 102 400)."""
+    return [point(model, 102_400 * 2**k, intercept + slope * k, **kw) for k in doublings]
+
+
+def test_the_author_trained_384_million_pairs():
+    assert curve.AUTHOR_PAIRS == 120 * 6_250 * 512 == 384_000_000
+
+
+def test_series_group_runs_and_order_their_points_by_compute():
+    pts = line("patch", 10, 1, range(3))[::-1] + line("context", 12, 2, range(2)) + \
+        line("context", 5, 1, range(2), n_train=5_000)
+    runs = curve.series(pts)
+    assert [(s.model, s.n_train, len(s.points)) for s in runs] == [
+        ("context", 5_000, 2), ("context", 45_000, 2), ("patch", 45_000, 3)]
+    assert [p["pairs"] for p in runs[2].points] == [102_400, 204_800, 409_600]
+    assert [(s.model, s.n_train) for s in curve.longest(runs)] == [("context", 45_000), ("patch", 45_000)]
+
+
+def test_a_straight_line_in_log_compute_has_its_own_slope_and_extrapolation():
+    (s,) = curve.series(line("context", 14.0, 0.75, range(6)))
+    t = curve.trend(s, "author")
+    assert t.slope == pytest.approx(0.75, rel=1e-12)
+    assert (t.first_pairs, t.last_pairs) == (102_400 * 2**2, 102_400 * 2**5)  # the last three doublings
+    assert t.at_author == pytest.approx(14.0 + 0.75 * math.log2(curve.AUTHOR_PAIRS / 102_400), rel=1e-12)
+    assert t.doublings_to_author == pytest.approx(math.log2(384_000_000 / 3_276_800), rel=1e-12)
+    assert curve.trend(s, "standard").slope == pytest.approx(0.75, rel=1e-12)  # standard = author + 1
+
+
+def test_the_slope_reads_the_last_doublings_only():
+    # steep early (2 points a doubling), flat over the last three doublings: the slope is the flat part's
+    early = line("patch", 10.0, 2.0, range(4))
+    late = [point("patch", 102_400 * 2**k, 16.0) for k in range(4, 7)]
+    (s,) = curve.series(early + late)
+    t = curve.trend(s, "author")
+    # fitted: doublings 3..6, i.e. (3, 16), (4, 16), (5, 16), (6, 16) -> slope 0
+    assert t.slope == pytest.approx(0.0, abs=1e-12) and t.at_author == pytest.approx(16.0, rel=1e-12)
+    assert curve.trend(s, "author", doublings=6).slope > 0.5  # every point: the early climb counts
+
+
+def test_a_trend_needs_two_points_and_a_known_probe():
+    (one,) = curve.series([point("context", 102_400, 10)])
+    with pytest.raises(ValueError, match="two points"):
+        curve.trend(one, "author")
+    (two,) = curve.series(line("context", 10, 1, range(2)))
+    with pytest.raises(ValueError, match="unknown probe 'knn'"):
+        curve.trend(two, "knn")
+
+
+def test_the_paper_points_are_the_tables_figures():
+    from vwe.table import BY_KEY
+
+    assert curve.paper_accuracy() == {"context": BY_KEY["context-resnet32-aug"].paper,
+                                      "patch": BY_KEY["patch-resnet32-aug"].paper}
+
+
+def test_the_figure_reaches_the_author_compute_with_the_paper_and_the_extrapolations():
+    pts = line("context", 14, 0.5, range(4)) + line("patch", 12, 0.25, range(4)) + \
+        line("context", 8, 1, range(3), n_train=5_000)
+    fig = plot_scale_curve(pts)
+    author, standard = fig.axes
+    assert author.get_xlim()[1] >= curve.AUTHOR_PAIRS and author.get_xscale() == "log"
+    stars = {tuple(ln.get_ydata()) for ln in author.lines if ln.get_marker() == "*"}
+    assert stars == {(v,) for v in curve.paper_accuracy().values()}
+    assert not [ln for ln in standard.lines if ln.get_marker() == "*"]  # the paper reports one probe
+    dotted = [ln for ln in author.lines if ln.get_linestyle() == ":"]
+    ends = sorted(y for ln in dotted for y in ln.get_ydata())  # the two long runs only, from their last point
+    lift = math.log2(curve.AUTHOR_PAIRS / (102_400 * 8))
+    assert ends == pytest.approx(sorted([15.5, 15.5 + 0.5 * lift, 12.75, 12.75 + 0.25 * lift]), rel=1e-12)
+    with pytest.raises(ValueError, match="no points"):
+        plot_scale_curve([])
