@@ -11,8 +11,9 @@ Everything resumes: the pretraining from its checkpoint (bit for bit), the point
 box for the whole command: it checkpoints and stops, and the same command goes on.
 
     python scripts/scale_curve.py --profile author --model context --steps 200,400,800 --minutes 60
-    python scripts/scale_curve.py --plot docs/scale-curve.png   # the figure from every points file
-    python scripts/scale_curve.py --export docs/results/compute-curve.json   # the results file
+    python scripts/scale_curve.py --export docs/results/compute-curve.json --out runs/ctx --out runs/simple
+    python scripts/scale_curve.py --plot docs/scale-curve.png --out docs/results/scale-curve.json \\
+        --out docs/results/compute-curve.json   # the figure from every results file
 
 Writes `OUT/<profile>-<model>-<tower>/` (the run) and one JSON line per point to `OUT/points.jsonl`;
 with `--weights DIR` each point's model also goes to DIR as the compact fp16 weights the course ships
@@ -49,6 +50,14 @@ def read_points(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def load_points(source: str) -> list[dict]:
+    """The points of a run folder's points.jsonl, or of a committed results file (a .json)."""
+    path = Path(source)
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["points"]
+    return read_points(path / "points.jsonl")
+
+
 def standard_error(accs: list[float]) -> float:
     return statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else math.inf
 
@@ -74,7 +83,9 @@ def probe_point(model, data, batch_size: int, max_se: float, max_seeds: int) -> 
 def run_curve(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
-    out = Path(args.out)
+    if len(args.out) > 1:
+        raise SystemExit("one --out for a run; several are for --plot and --export")
+    out = Path(args.out[0])
     out.mkdir(parents=True, exist_ok=True)
     points_file = out / "points.jsonl"
     # The held-out loss of every point on the first 1 000 validation images: the probes use all of them.
@@ -123,21 +134,26 @@ def run_curve(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    """OUT/points.jsonl as a results file: the points, with the commands and machine that made them."""
-    points = read_points(Path(args.out) / "points.jsonl")
+    """The points of every OUT (`--out`, repeatable) as one results file, with the commands and the
+    machine that made them."""
+    points = [p for out in args.out for p in load_points(out)]
     if not points:
-        raise SystemExit(f"no points in {args.out}/points.jsonl: run the curve first")
+        raise SystemExit(f"no points in {', '.join(args.out)}: run the curve first")
     first = points[0]
-    data = load_dataset(args.dataset, n_train=first["probe_train"], validation=first["validation"])
+    data = load_dataset(args.dataset, validation=first["validation"])
     header = {
-        "title": "Where the method shows: validation accuracy against pretraining compute",
+        "kind": "curve",
+        "title": "Where the paper's figures come from: validation accuracy against pretraining compute",
         "what": (
-            "The context and the simple autoencoder (ResNet-32, augmentation) pretrained on the first "
-            f"{first['n_train']:,} training images with each recipe, probed after each listed epoch on a "
-            f"validation split: the probes train on the first {first['probe_train']:,} training images "
-            f"and are scored on the last {first['validation']:,}, which pretraining never saw. Both probes "
-            "read the tower's 1 024 features: the author's evaluation (raw, 10 epochs) and the "
-            "standardised probe (30 epochs). ![the curve](scale-curve.png)"
+            "The context and the simple autoencoder (ResNet-32, augmentation, the author's recipe) "
+            f"pretrained on the {first['n_train']:,} training images outside a validation split of the "
+            f"last {first['validation']:,}, probed when they had trained each listed number of steps, as "
+            f"the author evaluates: the probes train on those {first['probe_train']:,} images and are "
+            "scored on the validation images, which pretraining never saw. Both probes read the tower's "
+            "1 024 features: the author's evaluation (raw, 10 epochs) and the standardised probe (30 "
+            "epochs). The context autoencoder ran with the shared encoding (the tower once on the 16 "
+            "patches and the zero patch) and, at the first points, with the author's slots encoding (the "
+            "tower once per neighbour slot) on the same data, seeds and steps."
         ),
         "data": data.provenance(), "machine": args.machine or machine(),
         "git": " ".join(sorted({p["git"] for p in points})), "time": max(p["time"] for p in points),
@@ -169,7 +185,8 @@ def main() -> None:
     p.add_argument("--weights", type=Path, help="write each point's model here as fp16 weights to commit")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--out", default="runs/scale")
+    p.add_argument("--out", action="append", help="the run folder and its points.jsonl (default runs/scale); "
+                   "with --plot or --export, repeat it to read several, or name committed results files")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--plot", metavar="PNG", help="draw the figure from OUT/points.jsonl and stop")
     p.add_argument("--export", metavar="JSON", help="write OUT/points.jsonl as a results file and stop")
@@ -178,13 +195,14 @@ def main() -> None:
     p.add_argument("--commands", nargs="*", default=[],
                    help="with --export: the commands that measured the points, recorded in the file")
     args = p.parse_args()
+    args.out = args.out or ["runs/scale"]
     if args.export:
         export(args)
         return
     if args.plot:
         from vwe.plots import plot_scale_curve
 
-        fig = plot_scale_curve(read_points(Path(args.out) / "points.jsonl"))
+        fig = plot_scale_curve([p for out in args.out for p in load_points(out)])
         fig.savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}")
         return
