@@ -155,7 +155,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      batch_size=a.batch_size, lr=a.lr, views=a.views, original=a.original,
                      augment=False if a.no_augment else None, compile=False if a.no_compile else None)
     cfg, data, device = resolve(cfg, **_sources(a))
-    run_dir = a.run_dir or profile_dir(cfg.profile) / cfg.run_name
+    run_dir = a.run_dir or profile_dir(cfg.profile, cfg.epochs) / cfg.run_name
     say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
         f"{cfg.epochs} epochs{f' or {cfg.minutes} minutes' if cfg.minutes else ''}, lr {cfg.lr}")

@@ -27,8 +27,8 @@ import torch
 from vwe.config import PROFILES, Config, get_config, resolve
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
 from vwe.files import atomic_write
-from vwe.models import Autoencoder, build_model
-from vwe.pretrain import load_pretrained
+from vwe.models import Autoencoder
+from vwe.pretrain import MANIFEST, load_pretrained
 from vwe.results import measured_on
 from vwe.runs import latest_checkpoint, profile_dir
 
@@ -76,7 +76,6 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
 
 MODEL_NAMES = {"simple AE": "patch", "context AE": "context"}  # notebook name -> Config.model
 SHIPPED_DIR = "checkpoints"  # in the repository: compact CIFAR-100 weights and their manifest
-MANIFEST = "manifest.json"
 MODEL_SOURCES = ("auto", "shipped", "run")
 
 
@@ -102,21 +101,14 @@ def shipped_manifest(folder: str | Path | None = None) -> dict:
 def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | Path | None = None
                  ) -> Pretrained:
     """A shipped autoencoder ("context" or "patch"): its file's sha256 checked against the manifest,
-    loaded with `weights_only=True`, its fp16 weights back in fp32, in eval mode."""
+    loaded with `weights_only=True`, its fp16 weights back in fp32, in eval mode (`load_pretrained`)."""
     folder = Path(folder or project_dir() / SHIPPED_DIR)
     manifest = shipped_manifest(folder)
     entry = manifest["models"].get(model)
     if entry is None:
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
-    blob = (folder / entry["file"]).read_bytes()
-    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-        raise ValueError(f"{folder / entry['file']} does not match the sha256 in {MANIFEST}: the file is "
-                         "damaged or was replaced; restore it with git (git checkout -- checkpoints)")
-    cfg = Config.from_dict(entry["config"])
-    net = build_model(**cfg.model_args)
-    weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    data, last = entry["data"], entry["metrics"][-1]
+    net, cfg, state = load_pretrained(folder / entry["file"], device)
+    data, last = state["data"], state["metrics"][-1]
     # the epochs reached: a clock-stopped run (`Config.minutes`) ends inside one, with its steps there
     per_epoch = data["n_train"] // cfg.batch_size
     steps = int(last["epoch"]) * per_epoch + last.get("steps", 0)
@@ -125,7 +117,7 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
               f"{last['epoch']:g} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
               f"{steps * cfg.pairs_per_step:,} pairs")
-    return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
+    return Pretrained(net, cfg, state["metrics"], source)
 
 
 def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: dict | None = None) -> dict:

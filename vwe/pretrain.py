@@ -9,6 +9,9 @@ torch.compile, a CUDA graph); the run folder and its checkpoints are `vwe.runs`'
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +86,31 @@ def pretrain(
     return PretrainResult(run.dir, run.checkpoint, model, metrics, cfg, data.name)
 
 
+MANIFEST = "manifest.json"  # beside compact weights (checkpoints/): each file's sha256, config, metrics
+
+
+def load_weights(path: Path, map_location: torch.device | str = "cpu") -> dict:
+    """Compact weights (`vwe.course.export_shipped`: an fp16 state dict, listed with its sha256, config,
+    data and metrics in the MANIFEST beside it) as the checkpoint dict a run would hold: the sha256
+    checked, the weights loaded with `weights_only=True` and back in fp32. CheckpointError when the
+    manifest does not list the file or its bytes differ."""
+    manifest = json.loads((path.parent / MANIFEST).read_text())
+    entry = next((e for e in manifest.get("models", {}).values() if e["file"] == path.name), None)
+    if entry is None:
+        raise CheckpointError(f"{path.parent / MANIFEST} does not list {path.name}")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{path} does not match the sha256 in {MANIFEST}: the file is damaged or "
+                              "was replaced; restore it with git (git checkout -- checkpoints)")
+    weights = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    model = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    return {"model": model, "config": entry["config"], "metrics": entry["metrics"], "data": entry["data"],
+            "epoch": entry["metrics"][-1]["epoch"], "provenance": entry.get("provenance")}
+
+
 def load_pretrained(path: str | Path, device: torch.device | str = "cpu") -> tuple[Autoencoder, Config, dict]:
-    """A trained model in eval mode from a checkpoint file or a run directory (its newest checkpoint).
+    """A trained model in eval mode from a checkpoint file, a run directory (its newest checkpoint) or
+    compact weights listed in a manifest beside them (`load_weights`: the shipped checkpoints/).
 
     Returns (model, config, checkpoint dict). Raises FileNotFoundError when there is no checkpoint,
     CheckpointError when none loads or it does not fit the model its config names.
@@ -96,6 +122,8 @@ def load_pretrained(path: str | Path, device: torch.device | str = "cpu") -> tup
         if found is None:
             raise FileNotFoundError(f"no checkpoint in {path}; run `python -m vwe pretrain` first")
         path, state = found
+    elif (path.parent / MANIFEST).is_file():
+        state = load_weights(path, dev)
     else:
         state = load_checkpoint(path, map_location=dev)
     try:
