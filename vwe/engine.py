@@ -289,7 +289,8 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
 def held_out_sum(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int,
                  score: Callable[..., Tensor]) -> Tensor:
     """The sum of `score(*batch)` over `inputs` (each (N, ...), images (N, 3, 32, 32) uint8 first) in
-    eval mode, bf16 on CUDA; the model's mode is restored after. Returns a 0-d fp32 tensor.
+    eval mode, in fp32 on every device (the table's rows share one precision: the probes read fp32
+    features); the model's mode is restored after. Returns a 0-d fp32 tensor.
 
     Under torchrun each process scores its share and the sums are added: every process returns the
     same number.
@@ -301,8 +302,7 @@ def held_out_sum(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int,
     part = distributed.shard(len(inputs[0]))
     mine = tuple(x[part] for x in inputs)
     for idx in batches(len(mine[0]), batch_size, shuffle=False, device=device):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            total += score(*(x[idx] for x in mine))
+        total += score(*(x[idx] for x in mine))
     model.train(was_training)
     return distributed.sum_across(total)
 
