@@ -156,11 +156,10 @@ def load_embeddings(path: str | Path) -> dict:
 
 def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path, patches: bool = False,
                   split: str = "all", batch_size: int = 256, device: torch.device | str = "cpu",
-                  skip_bad: bool | None = None, progress: bool = True, cifar100_md5: str | None = None,
-                  cifar10_md5: str | None = None) -> tuple[dict, list[Path]]:
-    """Load `checkpoint` (a file or a run directory), embed `images` (a source for `load_images`, with
-    `skip_bad` and the md5s, or loaded `Images`), write `out`; returns (the result dict, the files
-    written).
+                  progress: bool = True, **sources) -> tuple[dict, list[Path]]:
+    """Load `checkpoint` (a file, a run directory or shipped weights), embed `images` (a source for
+    `load_images`, with its `sources`: `skip_bad` and the archives' md5s; or loaded `Images`), write
+    `out`; returns (the result dict, the files written).
 
     A dataset source that is the checkpoint's own dataset gets the checkpoint's sizes and seed (the
     images it was trained and tested on); any other dataset is read whole.
@@ -171,8 +170,7 @@ def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path,
     if isinstance(images, str):
         same = dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
         sizes = same if absolute_dataset_name(images) == cfg.dataset else {}
-        images = load_images(images, split, skip_bad=skip_bad, progress=progress, cifar100_md5=cifar100_md5,
-                             cifar10_md5=cifar10_md5, **sizes)
+        images = load_images(images, split, progress=progress, **sources, **sizes)
     result = embed(model, images.images, batch_size, patches, progress)
     if images.labels is not None:
         result.update(labels=images.labels, classes=images.classes)
