@@ -4,7 +4,7 @@
 
 Reads mutmut's `mutants/mutmut-cicd-stats.json` (after `mutmut export-cicd-stats`) and writes the
 score with the command, revision, date and machine; copied to docs/results/mutants.json,
-`python -m vwe.results` renders it into docs/results.md.
+`python -m vwe.report` renders it into docs/results.md.
 """
 
 import argparse
@@ -28,7 +28,7 @@ def main() -> None:
     a = p.parse_args()
     stats = json.loads(a.stats.read_text())
     run = sum(stats[k] for k in RUN)
-    header = {"title": "Mutation score of the core (`make mutants`)",
+    header = {"kind": "mutation", "title": "Mutation score of the core (`make mutants`)",
               **measured_on(torch.device("cpu"), "make mutants"), "seconds": round(a.seconds),
               "workers": a.workers}
     score = {"killed": stats["killed"], "survived": stats["survived"], "no_tests": stats["no_tests"],

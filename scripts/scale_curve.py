@@ -101,6 +101,7 @@ def export(args: argparse.Namespace) -> None:
     first = points[0]
     data = load_dataset(args.dataset, n_train=first["probe_train"], validation=first["validation"])
     header = {
+        "kind": "curve",
         "title": "Where the method shows: validation accuracy against pretraining compute",
         "what": (
             "The context and the simple autoencoder (ResNet-32, augmentation) pretrained on the first "

@@ -275,7 +275,8 @@ def _write_timings(timings: list[dict], cfg: Config, out_dir: Path) -> None:
     """out_dir/course.json: each notebook's wall time, with the data, machine, revision, date and command
     (a results file: committed as docs/results/course-<profile>.json, the README's course table reads it)."""
     _, data, device = resolve(cfg)  # the notebooks' data, from the cache they left
-    header = {"title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
+    header = {"kind": "course",
+              "title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
               "profile": cfg.profile, "data": data.provenance(), **measured_on(device)}
     text = json.dumps({"header": header, "notebooks": timings}, indent=2) + "\n"
     atomic_write(out_dir / "course.json", lambda tmp: tmp.write_text(text))
