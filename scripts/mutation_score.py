@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vwe.files import atomic_write
+from vwe.files import write_json
 from vwe.results import measured_on
 
 RUN = ("killed", "survived", "no_tests", "timeout", "suspicious", "segfault")  # the mutants that ran
@@ -33,9 +33,8 @@ def main() -> None:
               "workers": a.workers}
     score = {"killed": stats["killed"], "survived": stats["survived"], "no_tests": stats["no_tests"],
              "run": run, "score": round(100 * stats["killed"] / run, 1)}
-    text = json.dumps({"header": header, "mutation": score}, indent=2) + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(a.out, lambda tmp: tmp.write_text(text))
+    write_json(a.out, {"header": header, "mutation": score})
     print(f"mutation score: {score['killed']} of {run} mutants killed ({score['score']:.1f} %), "
           f"{score['survived']} survived, {score['no_tests']} without a test; {a.out}")
 

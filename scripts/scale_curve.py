@@ -26,7 +26,7 @@ import torch
 from vwe.config import get_config, resolve
 from vwe.data import load_dataset
 from vwe.evaluate import extract_features, linear_eval
-from vwe.files import atomic_write
+from vwe.files import atomic_write, write_json
 from vwe.pretrain import pretrain
 from vwe.results import command, machine
 from vwe.runs import provenance
@@ -116,8 +116,7 @@ def export(args: argparse.Namespace) -> None:
         "probe_seeds": args.seeds,
         "commands": args.commands or sorted({p["command"] for p in points if "command" in p}),
     }
-    text = json.dumps({"header": header, "points": points}, indent=2) + "\n"
-    atomic_write(Path(args.export), lambda tmp: tmp.write_text(text))
+    write_json(args.export, {"header": header, "points": points})
     print(f"wrote {args.export} ({len(points)} points)")
 
 

@@ -7,7 +7,6 @@ Started by torchrun (`torchrun --nproc-per-node N -m vwe pretrain ...`), `pretra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -180,7 +179,7 @@ def say(text: str) -> None:
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
-    from vwe.files import atomic_write
+    from vwe.files import write_json
     from vwe.pretrain import load_pretrained
     from vwe.runs import provenance
 
@@ -211,13 +210,11 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
     out = a.out or out_dir / "linear_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"model": name, "dataset": data.name, "data": data.provenance(),
-                       "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
-                       "mean": result.mean, "std": result.std, "accs": result.accs,
-                       "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
-                       "probe": result.summary(), "provenance": provenance(device)},
-                      indent=2) + "\n"
-    atomic_write(out, lambda tmp: tmp.write_text(text))
+    write_json(out, {"model": name, "dataset": data.name, "data": data.provenance(),
+                     "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
+                     "mean": result.mean, "std": result.std, "accs": result.accs,
+                     "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
+                     "probe": result.summary(), "provenance": provenance(device)})
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 

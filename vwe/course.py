@@ -26,7 +26,7 @@ import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
-from vwe.files import atomic_write
+from vwe.files import atomic_write, write_json
 from vwe.models import Autoencoder
 from vwe.pretrain import MANIFEST, load_pretrained
 from vwe.results import measured_on
@@ -146,8 +146,7 @@ def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: 
         manifest = {"about": "compact weights of the course's autoencoders (fp16 state dicts), "
                              "loaded by vwe.course.load_shipped", "models": {}}
     manifest["models"][cfg.model] = entry
-    text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+    write_json(folder / MANIFEST, manifest)
     return entry
 
 
@@ -278,8 +277,7 @@ def _write_timings(timings: list[dict], cfg: Config, out_dir: Path) -> None:
     header = {"kind": "course",
               "title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
               "profile": cfg.profile, "data": data.provenance(), **measured_on(device)}
-    text = json.dumps({"header": header, "notebooks": timings}, indent=2) + "\n"
-    atomic_write(out_dir / "course.json", lambda tmp: tmp.write_text(text))
+    write_json(out_dir / "course.json", {"header": header, "notebooks": timings})
 
 
 def _print_summary(timings: list[dict], out_dir: Path) -> None:

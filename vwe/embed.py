@@ -33,6 +33,7 @@ from torch import nn
 
 from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, describe, load_dataset
 from vwe.data.folder import bad_files_message, decode_files, list_files, skips_bad
+from vwe.files import write_json
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
 from vwe.words import batched_features, patch_embeddings
@@ -133,7 +134,7 @@ def save_embeddings(path: str | Path, result: dict) -> list[Path]:
         patches_path.unlink(missing_ok=True)  # a stale one from an earlier run would be misread
     rest = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()
             if k not in ("embeddings", "patch_embeddings")}
-    json_path.write_text(json.dumps(rest) + "\n")
+    write_json(json_path, rest)
     return written + [json_path]
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from vwe import distributed
 from vwe.config import PROFILES, Config
 from vwe.data import Dataset, project_dir
-from vwe.files import atomic_write
+from vwe.files import atomic_write, write_json
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -370,8 +370,7 @@ class Run:
         if distributed.is_main():
             write_metrics(self.dir, self.metrics)  # drop epochs logged after the checkpoint we resume from
             config = {**self.cfg.to_dict(), **self.record, "data": self.data}
-            config_text = json.dumps(config, indent=2) + "\n"
-            atomic_write(self.dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+            write_json(self.dir / CONFIG_FILE, config)
 
     def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
              losses: torch.Tensor | None = None) -> None:

@@ -48,7 +48,7 @@ from vwe.evaluate import (
     random_weights_model,
     split_features,
 )
-from vwe.files import atomic_write, file_digest
+from vwe.files import file_digest, write_json
 from vwe.pretrain import pretrain
 from vwe.results import (
     AUTHOR_PROBE,
@@ -309,8 +309,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
         "epochs": epochs, **evaluation, "seconds": round(time.perf_counter() - t0, 1),
         "provenance": provenance(device),
     }
-    text = json.dumps(saved, indent=2) + "\n"
-    atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
+    write_json(run_dir / RESULTS_FILE, saved)
     distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
 
