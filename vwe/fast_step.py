@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from vwe.checks import is_int
-from vwe.distributed import is_main, world
+from vwe.distributed import print0, world
 from vwe.engine import Step
 from vwe.fast import Conv2d
 
@@ -225,8 +225,7 @@ class FastStep:
         self.parallel = world() > 1
         if self.parallel and options.cuda_graph:
             options = replace(options, cuda_graph=False)
-            if is_main():
-                print("note: no CUDA graph under DDP (unproven there); the step runs without it")
+            print0("note: no CUDA graph under DDP (unproven there); the step runs without it")
         built = {m.dense_pixels for m in model.modules() if isinstance(m, Conv2d)}
         if built and built != {options.dense_convs}:
             raise ValueError(f"options.dense_convs is {options.dense_convs} but the model's convolutions "

@@ -389,11 +389,10 @@ def run_table(
         out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     header = table_header(cfg, data, device, fingerprint)
-    say = print if distributed.is_main() else lambda *args, **kwargs: None
-    say(f"Table 1 | {describe(header)} | profile {cfg.profile} | device {header['device']} | "
+    distributed.print0(f"Table 1 | {describe(header)} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
-          f"| {len(selected)} rows -> {out_dir}", flush=True)
-    say(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}", flush=True)
+          f"| {len(selected)} rows -> {out_dir}")
+    distributed.print0(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}")
 
     # The remaining time is extrapolated from the rows run so far, per epoch x training image still
     # to train (a resumed row has fewer epochs left), each row's work counted once, before it runs.
@@ -422,7 +421,7 @@ def run_table(
             line += f"; about {_duration(spent / done_work * left)} left"
         std = "" if res.std is None else f" ± {res.std:.2f}"
         paper = "not in the paper" if res.paper is None else f"paper {res.paper:.2f} on CIFAR-100"
-        say(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %", flush=True)
+        distributed.print0(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %")
     for row in ROWS:
         if row.key not in results and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
             results[row.key] = done
