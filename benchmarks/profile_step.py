@@ -35,9 +35,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from vwe.augment import AugmentConfig
-from vwe.engine import PretrainStep
 from vwe.fast_step import FastStep, StepOptions, default_options, for_device
 from vwe.models import Classifier, build_model
+from vwe.pretrain import PretrainStep
 from vwe.supervised import SupervisedRecipe, SupervisedStep
 
 # kernel name fragments -> group, first match wins (cuDNN/cuBLAS names and inductor's triton_*)

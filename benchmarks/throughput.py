@@ -59,12 +59,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, sample_params
 from vwe.config import get_config
 from vwe.data import to_float
-from vwe.engine import PretrainStep
 from vwe.evaluate import extract_features, linear_probe
 from vwe.fast_step import PLAIN, FastStep, GraphFallbackWarning, StepOptions, default_options, for_device
 from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder, Decoder, ResNet32, build_model
 from vwe.patches import N_PATCHES, PATCH
+from vwe.pretrain import PretrainStep
 
 PAPER_IMAGES, PAPER_EPOCHS = 50_000, 200  # CIFAR-100's training set, the paper's schedule
 BF16_BYTES = 2  # activations in the fast step

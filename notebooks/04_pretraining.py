@@ -47,10 +47,9 @@ import torch
 from vwe.augment import augment
 from vwe.course import start
 from vwe.data import describe, to_float
-from vwe.engine import PretrainStep
 from vwe.models import build_model
 from vwe.plots import plot_losses, save
-from vwe.pretrain import held_out_loss, load_pretrained, pretrain
+from vwe.pretrain import PretrainStep, held_out_loss, load_pretrained, pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -93,7 +92,7 @@ for name, c in configs.items():
 #
 # A step takes a uint8 batch that already lives on the training device, converts it to [0, 1] floats,
 # augments it, reconstructs all 16 patches of every image and takes one Adam step on the MSE. Below, the
-# step by hand on a copy of a fresh model, then `PretrainStep` (the step `pretrain` trains with, in `vwe/engine.py`) on another copy
+# step by hand on a copy of a fresh model, then `PretrainStep` (the step `pretrain` trains with, in `vwe/pretrain.py`) on another copy
 # with the same random generator state: the two losses must be equal.
 
 # %%

@@ -28,7 +28,6 @@ import dataclasses
 import glob
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -41,7 +40,7 @@ from vwe.config import Config, get_config, resolve
 from vwe.course import export_shipped
 from vwe.data.cifar import CIFAR100_ARCHIVE, CIFAR100_MD5, CIFAR100_MD5_ENV
 from vwe.data.dataset import data_dir, project_dir
-from vwe.files import atomic_write, file_digest
+from vwe.files import atomic_write, file_digest, write_json
 from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints
 
@@ -109,8 +108,7 @@ class Output:
         self.record: dict = {"parts": {}}
 
     def write_json(self, name: str, payload: dict) -> None:
-        text = json.dumps(payload, indent=2) + "\n"
-        atomic_write(self.folder / name, lambda tmp: tmp.write_text(text))
+        write_json(self.folder / name, payload)
 
     def part(self, name: str, seconds: float, **what) -> None:
         self.record["parts"][name] = {"seconds": round(seconds, 1), **what}

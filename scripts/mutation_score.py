@@ -4,7 +4,7 @@
 
 Reads mutmut's `mutants/mutmut-cicd-stats.json` (after `mutmut export-cicd-stats`) and writes the
 score with the command, revision, date and machine; copied to docs/results/mutants.json,
-`python -m vwe.results` renders it into docs/results.md.
+`python -m vwe.report` renders it into docs/results.md.
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vwe.files import atomic_write
+from vwe.files import write_json
 from vwe.results import measured_on
 
 RUN = ("killed", "survived", "no_tests", "timeout", "suspicious", "segfault")  # the mutants that ran
@@ -28,14 +28,13 @@ def main() -> None:
     a = p.parse_args()
     stats = json.loads(a.stats.read_text())
     run = sum(stats[k] for k in RUN)
-    header = {"title": "Mutation score of the core (`make mutants`)",
+    header = {"kind": "mutation", "title": "Mutation score of the core (`make mutants`)",
               **measured_on(torch.device("cpu"), "make mutants"), "seconds": round(a.seconds),
               "workers": a.workers}
     score = {"killed": stats["killed"], "survived": stats["survived"], "no_tests": stats["no_tests"],
              "run": run, "score": round(100 * stats["killed"] / run, 1)}
-    text = json.dumps({"header": header, "mutation": score}, indent=2) + "\n"
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(a.out, lambda tmp: tmp.write_text(text))
+    write_json(a.out, {"header": header, "mutation": score})
     print(f"mutation score: {score['killed']} of {run} mutants killed ({score['score']:.1f} %), "
           f"{score['survived']} survived, {score['no_tests']} without a test; {a.out}")
 

@@ -37,7 +37,7 @@ from vwe.course import export_shipped
 from vwe.data import load_dataset
 from vwe.engine import steps_done
 from vwe.evaluate import extract_features, linear_eval
-from vwe.files import atomic_write
+from vwe.files import atomic_write, write_json
 from vwe.pretrain import pretrain
 from vwe.results import command, machine
 from vwe.runs import provenance
@@ -161,8 +161,7 @@ def export(args: argparse.Namespace) -> None:
                        f"{args.max_se} points (at most {args.max_seeds} seeds)",
         "commands": args.commands or sorted({p["command"] for p in points if "command" in p}),
     }
-    text = json.dumps({"header": header, "points": points}, indent=2) + "\n"
-    atomic_write(Path(args.export), lambda tmp: tmp.write_text(text))
+    write_json(args.export, {"header": header, "points": points})
     print(f"wrote {args.export} ({len(points)} points)")
 
 
@@ -201,8 +200,9 @@ def main() -> None:
         return
     if args.plot:
         from vwe.plots import plot_scale_curve
+        from vwe.table import PAPER_BY_MODEL
 
-        fig = plot_scale_curve([p for out in args.out for p in load_points(out)])
+        fig = plot_scale_curve([p for out in args.out for p in load_points(out)], PAPER_BY_MODEL)
         fig.savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}")
         return

@@ -16,9 +16,9 @@ from torch import nn
 from vwe.augment import AugmentConfig, apply_params, sample_params
 from vwe.config import AUTHOR_AUG, batch_text, get_config
 from vwe.data import to_float
-from vwe.engine import PretrainStep
 from vwe.models import Decoder, StridedConv4, build_model
 from vwe.patches import OFFSETS, PATCH
+from vwe.pretrain import PretrainStep
 from vwe.table import ROWS, row_config
 
 

@@ -68,3 +68,52 @@ def test_bad_input_gives_a_clear_error(tmp_path):
     assert out.returncode != 0 and "batch_size must be > 0" in out.stderr
     out = vwe("linear-eval", "--profile", "smoke", "--checkpoint", str(tmp_path / "nothing"))
     assert out.returncode != 0 and "no checkpoint" in out.stderr
+
+
+def test_pretrain_with_another_number_of_epochs_gets_a_folder_of_its_own(monkeypatch):
+    """`--epochs 30` on the cpu profile (4 epochs) must not resume, or refuse to shorten, the course's
+    own run in runs/cpu: it trains in runs/cpu-30ep, as `table` does."""
+    from types import SimpleNamespace
+
+    import vwe.pretrain
+    from vwe.__main__ import main
+    from vwe.runs import profile_dir
+
+    seen = {}
+
+    def fake_pretrain(cfg, run_dir, *args, **kwargs):
+        seen["run_dir"] = Path(run_dir)
+        return SimpleNamespace(metrics=[], checkpoint=None, dataset="shapes")
+
+    monkeypatch.setattr(vwe.pretrain, "pretrain", fake_pretrain)
+    main(["pretrain", "--profile", "cpu", "--dataset", "shapes", "--n-train", "64", "--n-test", "32",
+          "--epochs", "30", "--no-progress"])
+    assert seen["run_dir"].parent == profile_dir("cpu", 30) != profile_dir("cpu")
+    main(["pretrain", "--profile", "cpu", "--dataset", "shapes", "--n-train", "64", "--n-test", "32",
+          "--no-progress"])
+    assert seen["run_dir"].parent == profile_dir("cpu")
+
+
+def test_linear_eval_and_embed_read_the_shipped_weights(tmp_path, capsys):
+    """checkpoints/*.pt are compact weights with their config in the manifest beside them, not run
+    checkpoints: `load_pretrained` (so `vwe linear-eval` and `vwe embed`) reads both kinds."""
+    import torch
+    from torchvision.io import write_png
+
+    from vwe.__main__ import main
+    from vwe.course import load_shipped
+
+    shipped = load_shipped("context")
+    path = ROOT / "checkpoints" / "cifar100-context-resnet32-aug.pt"
+    model, cfg, state = load_pretrained(path)
+    assert cfg == shipped.config and state["metrics"] == shipped.metrics
+    theirs = shipped.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    image = torch.randint(0, 256, (3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    write_png(image, str(tmp_path / "one.png"))
+    main(["embed", "--checkpoint", str(path), "--images", str(tmp_path / "one.png"), "--out",
+          str(tmp_path / "emb.pt"), "--device", "cpu", "--no-progress"])
+    assert "wrote" in capsys.readouterr().out
+    with torch.no_grad():
+        expected = shipped.model.image_embedding(image[None].float() / 255)
+    assert torch.equal(torch.load(tmp_path / "emb.pt", weights_only=True)["embeddings"], expected)

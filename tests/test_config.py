@@ -74,7 +74,7 @@ def test_what_identifies_a_run_is_declared_once_on_the_fields():
     assert set(RUNTIME_FIELDS) | set(PROBE_FIELDS) | set(SUPERVISED_FIELDS) <= names  # no stale name
     cfg = get_config("smoke")
     pretrain = cfg.identity("pretrain")
-    assert set(pretrain) == names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs", "minutes"}
+    assert set(pretrain) == names - set(RUNTIME_FIELDS) - set(PROBE_FIELDS) - {"epochs", "minutes", "steps"}
     assert set(cfg.identity("supervised")) == set(SUPERVISED_FIELDS)
     assert set(cfg.identity("result")) == names - set(RUNTIME_FIELDS)
     # how a run runs never changes what it is; what it computes does

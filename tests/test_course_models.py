@@ -18,6 +18,7 @@ from vwe.course import (
 )
 from vwe.data import make_shapes
 from vwe.evaluate import extract_features
+from vwe.runs import CheckpointError
 
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, epochs=1)
 
@@ -54,7 +55,7 @@ def test_a_damaged_shipped_file_is_refused(run, tmp_path):
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 1
     path.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match="does not match the sha256"):
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
         load_shipped("patch", folder=tmp_path)
     with pytest.raises(ValueError, match="no shipped 'context' model"):
         load_shipped("context", folder=tmp_path)

@@ -10,6 +10,7 @@ import pytest
 
 from vwe import curve
 from vwe.plots import plot_scale_curve
+from vwe.table import BY_KEY, PAPER_BY_MODEL
 
 matplotlib.use("Agg")
 
@@ -71,21 +72,19 @@ def test_a_trend_needs_two_points_and_a_known_probe():
         curve.trend(two, "knn")
 
 
-def test_the_paper_points_are_the_tables_figures():
-    from vwe.table import BY_KEY
-
-    assert curve.paper_accuracy() == {"context": BY_KEY["context-resnet32-aug"].paper,
-                                      "patch": BY_KEY["patch-resnet32-aug"].paper}
+def test_the_paper_figures_by_model_are_the_table_rows():
+    rows = {"context": BY_KEY["context-resnet32-aug"].paper, "patch": BY_KEY["patch-resnet32-aug"].paper}
+    assert PAPER_BY_MODEL == rows == {"context": 34.08, "patch": 17.81}
 
 
 def test_the_figure_reaches_the_author_compute_with_the_paper_and_the_extrapolations():
     pts = line("context", 14, 0.5, range(4)) + line("patch", 12, 0.25, range(4)) + \
         line("context", 8, 1, range(3), n_train=5_000)
-    fig = plot_scale_curve(pts)
+    fig = plot_scale_curve(pts, PAPER_BY_MODEL)
     author, standard = fig.axes
     assert author.get_xlim()[1] >= curve.AUTHOR_PAIRS and author.get_xscale() == "log"
     stars = {tuple(ln.get_ydata()) for ln in author.lines if ln.get_marker() == "*"}
-    assert stars == {(v,) for v in curve.paper_accuracy().values()}
+    assert stars == {(v,) for v in PAPER_BY_MODEL.values()}
     assert not [ln for ln in standard.lines if ln.get_marker() == "*"]  # the paper reports one probe
     dotted = [ln for ln in author.lines if ln.get_linestyle() == ":"]
     ends = sorted(y for ln in dotted for y in ln.get_ydata())  # the two long runs only, from their last point

@@ -89,7 +89,7 @@ def test_batches_drop_last_and_device():
     (0, 4, False, "n >= 1"),
     (10, 0, False, "batch_size >= 1"),
     (10, 2.5, False, "batch_size >= 1"),
-    (10, 11, True, "yields no batch"),
+    (10, 11, True, "batch of 11 is more than the 10 training images"),
 ])
 def test_batches_rejects_bad_sizes(n, batch_size, drop_last, match):
     with pytest.raises(ValueError, match=match):

@@ -4,6 +4,7 @@ the same images, in both formats; and the command line end to end on a folder of
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from torchvision.io import write_png
 from vwe.__main__ import main
 from vwe.config import get_config
 from vwe.data import make_shapes, to_float
+from vwe.data.folder import SKIP_BAD_ENV
 from vwe.embed import embed_to_file, load_embeddings, load_images
 from vwe.patches import patchify
 from vwe.pretrain import load_pretrained
@@ -104,3 +106,24 @@ def test_cli_pretrain_then_embed_on_a_folder_of_your_own(tmp_path, capsys, monke
     assert len(back["files"]) == 90 and back["classes"] == ["bright", "dark", "stripes"]
     assert [f.split("/")[0] for f in back["files"]] == [back["classes"][y] for y in back["labels"]]
     assert back["meta"]["source"]["content_sha256"] and back["meta"]["trained_on"] == cfg.dataset
+
+
+@pytest.mark.parametrize("as_dataset", [True, False], ids=["folder-dataset", "plain-folder"])
+def test_an_explicit_skip_bad_false_wins_over_the_environment(tmp_path, monkeypatch, as_dataset):
+    """$VWE_SKIP_BAD_IMAGES is the default of `skip_bad` (None), never an override of an explicit False,
+    for a folder dataset as for a plain folder."""
+    monkeypatch.setenv("VWE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv(SKIP_BAD_ENV, "1")
+    gen = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        for i in range(4):
+            (tmp_path / "imgs" / name).mkdir(parents=True, exist_ok=True)
+            write_png(torch.randint(0, 256, (3, 32, 32), generator=gen, dtype=torch.uint8),
+                      str(tmp_path / "imgs" / name / f"{i}.png"))
+    (tmp_path / "imgs" / "a" / "notes.txt").write_text("not an image")
+    source = f"folder:{tmp_path / 'imgs'}" if as_dataset else str(tmp_path / "imgs")
+    with pytest.raises(ValueError, match="a/notes.txt"):
+        load_images(source, skip_bad=False, progress=False)
+    with pytest.warns(UserWarning, match="skipped 1 file") if as_dataset else nullcontext():
+        images = load_images(source, progress=False)  # None: the environment's default, skip
+    assert len(images.images) == 8

@@ -204,7 +204,8 @@ def test_probe_defaults_are_the_papers():
     # the module docstring's probe: Adam at lr 1e-3, batch 128, 100 epochs, standardised features
     defaults = {k: p.default for k, p in inspect.signature(linear_probe).parameters.items()}
     assert (defaults["epochs"], defaults["batch_size"], defaults["lr"]) == (100, 128, 1e-3)
-    assert defaults["norm"] == "standard" and defaults["progress"] is False
+    assert defaults["norm"] == "standard"
+    assert inspect.signature(linear_eval).parameters["progress"].default is False
 
 
 @pytest.mark.parametrize("num_classes", [5, None])
@@ -237,9 +238,10 @@ def test_probe_defaults_train_100_epochs_in_batches_of_128_silently(capsys):
     default = linear_probe(x, y, x, y, epochs=1)
     assert default == linear_probe(x, y, x, y, epochs=1, batch_size=128)
     assert default.losses != linear_probe(x, y, x, y, epochs=1, batch_size=129).losses  # batches tell
+    linear_eval(x, y, x, y, seeds=(0, 1), epochs=1)
     assert capsys.readouterr().err == ""  # no progress bar unless asked
-    linear_probe(x, y, x, y, epochs=1, progress=True)
-    assert "probe seed 0" in capsys.readouterr().err
+    linear_eval(x, y, x, y, seeds=(0, 1), epochs=1, progress=True)
+    assert "probe seeds" in capsys.readouterr().err
 
 
 def test_probe_is_adam_on_batches_of_a_seeded_permutation():

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from vwe import fast
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
-from vwe.engine import PretrainStep
 from vwe.fast_step import (
     PLAIN,
     FastStep,
@@ -26,6 +25,7 @@ from vwe.fast_step import (
     for_device,
 )
 from vwe.models import Classifier, build_model
+from vwe.pretrain import PretrainStep
 from vwe.supervised import SupervisedStep
 
 LR = 1e-3

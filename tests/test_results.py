@@ -1,5 +1,6 @@
-"""Results as data (`vwe.results`): when a gap counts, the paper's claims, the results files' round trip,
-and the committed docs being exactly what the committed results files render to."""
+"""Results as data (`vwe.results`): when a gap counts, the paper's claims, the results files' round trip
+and their kinds, and the committed docs being exactly what the committed results files render to
+(`vwe.report`)."""
 
 import dataclasses
 import json
@@ -8,14 +9,15 @@ import statistics
 
 import pytest
 
+from vwe.report import main, render_readme, render_results_md
 from vwe.results import (
+    KINDS,
     SIGNIFICANT_POINTS,
     SIGNIFICANT_SE,
     claims,
     gap,
     load_results,
-    main,
-    render_readme,
+    results_dir,
     rows_of,
     significant,
     verdict,
@@ -97,7 +99,7 @@ def test_results_file_round_trip(tmp_path):
               "git": "abc", "time": "t", "machine": "2-core test CPU", "command": "python -m vwe table"}
     files = write_results(header, rows, tmp_path)
     payload = json.loads(files["json"].read_text())
-    assert payload["header"] == header
+    assert payload["header"] == {"kind": "table", **header}
     assert rows_of(payload) == rows
     assert payload["claims"]["standardised"] == claims(rows)
     assert "machine: 2-core test CPU" in files["md"].read_text()
@@ -121,5 +123,21 @@ def test_render_readme_replaces_only_between_the_markers():
 
 def test_committed_docs_are_what_the_results_files_render(capsys):
     """A figure in README.md or docs/results.md changes only with its results file: re-render and commit
-    (`python -m vwe.results`) after measuring."""
+    (`python -m vwe.report`) after measuring."""
     assert main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_every_results_file_says_its_kind_and_an_unknown_kind_is_refused(tmp_path):
+    """The renderer is chosen by the header's kind, never by which keys a payload happens to have."""
+    committed = {}
+    for path in sorted(results_dir().glob("*.json")):
+        payload = json.loads(path.read_text())
+        kind = payload["header"]["kind"]
+        assert KINDS[kind] in payload, path.name  # the kind names where its figures are
+        committed[path.stem] = payload
+    assert {p["header"]["kind"] for p in committed.values()} == set(KINDS)
+    table = committed["shipped-cifar100"]
+    table["header"]["kind"] = "poster"
+    (tmp_path / "odd.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="unknown kind 'poster'"):
+        render_results_md(tmp_path)

@@ -1,7 +1,7 @@
 """Training by the clock (`Config.minutes`, `--minutes`): a time box stops a run inside an epoch, and the
 same command resumes it to the same bits as a run that never stopped.
 
-The clock is injected (`vwe.pretrain.pretrain(clock=...)`, handed on to `vwe.engine.fit`): one that
+The clock is replaced (`vwe.engine.clock`, what `vwe.engine.fit`'s time box reads): one that
 ticks a minute at every read stops a run with `minutes=k` after exactly k steps of the call, whatever
 this machine's speed. Runs are smoke-sized (Conv4, 64 training / 32 test Shapes, batch 16: four steps
 an epoch) and deterministic on the CPU, so "resumed == uninterrupted" is torch.equal, not a tolerance.
@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
+import vwe.engine
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.shapes import make_shapes
@@ -40,7 +42,8 @@ def minute_clock():
 
 def train(cfg, run_dir: Path, data) -> list[dict]:
     """`vwe.pretrain.pretrain` on the CPU with the minute clock."""
-    return pretrain(cfg, run_dir, data, progress=False, clock=minute_clock()).metrics
+    with mock.patch.object(vwe.engine, "clock", minute_clock()):
+        return pretrain(cfg, run_dir, data, progress=False).metrics
 
 
 def newest(run_dir: Path) -> dict:

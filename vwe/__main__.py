@@ -7,7 +7,6 @@ Started by torchrun (`torchrun --nproc-per-node N -m vwe pretrain ...`), `pretra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -155,8 +154,8 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
                      batch_size=a.batch_size, lr=a.lr, views=a.views, original=a.original,
                      augment=False if a.no_augment else None, compile=False if a.no_compile else None)
     cfg, data, device = resolve(cfg, **_sources(a))
-    run_dir = a.run_dir or profile_dir(cfg.profile) / cfg.run_name
-    say(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
+    run_dir = a.run_dir or profile_dir(cfg.profile, cfg.epochs) / cfg.run_name
+    distributed.print0(f"pretraining {cfg.run_name} ({cfg.profile} profile) on {device}"
         f"{f' x {distributed.world()} processes' if distributed.world() > 1 else ''}: "
         f"{cfg.epochs} epochs{f' or {cfg.minutes} minutes' if cfg.minutes else ''}, lr {cfg.lr}")
     res = pretrain(cfg, run_dir, data, device, fresh=a.fresh, progress=not a.no_progress,
@@ -169,18 +168,12 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
             done = steps_done(res.metrics, len(data.train_labels) // cfg.batch_size)
             why = f"step {cfg.steps:,}" if done == cfg.steps else f"the {cfg.minutes}-minute time box"
             print(f"{why} stopped it at epoch {last['epoch']} of {cfg.epochs}; the same command resumes it")
-    say(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
-
-
-def say(text: str) -> None:
-    """Print on rank 0 only (every process, under torchrun, runs the same command)."""
-    if distributed.is_main():
-        print(text, flush=True)
+    distributed.print0(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")
 
 
 def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
-    from vwe.files import atomic_write
+    from vwe.files import write_json
     from vwe.pretrain import load_pretrained
     from vwe.runs import provenance
 
@@ -211,13 +204,11 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
     out = a.out or out_dir / "linear_eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"model": name, "dataset": data.name, "data": data.provenance(),
-                       "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
-                       "mean": result.mean, "std": result.std, "accs": result.accs,
-                       "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
-                       "probe": result.summary(), "provenance": provenance(device)},
-                      indent=2) + "\n"
-    atomic_write(out, lambda tmp: tmp.write_text(text))
+    write_json(out, {"model": name, "dataset": data.name, "data": data.provenance(),
+                     "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,
+                     "mean": result.mean, "std": result.std, "accs": result.accs,
+                     "seeds": list(cfg.probe_seeds), "probe_epochs": cfg.probe_epochs,
+                     "probe": result.summary(), "provenance": provenance(device)})
     print(f"top-1 accuracy: {result}\nresults: {out}")
 
 
@@ -234,8 +225,8 @@ def cmd_table(a: argparse.Namespace) -> None:
     out_dir = a.out_dir or profile_dir(cfg.profile, cfg.epochs)
     cfg, data, _ = resolve(cfg, **_sources(a))
     table = run_table(cfg, out_dir, rows=a.rows, data=data, progress=not a.no_progress)
-    say("\n" + table.files["md"].read_text())
-    say("results: " + ", ".join(str(p) for p in table.files.values()))
+    distributed.print0("\n" + table.files["md"].read_text())
+    distributed.print0("results: " + ", ".join(str(p) for p in table.files.values()))
 
 
 def cmd_embed(a: argparse.Namespace) -> None:

@@ -323,6 +323,6 @@ def batch_views(views: int, original: bool, augmented: bool) -> tuple[int, bool]
     """What a pretraining batch holds of each image: (augmented views, whether the image itself too).
 
     Without augmentation every view would be the same image, so the batch is the images alone
-    (0, True): one view each. `Config.views_per_image` and `vwe.engine.PretrainStep` both read this.
+    (0, True): one view each. `Config.views_per_image` and `vwe.pretrain.PretrainStep` both read this.
     """
     return (views, original) if augmented else (0, True)

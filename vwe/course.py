@@ -26,9 +26,9 @@ import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
-from vwe.files import atomic_write
-from vwe.models import Autoencoder, build_model
-from vwe.pretrain import load_pretrained
+from vwe.files import atomic_write, write_json
+from vwe.models import Autoencoder
+from vwe.pretrain import MANIFEST, load_pretrained
 from vwe.results import measured_on
 from vwe.runs import latest_checkpoint, profile_dir
 
@@ -76,7 +76,6 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
 
 MODEL_NAMES = {"simple AE": "patch", "context AE": "context"}  # notebook name -> Config.model
 SHIPPED_DIR = "checkpoints"  # in the repository: compact CIFAR-100 weights and their manifest
-MANIFEST = "manifest.json"
 MODEL_SOURCES = ("auto", "shipped", "run")
 
 
@@ -102,21 +101,14 @@ def shipped_manifest(folder: str | Path | None = None) -> dict:
 def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | Path | None = None
                  ) -> Pretrained:
     """A shipped autoencoder ("context" or "patch"): its file's sha256 checked against the manifest,
-    loaded with `weights_only=True`, its fp16 weights back in fp32, in eval mode."""
+    loaded with `weights_only=True`, its fp16 weights back in fp32, in eval mode (`load_pretrained`)."""
     folder = Path(folder or project_dir() / SHIPPED_DIR)
     manifest = shipped_manifest(folder)
     entry = manifest["models"].get(model)
     if entry is None:
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
-    blob = (folder / entry["file"]).read_bytes()
-    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-        raise ValueError(f"{folder / entry['file']} does not match the sha256 in {MANIFEST}: the file is "
-                         "damaged or was replaced; restore it with git (git checkout -- checkpoints)")
-    cfg = Config.from_dict(entry["config"])
-    net = build_model(**cfg.model_args)
-    weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
-    data, last = entry["data"], entry["metrics"][-1]
+    net, cfg, state = load_pretrained(folder / entry["file"], device)
+    data, last = state["data"], state["metrics"][-1]
     # the epochs reached: a clock-stopped run (`Config.minutes`) ends inside one, with its steps there
     per_epoch = data["n_train"] // cfg.batch_size
     steps = int(last["epoch"]) * per_epoch + last.get("steps", 0)
@@ -125,7 +117,7 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
               f"{last['epoch']:g} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
               f"{steps * cfg.pairs_per_step:,} pairs")
-    return Pretrained(net.to(device).eval(), cfg, entry["metrics"], source)
+    return Pretrained(net, cfg, state["metrics"], source)
 
 
 def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: dict | None = None) -> dict:
@@ -154,8 +146,7 @@ def export_shipped(run_dir: str | Path, folder: str | Path | None = None, data: 
         manifest = {"about": "compact weights of the course's autoencoders (fp16 state dicts), "
                              "loaded by vwe.course.load_shipped", "models": {}}
     manifest["models"][cfg.model] = entry
-    text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+    write_json(folder / MANIFEST, manifest)
     return entry
 
 
@@ -283,10 +274,10 @@ def _write_timings(timings: list[dict], cfg: Config, out_dir: Path) -> None:
     """out_dir/course.json: each notebook's wall time, with the data, machine, revision, date and command
     (a results file: committed as docs/results/course-<profile>.json, the README's course table reads it)."""
     _, data, device = resolve(cfg)  # the notebooks' data, from the cache they left
-    header = {"title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
+    header = {"kind": "course",
+              "title": f"The course on the `{cfg.profile}` profile: each notebook's wall time",
               "profile": cfg.profile, "data": data.provenance(), **measured_on(device)}
-    text = json.dumps({"header": header, "notebooks": timings}, indent=2) + "\n"
-    atomic_write(out_dir / "course.json", lambda tmp: tmp.write_text(text))
+    write_json(out_dir / "course.json", {"header": header, "notebooks": timings})
 
 
 def _print_summary(timings: list[dict], out_dir: Path) -> None:

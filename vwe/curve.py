@@ -86,13 +86,6 @@ def trend(s: Series, probe: str, doublings: float = SLOPE_DOUBLINGS) -> Trend:
                  end + slope * math.log2(AUTHOR_PAIRS / last["pairs"]))
 
 
-def paper_accuracy() -> dict[str, float]:
-    """The paper's Table 1 at the author's compute, by model: its figures as `vwe.table` holds them."""
-    from vwe.table import BY_KEY  # the table's rows hold the paper's figures, once
-
-    return {"context": BY_KEY["context-resnet32-aug"].paper, "patch": BY_KEY["patch-resnet32-aug"].paper}
-
-
 def longest(all_series: Sequence[Series]) -> list[Series]:
     """The series pretrained on the most images: the curve that reaches furthest, which is extrapolated."""
     most = max(s.n_train for s in all_series)

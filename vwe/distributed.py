@@ -47,6 +47,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def print0(*args, **kwargs) -> None:
+    """`print` on rank 0 only (every process, under torchrun, runs the same code), flushed at once."""
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
 @contextmanager
 def launched() -> Iterator[None]:
     """Join torchrun's process group for the duration (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and

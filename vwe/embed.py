@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from vwe.data import DATASETS, FOLDER_PREFIX, absolute_dataset_name, describe, load_dataset
-from vwe.data.folder import bad_files_message, decode_files, list_files
+from vwe.data.folder import bad_files_message, decode_files, list_files, skips_bad
+from vwe.files import write_json
 from vwe.patches import N_PATCHES
 from vwe.pretrain import load_pretrained
 from vwe.words import batched_features, patch_embeddings
@@ -53,17 +54,18 @@ class Images:
 
 
 def load_images(source: str, split: str = "all", n_train: int | None = None, n_test: int | None = None,
-                seed: int = 0, root: str | Path | None = None, skip_bad: bool = False,
+                seed: int = 0, root: str | Path | None = None, skip_bad: bool | None = None,
                 progress: bool = True, cifar100_md5: str | None = None, cifar10_md5: str | None = None
                 ) -> Images:
     """The images named by `source` (module doc). For a dataset, `split` picks train, test or all
     (train first), `n_train`/`n_test`/`seed` and the archives' md5s as in `load_dataset`; `skip_bad`
-    leaves out the files that do not decode (with their count in `source`) instead of refusing them."""
+    leaves out the files that do not decode (with their count in `source`) instead of refusing them
+    (None: as $VWE_SKIP_BAD_IMAGES says, `vwe.data.folder.skips_bad`), for a dataset as for a folder."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     if source in DATASETS or source.startswith(FOLDER_PREFIX):
         ds = load_dataset(source, root=root, n_train=n_train, n_test=n_test, seed=seed,
-                          cifar100_md5=cifar100_md5, cifar10_md5=cifar10_md5, skip_bad=skip_bad or None)
+                          cifar100_md5=cifar100_md5, cifar10_md5=cifar10_md5, skip_bad=skip_bad)
         parts = ("train", "test") if split == "all" else (split,)
         files = [getattr(ds, f"{p}_files") for p in parts]
         return Images(
@@ -84,7 +86,7 @@ def load_images(source: str, split: str = "all", n_train: int | None = None, n_t
         raise FileNotFoundError(f"{source!r} is neither a dataset ({', '.join(DATASETS)}, "
                                 f"{FOLDER_PREFIX}PATH) nor an image file or folder")
     images, good, bad = decode_files(folder, names, progress, desc=f"decoding {path.name}")
-    if bad and not skip_bad:
+    if bad and not skips_bad(skip_bad):
         raise ValueError(bad_files_message(folder, bad))
     if not good:
         raise ValueError(f"no file under {path} decodes as an image")
@@ -132,7 +134,7 @@ def save_embeddings(path: str | Path, result: dict) -> list[Path]:
         patches_path.unlink(missing_ok=True)  # a stale one from an earlier run would be misread
     rest = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()
             if k not in ("embeddings", "patch_embeddings")}
-    json_path.write_text(json.dumps(rest) + "\n")
+    write_json(json_path, rest)
     return written + [json_path]
 
 
@@ -155,11 +157,10 @@ def load_embeddings(path: str | Path) -> dict:
 
 def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path, patches: bool = False,
                   split: str = "all", batch_size: int = 256, device: torch.device | str = "cpu",
-                  skip_bad: bool = False, progress: bool = True, cifar100_md5: str | None = None,
-                  cifar10_md5: str | None = None) -> tuple[dict, list[Path]]:
-    """Load `checkpoint` (a file or a run directory), embed `images` (a source for `load_images`, with
-    `skip_bad` and the md5s, or loaded `Images`), write `out`; returns (the result dict, the files
-    written).
+                  progress: bool = True, **sources) -> tuple[dict, list[Path]]:
+    """Load `checkpoint` (a file, a run directory or shipped weights), embed `images` (a source for
+    `load_images`, with its `sources`: `skip_bad` and the archives' md5s; or loaded `Images`), write
+    `out`; returns (the result dict, the files written).
 
     A dataset source that is the checkpoint's own dataset gets the checkpoint's sizes and seed (the
     images it was trained and tested on); any other dataset is read whole.
@@ -170,8 +171,7 @@ def embed_to_file(checkpoint: str | Path, images: str | Images, out: str | Path,
     if isinstance(images, str):
         same = dict(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed)
         sizes = same if absolute_dataset_name(images) == cfg.dataset else {}
-        images = load_images(images, split, skip_bad=skip_bad, progress=progress, cifar100_md5=cifar100_md5,
-                             cifar10_md5=cifar10_md5, **sizes)
+        images = load_images(images, split, progress=progress, **sources, **sizes)
     result = embed(model, images.images, batch_size, patches, progress)
     if images.labels is not None:
         result.update(labels=images.labels, classes=images.classes)

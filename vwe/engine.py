@@ -3,12 +3,14 @@
 A step is a function of one batch (images (B, 3, 32, 32) uint8, and for the supervised row labels
 (B,)) on the training device that does one optimisation step and returns the loss as a 0-d fp32
 tensor, without a host sync. `Step` is the plain one: what a trainer adds is its augmentation
-(`draw`) and its loss (`loss`): `PretrainStep` here, `vwe.supervised.SupervisedStep` for the
-supervised row. `vwe.fast_step.FastStep` runs the same two at GPU speed (bf16, torch.compile, a CUDA
-graph); the CPU, and so the course, trains with the plain step (`train` decides, once).
+(`draw`) and its loss (`loss`): `vwe.pretrain.PretrainStep` for the autoencoders,
+`vwe.supervised.SupervisedStep` for the supervised row. On CUDA `vwe.fast_step.FastStep` runs the
+same two at GPU speed (bf16, torch.compile, a CUDA graph); the CPU, and so the course, trains with the
+plain step.
 
-`train` is what both trainers set up around `fit` (seed, model, optimizer, run folder, resume,
-step); `held_out_sum` the evaluation loop under both trainers' held-out scores.
+Each trainer reads top to bottom in its own module (seed, build, optimizer, open the run, resume,
+the step, `fit`); what they share is here: `training_data` (the data on the device, checked),
+`fit` and `held_out_sum`, the evaluation loop under both trainers' held-out scores.
 
 Under torchrun every process draws the augmentation of the whole global batch, as one process does,
 and trains on its slice of it inside DistributedDataParallel (`vwe.distributed`).
@@ -20,22 +22,18 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vwe import distributed
-from vwe.augment import AugmentConfig, AugmentParams, apply_params, batch_views, sample_params
-from vwe.checks import check_images, is_int
 from vwe.config import Config, check_resolved
-from vwe.data import Dataset, batches, to_float
-from vwe.fast_step import PLAIN, FastStep, StepOptions, for_device
-from vwe.runs import NonFiniteLossError, Run, open_run
+from vwe.data import Dataset, batches, full_batches
+from vwe.runs import NonFiniteLossError, Run
 
 CLOCK_EVERY = 50  # steps between the processes' agreements on a time box's end, under torchrun
+clock = time.monotonic  # what a time box (`Config.minutes`) reads; a test puts a clock of its own here
 
 
 class Step:
@@ -80,48 +78,6 @@ class Step:
         return loss.detach()
 
 
-class PretrainStep(Step):
-    """The autoencoders' step: (B, 3, 32, 32) uint8 -> MSE loss over every view of every image.
-
-    `aug=None` trains without augmentation (the paper's ablation). With `aug` the model sees `views`
-    augmented views of every image, after the image itself when `original` (the author's code: 3
-    views and the original).
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, aug: AugmentConfig | None,
-                 aug_gen: torch.Generator, views: int = 1, original: bool = False):
-        super().__init__(model, optimizer)
-        if not is_int(views) or views < 1:
-            raise ValueError(f"views is the number of augmented views of each image, >= 1, got {views!r}")
-        if aug is not None and aug_gen.device.type != self.device.type:
-            raise ValueError(f"the augmentation generator lives on {aug_gen.device} but the model on "
-                             f"{self.device}; make it with torch.Generator(device={str(self.device)!r})")
-        self.aug, self.aug_gen = aug, aug_gen
-        self.views, self.original = batch_views(views, original, aug is not None)
-        # DDP hooks `forward` only: under torchrun the loss goes through a module whose forward it is
-        self.net = (distributed.data_parallel(distributed.ForwardLoss(model), self.device)
-                    if distributed.world() > 1 else model.forward_loss)
-
-    def draw(self, n: int) -> tuple[Tensor, ...]:
-        if self.aug is None:
-            return ()
-        params = sample_params(n * self.views, self.aug, self.aug_gen, self.device)  # view-major
-        return tuple(getattr(params, f.name) for f in fields(params))
-
-    def loss(self, net: Callable[[Tensor], Tensor], images: Tensor, *params: Tensor) -> Tensor:
-        x = to_float(images)  # (B, 3, 32, 32) in [0, 1]
-        if self.aug is not None:
-            views = apply_params(x.repeat(self.views, 1, 1, 1), AugmentParams(*params), self.aug)
-            x = torch.cat([x, views]) if self.original else views  # ((V + 1) * B or V * B, 3, 32, 32)
-        return net(x)
-
-    def check(self, images: Tensor) -> None:
-        check_images(images, "uint8", name="a training batch")
-        if images.device.type != self.device.type:
-            raise ValueError(f"the batch is on {images.device} but the step trains on {self.device}; "
-                             "move the dataset with Dataset.to(device) first")
-
-
 def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], batch_size: int,
                     shuffle_gen: torch.Generator, epoch: int, progress: bool = True,
                     done: Tensor | None = None, stop: Callable[[int], bool] | None = None) -> Tensor:
@@ -137,9 +93,7 @@ def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], bat
     once, at the end: a per-step `loss.item()` is a CPU-GPU sync point that would stall every step.
     """
     n, device = len(inputs[0]), inputs[0].device
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"{n} training images are fewer than one batch of {batch_size}")
+    steps = full_batches(n, batch_size)
     first = 0 if done is None else len(done)
     losses = torch.zeros(steps, device=device)
     if done is not None:
@@ -166,8 +120,7 @@ def train_one_epoch(step: Callable[..., Tensor], inputs: tuple[Tensor, ...], bat
     return losses
 
 
-def clock_stop(minutes: float, device: torch.device, clock: Callable[[], float] = time.monotonic
-               ) -> Callable[[int], bool]:
+def clock_stop(minutes: float, device: torch.device) -> Callable[[int], bool]:
     """`train_one_epoch`'s `stop` for a time box: True once `minutes` have passed on `clock` since
     this call, never when asked first (every time-boxed `fit` trains at least one step, so it leaves
     a checkpoint).
@@ -219,13 +172,12 @@ def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> Non
 
 def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[..., Tensor],
         inputs: tuple[Tensor, ...], batch_size: int, evaluate: Callable[[], dict[str, float]],
-        lr_at: Callable[[int], float] | None = None, progress: bool = True,
-        clock: Callable[[], float] = time.monotonic) -> list[dict]:
+        lr_at: Callable[[int], float] | None = None, progress: bool = True) -> list[dict]:
     """The epoch loop: from the run's last checkpoint to `run.cfg.epochs`, train, evaluate, checkpoint.
 
     `evaluate()` gives the held-out scores logged with each epoch (e.g. {"test_loss": ...});
     `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). With
-    `run.cfg.minutes` the loop stops once that much time has passed on `clock` (`clock_stop`), with
+    `run.cfg.minutes` the loop stops once that much time has passed (`clock_stop`), with
     `run.cfg.steps` once that many steps have been trained in all, at an epoch's end or inside one:
     the steps done are evaluated and checkpointed like an epoch, and the next call resumes at the next
     step, bit for bit as if nothing had stopped. Returns the metrics of
@@ -233,9 +185,9 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
     in eval mode.
     """
     progress = progress and distributed.is_main()
-    steps = len(inputs[0]) // batch_size  # a full epoch
+    steps = full_batches(len(inputs[0]), batch_size)  # a full epoch
     last = run.cfg.epochs if run.cfg.steps is None else min(run.cfg.epochs, math.ceil(run.cfg.steps / steps))
-    time_up = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device, clock)
+    time_up = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device)
     epochs = tqdm(range(run.epoch + 1, last + 1), initial=run.epoch, total=last, desc=run.name,
                   disable=not progress)
     for epoch in epochs:
@@ -289,7 +241,8 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
 def held_out_sum(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int,
                  score: Callable[..., Tensor]) -> Tensor:
     """The sum of `score(*batch)` over `inputs` (each (N, ...), images (N, 3, 32, 32) uint8 first) in
-    eval mode, bf16 on CUDA; the model's mode is restored after. Returns a 0-d fp32 tensor.
+    eval mode, in fp32 on every device (the table's rows share one precision: the probes read fp32
+    features); the model's mode is restored after. Returns a 0-d fp32 tensor.
 
     Under torchrun each process scores its share and the sums are added: every process returns the
     same number.
@@ -301,50 +254,18 @@ def held_out_sum(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int,
     part = distributed.shard(len(inputs[0]))
     mine = tuple(x[part] for x in inputs)
     for idx in batches(len(mine[0]), batch_size, shuffle=False, device=device):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            total += score(*(x[idx] for x in mine))
+        total += score(*(x[idx] for x in mine))
     model.train(was_training)
     return distributed.sum_across(total)
 
 
-def train(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.device | None, *, name: str,
-          identity: dict, record: dict | None, batch_size: int, labels: bool,
-          build: Callable[[int], nn.Module], optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-          step: Callable[[nn.Module, torch.optim.Optimizer, torch.Generator], Step], options: StepOptions,
-          evaluate: Callable[[nn.Module, Dataset], dict[str, float]],
-          lr_at: Callable[[int], float] | None = None, fresh: bool = False, progress: bool = True,
-          sync_bn: bool = True, clock: Callable[[], float] = time.monotonic
-          ) -> tuple[Run, nn.Module, list[dict]]:
-    """Set up a run and `fit` it: what both trainers do, given what differs between them.
-
-    `cfg`, `data` and `device` as `vwe.config.resolve` makes them (`device` None: where `data` is);
-    the run folder `run_dir` holds run `name` of `identity` (plus `record`), trained in batches of
-    `batch_size` on the training images (and `labels`). After seeding with `cfg.seed`:
-    `build(dense_convs)` makes the model (its tower's convolutions on maps of at most `dense_convs`
-    pixels as matrix products, `vwe.fast`), `optimizer(model)` its optimizer, `step(model,
-    optimizer, aug_gen)` the plain step, which on CUDA runs as `FastStep(step, options)`;
-    `evaluate(model, data)` gives the held-out scores of each epoch; `clock` times a time box
-    (`cfg.minutes`, `fit`). Returns the run (closed), the model (eval mode) and the metrics of every
-    epoch.
-    """
+def training_data(cfg: Config, data: Dataset, device: torch.device | None, batch_size: int
+                  ) -> tuple[Dataset, torch.device]:
+    """A trainer's data on its training device (`device` None: where `data` is), the whole dataset as
+    uint8, after checking that `cfg` and `data` are what `vwe.config.resolve` made and that they hold
+    a full global batch of `batch_size` that splits over the processes. Returns (data, device)."""
     check_resolved(cfg, data)
-    device = device or data.train_images.device
-    n_train = len(data.train_labels)
-    if batch_size > n_train:
-        raise ValueError(f"the batch of {batch_size} is more than the {n_train} training images: no full "
-                         f"batch to train on; use a batch of at most {n_train} or more images")
+    full_batches(len(data.train_labels), batch_size)
     distributed.check_batch(batch_size)
-    data = data.to(device)  # the whole dataset lives on the device as uint8
-    options = for_device(options, device)
-
-    torch.manual_seed(cfg.seed)
-    model = distributed.prepare_model(build(options.dense_convs).to(device), device, sync_bn)
-    opt = optimizer(model)
-    with open_run(run_dir, name, cfg, identity, data, device, record, fresh) as run:
-        run.resume(model, opt)  # before the step: a CUDA graph captures the loaded optimizer
-        plain = step(model, opt, run.aug_gen)
-        fast = plain if options == PLAIN else FastStep(plain, options)
-        inputs = (data.train_images, data.train_labels) if labels else (data.train_images,)
-        metrics = fit(run, model, opt, fast, inputs, batch_size, lambda: evaluate(model, data), lr_at=lr_at,
-                      progress=progress, clock=clock)
-    return run, model, metrics
+    device = device or data.train_images.device
+    return data.to(device), device

@@ -110,7 +110,6 @@ def linear_probe(
     batch_size: int = 128,
     lr: float = 1e-3,
     num_classes: int | None = None,
-    progress: bool = False,
     norm: str = "standard",
 ) -> ProbeResult:
     """Train one linear layer on frozen features and report top-1 accuracy.
@@ -142,7 +141,7 @@ def linear_probe(
     gen = torch.Generator().manual_seed(seed)
     n = len(train_feats)
     losses, train_accs = [], []
-    for _ in tqdm(range(epochs), desc=f"probe seed {seed}", disable=not progress, leave=False):
+    for _ in range(epochs):
         total = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         for idx in batches(n, batch_size, shuffle=True, generator=gen, device=device):
@@ -188,11 +187,13 @@ def linear_eval(
     test_feats: torch.Tensor,
     test_labels: torch.Tensor,
     seeds: tuple[int, ...] = (0, 1, 2),
+    progress: bool = False,
     **probe_kwargs,
 ) -> LinearEval:
-    """`linear_probe` once per seed; mean and sample std of the test accuracy."""
+    """`linear_probe` once per seed (a progress bar over them with `progress`); mean and sample std of
+    the test accuracy."""
     runs = [linear_probe(train_feats, train_labels, test_feats, test_labels, seed=s, **probe_kwargs)
-            for s in seeds]
+            for s in tqdm(seeds, desc="probe seeds", disable=not progress, leave=False)]
     accs = [r.test_acc for r in runs]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
     return LinearEval(statistics.fmean(accs), std, accs, runs)

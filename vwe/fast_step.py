@@ -12,7 +12,7 @@ the same generator in the same order. What changes is how it is computed, set by
                      of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never;
                      the model is built so (`vwe.models.build_model(dense_convs=...)`)
 
-The trainers wrap their step in it on CUDA only (`vwe.engine.train`; the pretraining step with
+The trainers wrap their step in it on CUDA only (`for_device`, `in_form`; the pretraining step with
 `default_options`: all of them, dense_convs=16; BENCHMARKS.md measures each). FastStep computes the
 step's loss with its own form of the step's network (`Step.loss(net, ...)`): compiled, in bf16.
 Under torchrun the compiled network is the DDP module (not fullgraph) and the CUDA graph is off,
@@ -36,7 +36,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -44,11 +43,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from vwe.checks import is_int
-from vwe.distributed import is_main, world
+from vwe.distributed import print0, world
+from vwe.engine import Step
 from vwe.fast import Conv2d
-
-if TYPE_CHECKING:  # vwe.engine builds FastSteps: it imports this module
-    from vwe.engine import Step
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
@@ -110,8 +107,13 @@ def default_options(compile: bool = True) -> StepOptions:
 
 def for_device(options: StepOptions, device: torch.device) -> StepOptions:
     """`options` on CUDA, PLAIN elsewhere: bf16, torch.compile and a CUDA graph are for the GPU; the
-    CPU, and so the course, trains with the plain step (`vwe.engine.train` asks here)."""
+    CPU, and so the course, trains with the plain step (each trainer asks here)."""
     return options if device.type == "cuda" else PLAIN
+
+
+def in_form(step: Step, options: StepOptions) -> Step | FastStep:
+    """`step` computed as `options` say: the plain step itself for PLAIN, else a `FastStep` of it."""
+    return step if options == PLAIN else FastStep(step, options)
 
 
 def capture_hazards(fn: Callable[[], object]) -> list[str]:
@@ -223,8 +225,7 @@ class FastStep:
         self.parallel = world() > 1
         if self.parallel and options.cuda_graph:
             options = replace(options, cuda_graph=False)
-            if is_main():
-                print("note: no CUDA graph under DDP (unproven there); the step runs without it")
+            print0("note: no CUDA graph under DDP (unproven there); the step runs without it")
         built = {m.dense_pixels for m in model.modules() if isinstance(m, Conv2d)}
         if built and built != {options.dense_convs}:
             raise ValueError(f"options.dense_convs is {options.dense_convs} but the model's convolutions "

@@ -1,9 +1,11 @@
-"""Files written whole or not at all, and file digests: the two primitives every writer and checker
-of the package uses (run folders, caches, results, shipped checkpoints, archives)."""
+"""Files written whole or not at all (`atomic_write`, and `write_json` for every JSON file), and file
+digests: the primitives every writer and checker of the package uses (run folders, caches, results,
+shipped checkpoints, archives)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,13 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def write_json(path: str | Path, payload: object) -> None:
+    """`payload` as indented JSON with a final newline, written whole or not at all (`atomic_write`):
+    the one form of every JSON file the package writes (results, records, manifests, configs)."""
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

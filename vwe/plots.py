@@ -485,13 +485,14 @@ CURVE_PROBES = {"author": "author's evaluation (tower 1 024-d, raw, 10 ep)",
                 "standard": "standardised probe (tower 1 024-d, 30 ep)"}
 
 
-def plot_scale_curve(points: Sequence[Mapping[str, object]]) -> Figure:
+def plot_scale_curve(points: Sequence[Mapping[str, object]],
+                     paper: Mapping[str, float] | None = None) -> Figure:
     """Validation accuracy against pretraining compute, one panel per probe, one line per run (recipe,
     model, pretraining images): the points that `scripts/scale_curve.py` writes (x: (context, target)
     pairs trained on, log scale, reaching to the author's compute; error bars: the probe seeds' std).
     The runs pretrained on the most images are extrapolated to the author's compute along their last
-    doublings' slope (dotted, `vwe.curve.trend`), where the paper's two figures stand (stars: test
-    split, the author's evaluation only)."""
+    doublings' slope (dotted, `vwe.curve.trend`), where `paper`'s figures stand, by model (stars: test
+    split, on the author's evaluation only; `vwe.table.PAPER_BY_MODEL`)."""
     from vwe import curve
 
     if not points:
@@ -516,7 +517,7 @@ def plot_scale_curve(points: Sequence[Mapping[str, object]]) -> Figure:
                             (curve.AUTHOR_PAIRS, t.at_author), xytext=(-6, 0), textcoords="offset points",
                             ha="right", va="center", fontsize=7, color=colour)
         if probe == "author":
-            for model, acc in curve.paper_accuracy().items():
+            for model, acc in (paper or {}).items():
                 colour, name = _MODEL_STYLE.get(model, ("tab:grey", model))
                 ax.plot([curve.AUTHOR_PAIRS], [acc], marker="*", markersize=13, color=colour,
                         markeredgecolor="black", linestyle="none", label=f"paper, {name} (test split)")

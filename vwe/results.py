@@ -1,19 +1,14 @@
 """Results as data: a table's rows, the paper's claims and when a gap counts, and the files they go to.
 
-A measurement is one JSON file (`write_results`' payload: a header saying what ran, with the command,
-revision, date, machine and data, then every row with each probe seed's figure, then the claims).
-`make paper`, notebook 05 and the scripts write one into their run folder; the measurements the docs
-show are such files committed under `docs/results/`, and
-
-    python -m vwe.results            # renders docs/results.md and the README's results block
-    python -m vwe.results --check    # fails when either differs from what the files render to
-
-so a figure in the docs changes only by measuring again or rendering again.
+A measurement is one JSON file: a header saying what ran (its `kind`, with the command, revision,
+date, machine and data), then its figures. `write_results` writes a table's (every row with each
+probe seed's figure, then the claims); `make paper`, notebook 05 and the scripts write theirs into
+their run folder. The measurements the docs show are such files committed under `docs/results/`,
+which `load_results` reads and `vwe.report` renders into the docs.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -175,11 +170,11 @@ CSV_COLUMNS = ("key", "method", "backbone", "augmentation", "epochs", "dim", "me
                "paper", "difference", "seconds")
 
 
-def _num(x: float | None) -> str:
+def num(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
-def _cell(probe: dict | None) -> str:
+def probe_cell(probe: dict | None) -> str:
     """A probe's 'mean ± std' for a table cell, '—' where the row has no such probe."""
     return "—" if probe is None else f"{probe['mean']:.2f} ± {probe['std']:.2f}"
 
@@ -224,12 +219,13 @@ def results_markdown(header: dict, rows: Sequence[RowResult], title: str | None 
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ours = _num(r.mean) + ("" if r.std is None else f" ± {r.std:.2f}")
+        ours = num(r.mean) + ("" if r.std is None else f" ± {r.std:.2f}")
         diff = "—" if r.difference is None else f"{r.difference:+.2f}"
         lines.append(f"| {r.method} | {r.backbone} | {r.augmentation} | {r.epochs} | {r.dim} | {ours} | "
-                     f"{_cell(r.probe(AUTHOR_PROBE))} | "
-                     f"{_cell(r.probe('embedding', 'raw'))} | {_cell(r.probe('tower', 'standard'))} | "
-                     f"{_cell(r.probe('tower', 'raw'))} | {_num(r.knn)} | {_num(r.paper)} | {diff} |")
+                     f"{probe_cell(r.probe(AUTHOR_PROBE))} | "
+                     f"{probe_cell(r.probe('embedding', 'raw'))} | "
+                     f"{probe_cell(r.probe('tower', 'standard'))} | "
+                     f"{probe_cell(r.probe('tower', 'raw'))} | {num(r.knn)} | {num(r.paper)} | {diff} |")
     norm = h.get("probe_norm", "standard")
     lines += [
         "",
@@ -261,7 +257,7 @@ def results_json(header: dict, rows: Sequence[RowResult]) -> str:
     """A results file's text: the header, every row with each probe seed's figure, the claims."""
     if not rows:
         raise ValueError("no row has a result to write; run at least one row")
-    payload = {"header": header, "rows": [dataclasses.asdict(r) for r in rows],
+    payload = {"header": {"kind": "table", **header}, "rows": [dataclasses.asdict(r) for r in rows],
                "claims": {name: claims(rows, probe) for name, probe in CLAIM_PROBES.items()}}
     return json.dumps(payload, indent=2) + "\n"
 
@@ -337,179 +333,16 @@ def results_dir() -> Path:
     return project_dir() / "docs" / "results"
 
 
+# What a results file holds, named by its header's "kind": the figures' key beside the header
+KINDS = {"table": "rows", "curve": "points", "course": "notebooks", "mutation": "mutation"}
+
+
 def load_results(name: str, folder: Path | None = None) -> dict:
-    """The committed results file `docs/results/<name>.json` (a `write_results` payload: "header",
-    "rows", "claims"; or a curve's: "header", "points")."""
+    """The committed results file `docs/results/<name>.json`: its "header" (with its `kind`, one of
+    KINDS) and its figures (a table's "rows" and "claims", a curve's "points", ...)."""
     folder = folder or results_dir()
     path = folder / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.json"))
         raise FileNotFoundError(f"no results file {path}; the committed ones are {known}")
     return json.loads(path.read_text())
-
-
-def _curve_markdown(payload: dict) -> list[str]:
-    """A scale curve's points as a table: per recipe and pretraining epoch, both models, both probes;
-    bold marks the model that is significantly ahead (`significant`)."""
-    h, points = payload["header"], payload["points"]
-    models, probes = ("context", "patch"), ("author", "standard")
-    names = {"context": "context AE", "patch": "simple AE"}
-    probe_names = {"author": "author's eval", "standard": "standardised"}
-    lines = ["| recipe | epoch | steps | pairs | " + " | ".join(
-                 f"{names[m]}, {probe_names[p]}" for p in probes for m in models) + " |",
-             "|---|---:|---:|---:|" + "---:|" * (len(models) * len(probes))]
-    by = {(p["profile"], p["epoch"], p["model"]): p for p in points}
-    for profile, epoch in sorted({(p["profile"], p["epoch"]) for p in points}):
-        pair = [by.get((profile, epoch, m)) for m in models]
-        if None in pair:
-            continue
-        cells = []
-        for probe in probes:
-            a, b = (p[probe] for p in pair)
-            for mine, other in ((a, b), (b, a)):
-                cell = _cell(mine)
-                cells.append(f"**{cell}**" if significant(other, mine) else cell)
-        lines.append(f"| `{profile}` | {epoch} | {pair[0]['steps']:,} | {pair[0]['pairs']:,} | "
-                     + " | ".join(cells) + " |")
-    return [f"# {h['title']}", "", h["what"], "", f"Measured on {h['machine']}, data {describe(h['data'])}, "
-            f"revision `{h['git']}`, {h['time']}. Commands:", "",
-            *(f"    {c}" for c in h["commands"]), "", *lines, "",
-            f"Validation top-1 %, mean ± sample std over probe seeds {', '.join(map(str, h['probe_seeds']))} "
-            f"(each model is one pretraining run). Bold: the model ahead by more than {SIGNIFICANT_SE:g} "
-            f"standard errors and {SIGNIFICANT_POINTS:g} points."]
-
-
-def _course_lines(payload: dict) -> list[str]:
-    """A course run's notebook times: what ran where, then one table row of seconds."""
-    h, notebooks = payload["header"], payload["notebooks"]
-    data, total = h["data"], sum(n["seconds"] for n in notebooks)
-    return [
-        f"Each notebook's wall time on the `{h['profile']}` profile, {data['dataset']} "
-        f"({data['n_train']:,} / {data['n_test']:,} images), {h['machine']}, revision `{h['git']}`, "
-        f"{h['time'][:10]}, `{h['command']}`:", "",
-        "| " + " | ".join(n["notebook"][:2] for n in notebooks) + " | all |",
-        "|" + "---:|" * (len(notebooks) + 1),
-        "| " + " | ".join(f"{n['seconds']:.0f} s" for n in notebooks) + f" | {total / 60:.1f} min |",
-    ]
-
-
-def _mutation_lines(payload: dict) -> list[str]:
-    """`make mutants`' score: the mutants killed of those run, what ran where."""
-    h, m = payload["header"], payload["mutation"]
-    return [f"{m['killed']:,} of {m['run']:,} mutants killed ({m['score']:.1f} %), {m['survived']} survived, "
-            f"{m['no_tests']} without a test; `{h['command']}` ({h['workers']} mutmut workers) in "
-            f"{h['seconds']} s on {h['machine']}, revision `{h['git']}`, {h['time'][:10]}. Every survivor "
-            "and why it cannot change a result: [testing.md](testing.md#mutation-score)."]
-
-
-def render_results_md(folder: Path | None = None) -> str:
-    """docs/results.md: every committed results file, a table each, newest measurement first."""
-    folder = folder or results_dir()
-    payloads = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-    if not payloads:
-        raise FileNotFoundError(f"no results file in {folder}")
-    order = sorted(payloads, key=lambda n: payloads[n]["header"]["time"], reverse=True)
-    out = ["# Results", "",
-           "Every figure here is rendered from a results file in [`results/`](results/) (`python -m "
-           "vwe.results` renders this page; a test checks it is current). Each section says what was "
-           "measured, on which data and machine, at which revision and with which command.", ""]
-    for name in order:
-        payload = payloads[name]
-        if "points" in payload:
-            body = _curve_markdown(payload)
-        elif "notebooks" in payload:
-            body = [f"# {payload['header']['title']}", "", *_course_lines(payload)]
-        elif "mutation" in payload:
-            body = [f"# {payload['header']['title']}", "", *_mutation_lines(payload)]
-        else:
-            h = payload["header"]
-            body = results_markdown(h, rows_of(payload), h.get("title")).splitlines()
-        # one level down: each file is a section of this page
-        out += ["#" + body[0], f"*File: [`results/{name}.json`](results/{name}.json)*", *body[1:], ""]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-GLANCE_FILE = "shipped-cifar100"  # the README's results: the models the course ships, every test image
-GLANCE_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-resnet32-aug",
-               "context-resnet32-aug")
-
-
-def _compare(name: str, lower: dict, higher: dict) -> str:
-    """One clause on whether `higher` leads `lower` on the probe `name`, from their figures."""
-    diff, in_se = gap(lower, higher)
-    size = f"{abs(diff):.2f} points ({abs(in_se):.1f} standard errors)"
-    if significant(lower, higher):
-        return f"on the {name} the context autoencoder leads the simple one by {size}, a gap that counts"
-    if diff > 0:
-        return (f"on the {name} the context autoencoder leads the simple one by {size}, short of the "
-                f"{SIGNIFICANT_POINTS:g} points and {SIGNIFICANT_SE:g} standard errors a gap needs to count")
-    return f"on the {name} it trails the simple one by {size}"
-
-
-def render_glance(folder: Path | None = None) -> str:
-    """The README's "results at a glance": a few rows of GLANCE_FILE and the verdict, computed."""
-    payload = load_results(GLANCE_FILE, folder)
-    h, by_key = payload["header"], {r.key: r for r in rows_of(payload)}
-    lines = [f"The shipped autoencoders (`checkpoints/`) and the untrained baselines, probed on "
-             f"{h['n_train']:,} {h['dataset']} training images and scored on {h['n_test']:,} test images "
-             f"({h['machine']}; revision `{h['git']}`, {h['time'][:10]}):", "",
-             "| row | dim | author's evaluation (tower, raw, 10 ep) | standardised probe | paper |",
-             "|---|---:|---:|---:|---:|"]
-    for key in GLANCE_ROWS:
-        r = by_key[key]
-        lines.append(f"| {r.method} | {r.dim} | {_cell(r.probe(AUTHOR_PROBE))} | "
-                     f"{_cell(r.probe('embedding', 'standard'))} | {_num(r.paper)} |")
-    simple, context = by_key["patch-resnet32-aug"], by_key["context-resnet32-aug"]
-    first = _compare("author's evaluation", simple.probe(AUTHOR_PROBE), context.probe(AUTHOR_PROBE))
-    second = _compare("standardised probe", simple.probe("embedding", "standard"),
-                      context.probe("embedding", "standard"))
-    lines += ["", f"Top-1 %, mean ± std over probe seeds. At this scale, {first}; {second}. The paper's gap "
-              "(34.08 against 17.81) comes from far longer pretraining: the author's checkpoint of epoch "
-              "120, 6 250 steps of 512 pairs an epoch on 50 000 images."]
-    return "\n".join(lines)
-
-
-COURSE_FILE = "course-cpu"  # the course's notebook times on the `cpu` profile (`make run-all`)
-
-
-def render_course(folder: Path | None = None) -> str:
-    """The README's course timings: each notebook's wall time from COURSE_FILE."""
-    return "\n".join(_course_lines(load_results(COURSE_FILE, folder)))
-
-
-def render_readme(text: str, blocks: dict[str, str]) -> str:
-    """`text` (the README) with each of `blocks` ({"results": ...}) between its markers
-    `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
-    for name, block in blocks.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        start, stop = text.find(begin), text.find(end)
-        if start < 0 or stop < start:
-            raise ValueError(f"README.md needs the lines {begin} and {end}, in that order")
-        text = text[: start + len(begin)] + "\n" + block + "\n" + text[stop:]
-    return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if docs/results.md or README.md is not what renders now")
-    args = p.parse_args(argv)
-    root = project_dir()
-    readme = root / "README.md"
-    targets = {root / "docs" / "results.md": render_results_md(),
-               readme: render_readme(readme.read_text(), {"results": render_glance(),
-                                                          "course": render_course()})}
-    stale = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
-    if args.check:
-        for path in stale:
-            print(f"{path.relative_to(root)} differs from what docs/results/ renders: run "
-                  "`python -m vwe.results` and commit the result", file=sys.stderr)
-        return 1 if stale else 0
-    for path in stale:
-        atomic_write(path, lambda tmp, text=targets[path]: tmp.write_text(text))
-        print(f"rendered {path.relative_to(root)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

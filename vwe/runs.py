@@ -39,7 +39,7 @@ from torch import nn
 from vwe import distributed
 from vwe.config import PROFILES, Config
 from vwe.data import Dataset, project_dir
-from vwe.files import atomic_write
+from vwe.files import atomic_write, write_json
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -50,6 +50,10 @@ TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temp names: .<name>.tm
 # bytes and never checks the zip's CRCs (a flipped byte in a tensor loads silently): we do.
 FOOTER_MAGIC = b"\nvwe-sha256\n"
 FOOTER_SIZE = len(FOOTER_MAGIC) + 32
+# A zip ends in its end-of-central-directory record, 22 bytes that start so (torch writes no zip
+# comment): a file that ends in one has no footer; any other tail must be a whole, intact footer.
+ZIP_END = b"PK\x05\x06"
+ZIP_END_SIZE = 22
 KEEP_CHECKPOINTS = 2  # the newest and one to fall back on if the newest is damaged
 
 
@@ -125,7 +129,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     blob = path.read_bytes()
-    source: Path | io.BytesIO = path  # no footer: written before vwe added one, loaded unverified
+    source: Path | io.BytesIO = path  # ends at its zip: written before vwe added a footer, unverified
+    if blob[-FOOTER_SIZE:-32] != FOOTER_MAGIC and blob[-ZIP_END_SIZE:][:4] != ZIP_END:
+        # bytes after the zip that are no footer: a footer damaged or cut off. torch.load would skip
+        # them and load the file unverified, the very case the footer is there to catch.
+        raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 footer is damaged or cut off "
+                              "(a damaged disk or an interrupted copy)")
     if blob[-FOOTER_SIZE:-32] == FOOTER_MAGIC:
         body = memoryview(blob)[:-FOOTER_SIZE]
         if hashlib.sha256(body).digest() != blob[-32:]:
@@ -361,8 +370,7 @@ class Run:
         if distributed.is_main():
             write_metrics(self.dir, self.metrics)  # drop epochs logged after the checkpoint we resume from
             config = {**self.cfg.to_dict(), **self.record, "data": self.data}
-            config_text = json.dumps(config, indent=2) + "\n"
-            atomic_write(self.dir / CONFIG_FILE, lambda tmp: tmp.write_text(config_text))
+            write_json(self.dir / CONFIG_FILE, config)
 
     def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
              losses: torch.Tensor | None = None) -> None:

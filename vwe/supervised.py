@@ -6,9 +6,9 @@ batch 128, random crop with 4-pixel zero padding and a horizontal flip, and no w
 is built without one). The row's number is the test top-1 accuracy of
 one run (seed `cfg.seed`) after the last epoch; no linear probe is involved.
 
-It trains as `vwe.pretrain.pretrain` does: its step (`SupervisedStep`) set up by `vwe.engine.train`
-around `vwe.engine.fit` in a run folder of `vwe.runs`, data-parallel under torchrun. A resume must
-share the config's supervised identity (`vwe.config.SUPERVISED_FIELDS`) and the recipe.
+It trains as `vwe.pretrain.pretrain` does, read top to bottom in `train_supervised`: its step
+(`SupervisedStep`) in `vwe.engine.fit`, in a run folder of `vwe.runs`, data-parallel under torchrun.
+A resume must share the config's supervised identity (`vwe.config.SUPERVISED_FIELDS`) and the recipe.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from vwe import distributed
 from vwe.config import Config
 from vwe.data import Dataset, to_float
-from vwe.engine import Step, held_out_sum, train
-from vwe.fast_step import StepOptions
+from vwe.engine import Step, fit, held_out_sum, training_data
+from vwe.fast_step import StepOptions, for_device, in_form
 from vwe.models import Classifier
+from vwe.runs import open_run
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,25 @@ def train_supervised(
     Under torchrun the processes train data-parallel; `sync_bn` as in `vwe.pretrain.pretrain`.
     """
     recipe = recipe or SupervisedRecipe()
-    run, model, metrics = train(
-        cfg, run_dir, data, device, name=f"supervised-{cfg.tower}", identity=cfg.identity("supervised"),
-        record={"recipe": dataclasses.asdict(recipe)}, batch_size=recipe.batch_size, labels=True,
-        build=lambda dense: Classifier(cfg.tower, data.num_classes, dense),
-        optimizer=lambda m: recipe.optimizer(m.parameters()),
-        step=lambda m, opt, aug_gen: SupervisedStep(m, opt, recipe.pad, aug_gen),
-        # bf16 on channels_last weights, compiled; SGD: no CUDA graph
-        options=StepOptions(bf16=True, channels_last=True, compile="default" if cfg.compile else None),
-        evaluate=lambda m, d: {"test_acc": accuracy(m, d.test_images, d.test_labels, cfg.eval_batch_size)},
-        lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), fresh=fresh, progress=progress, sync_bn=sync_bn)
+    data, device = training_data(cfg, data, device, recipe.batch_size)
+    # bf16 on channels_last weights, compiled; SGD: no CUDA graph
+    compile_mode = "default" if cfg.compile else None
+    options = for_device(StepOptions(bf16=True, channels_last=True, compile=compile_mode), device)
+
+    torch.manual_seed(cfg.seed)
+    model = Classifier(cfg.tower, data.num_classes, options.dense_convs)
+    model = distributed.prepare_model(model.to(device), device, sync_bn)
+    optimizer = recipe.optimizer(model.parameters())
+    record = {"recipe": dataclasses.asdict(recipe)}
+    with open_run(run_dir, f"supervised-{cfg.tower}", cfg, cfg.identity("supervised"), data, device, record,
+                  fresh) as run:
+        run.resume(model, optimizer)
+        step = SupervisedStep(model, optimizer, recipe.pad, run.aug_gen)
+        inputs = (data.train_images, data.train_labels)
+
+        def evaluate() -> dict[str, float]:
+            return {"test_acc": accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)}
+
+        metrics = fit(run, model, optimizer, in_form(step, options), inputs, recipe.batch_size, evaluate,
+                      lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), progress=progress)
     return SupervisedResult(run.dir, run.checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])

@@ -48,7 +48,7 @@ from vwe.evaluate import (
     random_weights_model,
     split_features,
 )
-from vwe.files import atomic_write, file_digest
+from vwe.files import file_digest, write_json
 from vwe.pretrain import pretrain
 from vwe.results import (
     AUTHOR_PROBE,
@@ -106,6 +106,8 @@ ROWS: tuple[Row, ...] = (
 )
 ROW_KEYS = tuple(r.key for r in ROWS)
 BY_KEY = {r.key: r for r in ROWS}
+# the paper's figure for each autoencoder with the ResNet-32 tower and augmentation, by model
+PAPER_BY_MODEL = {model: BY_KEY[f"{model}-resnet32-aug"].paper for model in ("context", "patch")}
 
 
 @dataclass
@@ -309,8 +311,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
         "epochs": epochs, **evaluation, "seconds": round(time.perf_counter() - t0, 1),
         "provenance": provenance(device),
     }
-    text = json.dumps(saved, indent=2) + "\n"
-    atomic_write(run_dir / RESULTS_FILE, lambda tmp: tmp.write_text(text))
+    write_json(run_dir / RESULTS_FILE, saved)
     distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
 
@@ -390,11 +391,10 @@ def run_table(
         out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     header = table_header(cfg, data, device, fingerprint)
-    say = print if distributed.is_main() else lambda *args, **kwargs: None
-    say(f"Table 1 | {describe(header)} | profile {cfg.profile} | device {header['device']} | "
+    distributed.print0(f"Table 1 | {describe(header)} | profile {cfg.profile} | device {header['device']} | "
           f"{cfg.epochs} epochs, probe {cfg.probe_epochs} epochs x seeds {list(cfg.probe_seeds)} "
-          f"| {len(selected)} rows -> {out_dir}", flush=True)
-    say(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}", flush=True)
+          f"| {len(selected)} rows -> {out_dir}")
+    distributed.print0(f"  each pretrained row: {cfg.cost_text(len(data.train_labels))}")
 
     # The remaining time is extrapolated from the rows run so far, per epoch x training image still
     # to train (a resumed row has fewer epochs left), each row's work counted once, before it runs.
@@ -423,7 +423,7 @@ def run_table(
             line += f"; about {_duration(spent / done_work * left)} left"
         std = "" if res.std is None else f" ± {res.std:.2f}"
         paper = "not in the paper" if res.paper is None else f"paper {res.paper:.2f} on CIFAR-100"
-        say(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %", flush=True)
+        distributed.print0(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %")
     for row in ROWS:
         if row.key not in results and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
             results[row.key] = done

@@ -33,7 +33,7 @@ from vwe.data.cifar import (
     load_cifar10,
     load_cifar100,
 )
-from vwe.data.dataset import Dataset, batches, data_dir, describe, project_dir, to_float
+from vwe.data.dataset import Dataset, batches, data_dir, describe, full_batches, project_dir, to_float
 from vwe.data.folder import FOLDER_PREFIX, load_folder
 from vwe.data.shapes import SHAPE_CLASSES, SHAPES_TEST, SHAPES_TRAIN, make_shapes
 
@@ -42,7 +42,8 @@ __all__ = [
     "CIFAR100_ARCHIVE", "CIFAR100_CACHE", "CIFAR100_MD5_ENV", "CIFAR100_URL",
     "DATASETS", "FOLDER_PREFIX", "SHAPE_CLASSES", "Dataset",
     "absolute_dataset_name", "batches", "check_dataset_name", "cifar100_available", "data_dir",
-    "dataset_type", "describe", "load_cifar10", "load_cifar100", "load_dataset", "load_folder",
+    "dataset_type", "describe", "full_batches", "load_cifar10", "load_cifar100", "load_dataset",
+    "load_folder",
     "make_shapes", "project_dir", "to_float",
 ]
 

@@ -199,6 +199,14 @@ def save_cache(payload: dict, path: Path, what: str) -> None:
                       "next time", stacklevel=3)
 
 
+def full_batches(n: int, batch_size: int) -> int:
+    """The full batches of `batch_size` in `n` images (an epoch's steps); ValueError when there is none."""
+    if batch_size > n:
+        raise ValueError(f"the batch of {batch_size} is more than the {n} training images: no full batch "
+                         f"to train on; use a batch of at most {n} or more images")
+    return n // batch_size
+
+
 def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
             drop_last: bool = False, device: torch.device | str | None = None
             ) -> Iterator[torch.Tensor]:
@@ -210,11 +218,8 @@ def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generato
     for what, value in (("n", n), ("batch_size", batch_size)):
         if not is_int(value) or value < 1:
             raise ValueError(f"batches needs {what} >= 1 (an int), got {value!r}")
-    if drop_last and batch_size > n:
-        raise ValueError(
-            f"batch_size={batch_size} > n={n} with drop_last=True yields no batch at all; "
-            "use a batch_size <= n"
-        )
+    if drop_last:
+        full_batches(n, batch_size)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     order = order.to(device) if device is not None else order
     stop = n - n % batch_size if drop_last else n

@@ -124,7 +124,11 @@ def bad_files_message(folder: Path, bad: list[tuple[str, str]]) -> str:
             f"skip_bad=True (--skip-bad-images on the command line, or {SKIP_BAD_ENV}=1).")
 
 
-def _skip_bad_default() -> bool:
+def skips_bad(skip_bad: bool | None) -> bool:
+    """Whether undecodable files are left out: `skip_bad` when given, else $VWE_SKIP_BAD_IMAGES (None
+    is the default every loader takes, so that the environment reaches notebook kernels too)."""
+    if skip_bad is not None:
+        return skip_bad
     return os.environ.get(SKIP_BAD_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
@@ -209,7 +213,7 @@ def load_folder(path: str | Path, root: str | Path | None = None, seed: int = 0,
             files += inside
             owner += [(split, c)] * len(inside)
     images, good, bad, sha = read_folder_images(folder, files, root, progress)
-    skip = _skip_bad_default() if skip_bad is None else skip_bad
+    skip = skips_bad(skip_bad)
     if bad and not skip:
         raise ValueError(bad_files_message(folder, bad))
     kept = set(good)
