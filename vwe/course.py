@@ -27,7 +27,7 @@ import torch
 from vwe.config import PROFILES, Config, get_config, resolve
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
 from vwe.files import atomic_write, write_json
-from vwe.models import Autoencoder
+from vwe.models import MODEL_LABELS, Autoencoder
 from vwe.pretrain import MANIFEST, load_pretrained
 from vwe.results import measured_on
 from vwe.runs import latest_checkpoint, profile_dir
@@ -74,7 +74,7 @@ def start(profile: str = "cpu", dataset: str | None = None, device: str | None =
 
 # ----------------------------------------------------------------------------- the pretrained models
 
-MODEL_NAMES = {"simple AE": "patch", "context AE": "context"}  # notebook name -> Config.model
+MODEL_NAMES = {label: model for model, label in MODEL_LABELS.items()}  # notebook name -> Config.model
 SHIPPED_DIR = "checkpoints"  # in the repository: compact CIFAR-100 weights and their manifest
 MODEL_SOURCES = ("auto", "shipped", "run")
 

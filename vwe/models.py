@@ -312,6 +312,7 @@ class PatchAutoencoder(Autoencoder):
 
 
 MODELS = ("context", "patch")
+MODEL_LABELS = {"patch": "simple AE", "context": "context AE"}  # how figures and tables name each model
 
 
 def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared",

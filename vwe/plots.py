@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vwe.checks import is_int
+from vwe.models import MODEL_LABELS
 from vwe.patches import GRID, N_PATCHES, OFFSETS, PATCH, neighbour_table, unpatchify
 
 DPI = 120  # saved and rendered figures
@@ -479,7 +480,7 @@ def results_bar_chart(rows: Sequence[Mapping[str, object]], title: str | None = 
 
 # ----------------------------------------------------------------------------- the scale curve
 
-_MODEL_STYLE = {"context": ("tab:red", "context AE"), "patch": ("tab:blue", "simple AE")}
+_MODEL_STYLE = {"context": ("tab:red", MODEL_LABELS["context"]), "patch": ("tab:blue", MODEL_LABELS["patch"])}
 _PROFILE_MARKER = {"author": ("o", "-"), "cpu": ("s", "--")}
 CURVE_PROBES = {"author": "author's evaluation (tower 1 024-d, raw, 10 ep)",
                 "standard": "standardised probe (tower 1 024-d, 30 ep)"}

@@ -19,6 +19,7 @@ from pathlib import Path
 from vwe.data import describe
 from vwe.data.dataset import project_dir
 from vwe.files import atomic_write
+from vwe.models import MODEL_LABELS
 from vwe.results import (
     AUTHOR_PROBE,
     SIGNIFICANT_POINTS,
@@ -39,10 +40,9 @@ def _curve_markdown(payload: dict) -> list[str]:
     bold marks the model that is significantly ahead (`significant`)."""
     h, points = payload["header"], payload["points"]
     models, probes = ("context", "patch"), ("author", "standard")
-    names = {"context": "context AE", "patch": "simple AE"}
     probe_names = {"author": "author's eval", "standard": "standardised"}
     lines = ["| recipe | epoch | steps | pairs | " + " | ".join(
-                 f"{names[m]}, {probe_names[p]}" for p in probes for m in models) + " |",
+                 f"{MODEL_LABELS[m]}, {probe_names[p]}" for p in probes for m in models) + " |",
              "|---|---:|---:|---:|" + "---:|" * (len(models) * len(probes))]
     by = {(p["profile"], p["epoch"], p["model"]): p for p in points}
     for profile, epoch in sorted({(p["profile"], p["epoch"]) for p in points}):
