@@ -8,7 +8,7 @@ import math
 import matplotlib
 import pytest
 
-from vwe import curve
+from vwe import curve, report
 from vwe.plots import plot_scale_curve
 from vwe.table import BY_KEY, PAPER_BY_MODEL
 
@@ -18,9 +18,15 @@ matplotlib.use("Agg")
 def point(model: str, pairs: int, author: float, standard: float | None = None, n_train: int = 45_000,
           profile: str = "author") -> dict:
     standard = author + 1 if standard is None else standard
+    # the probes train on every image outside the validation split: 45 000
     return {"profile": profile, "model": model, "encoding": "shared", "n_train": n_train,
-            "probe_train": n_train, "pairs": pairs, "author": {"mean": author, "std": 0.2},
-            "standard": {"mean": standard, "std": 0.3}}
+            "probe_train": 45_000, "pairs": pairs, "author": probe(author, 0.2),
+            "standard": probe(standard, 0.3)}
+
+
+def probe(mean: float, std: float) -> dict:
+    """Three seeds whose mean and sample std are `mean` and `std`."""
+    return {"mean": mean, "std": std, "accs": [mean - std, mean, mean + std]}
 
 
 def line(model: str, intercept: float, slope: float, doublings: range, **kw) -> list[dict]:
@@ -39,7 +45,14 @@ def test_series_group_runs_and_order_their_points_by_compute():
     assert [(s.model, s.n_train, len(s.points)) for s in runs] == [
         ("context", 5_000, 2), ("context", 45_000, 2), ("patch", 45_000, 3)]
     assert [p["pairs"] for p in runs[2].points] == [102_400, 204_800, 409_600]
-    assert [(s.model, s.n_train) for s in curve.longest(runs)] == [("context", 45_000), ("patch", 45_000)]
+    assert [(s.model, s.n_train) for s in curve.trended(runs)] == [("context", 45_000), ("patch", 45_000)]
+    slots = [{**p, "encoding": "slots"} for p in line("context", 9, 1, range(2))]
+    one = [point("patch", 102_400, 3.0, n_train=90_000)]
+    assert [s.encoding for s in curve.trended(curve.series(pts + slots))] == ["shared", "shared"]
+    assert curve.trended(curve.series(one)) == []  # one point: nothing to carry
+    few = line("patch", 10, 1, range(3), n_train=5_000)
+    cpu = line("patch", 10, 1, range(3), profile="cpu")
+    assert curve.trended(curve.series(few + cpu)) == []  # 5 000 images of 10 000, or another recipe
 
 
 def test_a_straight_line_in_log_compute_has_its_own_slope_and_extrapolation():
@@ -92,3 +105,50 @@ def test_the_figure_reaches_the_author_compute_with_the_paper_and_the_extrapolat
     assert ends == pytest.approx(sorted([15.5, 15.5 + 0.5 * lift, 12.75, 12.75 + 0.25 * lift]), rel=1e-12)
     with pytest.raises(ValueError, match="no points"):
         plot_scale_curve([])
+
+
+# ----------------------------------------------------------------------------- in words (vwe.report)
+
+
+def curve_payload(points: list[dict]) -> dict:
+    header = {"kind": "curve", "title": "A curve", "what": "what ran", "machine": "a CPU",
+              "data": {"dataset": "cifar100", "n_train": 45_000, "n_test": 5_000,
+                       "evaluated_on": "validation", "archive_md5": "x", "official_archive": False},
+              "git": "abc", "time": "2026-12-06", "probe_seeds": "0, 1, 2", "commands": ["python x"]}
+    return {"header": header, "points": points}
+
+
+def with_steps(points: list[dict], encoding: str = "shared", seconds: float = 10.0) -> list[dict]:
+    return [{**p, "encoding": encoding, "steps": p["pairs"] // 512, "epoch": p["pairs"] / 512 / 5_625,
+             "pretrain_s": seconds * p["pairs"] / 102_400} for p in points]
+
+
+def test_the_curve_in_words_gives_each_models_slope_and_extrapolation_and_says_what_it_is():
+    pts = line("context", 14, 0.5, range(4)) + line("patch", 12, -0.25, range(4))
+    words = report.curve_in_words(pts)
+    lift = math.log2(curve.AUTHOR_PAIRS / (102_400 * 8))
+    assert "up to 0.8 M pairs" in words
+    assert "an extrapolation over 8.9 more doublings, not a measurement" in words
+    assert f"context AE +0.50 points per doubling (to {15.5 + 0.5 * lift:.1f} %, the paper 34.08)" in words
+    assert f"simple AE -0.25 points per doubling (to {11.25 - 0.25 * lift:.1f} %, the paper 17.81)" in words
+    assert report.curve_in_words(line("context", 14, 0.5, range(4))) == ""  # one model: no comparison
+
+
+def test_the_curve_section_puts_the_encodings_side_by_side_and_the_trends_below():
+    shared = with_steps(line("context", 14, 0.5, range(3)) + line("patch", 12, 0.25, range(3)))
+    slots = with_steps(line("context", 10, 4.0, range(2)), "slots", seconds=60.0)
+    text = "\n".join(report._curve_markdown(curve_payload(shared + slots)))
+    # shared leads slots by 4 points at 200 steps (more than 3 points and 3 se at std 0.2), 0.5 at 400;
+    # the standardised probe reads author + 1 for both; then each run's pretraining seconds
+    assert ("| 200 | 102,400 | **14.00 ± 0.20** | 10.00 ± 0.20 | **15.00 ± 0.30** | 11.00 ± 0.30 | 10 / 60 |"
+            in text)
+    assert "| 400 | 204,800 | 14.50 ± 0.20 | 14.00 ± 0.20 | 15.50 ± 0.30 | 15.00 ± 0.30 | 20 / 120 |" in text
+    encodings = text[text.index("two encodings"):text.index("Each of the longest")]
+    assert "| 800 |" not in encodings  # the slots run stopped at 400 steps: no side by side past it
+    assert "| `author` | 45,000 / 45,000 | 0.0356 | 200 | 102,400 |" in text  # epochs to 3 digits
+    assert "an **extrapolation**, not a measurement" in text
+    assert "| context AE | author's evaluation | 15.00 (409,600) | +0.50 | " in text
+    assert "| simple AE | standardised | 13.50 (409,600) | +0.25 | " in text  # standardised: author + 1
+    # the 45 000-image points, both models, every step: 3 rows of the points table
+    assert text.count("| `author` | 45,000 / 45,000 |") == 3
+    assert "_curve_markdown" not in text

@@ -36,7 +36,9 @@ class Series:
 
     @property
     def label(self) -> str:
-        return f"{self.profile} recipe, pretrained on {self.n_train:,} images, probe on {self.probe_train:,}"
+        encoding = "" if self.encoding == "shared" else f", {self.encoding} encoding"
+        return (f"{self.profile} recipe{encoding}, pretrained on {self.n_train:,} images, probe on "
+                f"{self.probe_train:,}")
 
 
 def series(points: Sequence[Mapping[str, object]]) -> list[Series]:
@@ -86,7 +88,10 @@ def trend(s: Series, probe: str, doublings: float = SLOPE_DOUBLINGS) -> Trend:
                  end + slope * math.log2(AUTHOR_PAIRS / last["pairs"]))
 
 
-def longest(all_series: Sequence[Series]) -> list[Series]:
-    """The series pretrained on the most images: the curve that reaches furthest, which is extrapolated."""
-    most = max(s.n_train for s in all_series)
-    return [s for s in all_series if s.n_train == most]
+def trended(all_series: Sequence[Series]) -> list[Series]:
+    """The series whose trend is carried to the author's compute: the author's recipe with the shared
+    encoding, of two points or more, pretrained on every image its probe trains on (all the split
+    allows, as the author's run saw all of its training set). A run on a few thousand images would
+    reach the author's compute only by repeating them tens of thousands of times: not carried."""
+    return [s for s in all_series if s.profile == "author" and s.encoding == "shared"
+            and s.n_train == s.probe_train and len(s.points) >= 2]

@@ -500,7 +500,7 @@ def plot_scale_curve(points: Sequence[Mapping[str, object]],
         raise ValueError("no points to plot: run scripts/scale_curve.py first")
     fig, axes = plt.subplots(1, len(CURVE_PROBES), figsize=(12, 4.5), sharex=True, dpi=DPI)
     runs = curve.series(points)
-    extrapolated = curve.longest(runs)
+    extrapolated = curve.trended(runs)
     for ax, (probe, title) in zip(axes, CURVE_PROBES.items(), strict=True):
         for s in runs:
             colour, name = _MODEL_STYLE.get(s.model, ("tab:grey", s.model))
@@ -510,7 +510,7 @@ def plot_scale_curve(points: Sequence[Mapping[str, object]],
                         yerr=[p[probe]["std"] for p in s.points], color=colour, marker=marker,
                         linestyle=line, capsize=3, alpha=0.45 if faint else 1.0, markersize=4 if faint else 6,
                         label=f"{name}, {s.label}")
-            if not faint and len(s.points) >= 2:
+            if not faint:
                 t = curve.trend(s, probe)
                 ax.plot([t.last_pairs, curve.AUTHOR_PAIRS], [t.last_mean, t.at_author], color=colour,
                         linestyle=":", linewidth=1.2)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vwe import curve
 from vwe.data import describe
 from vwe.data.dataset import project_dir
 from vwe.files import atomic_write
@@ -33,36 +34,90 @@ from vwe.results import (
     rows_of,
     significant,
 )
+from vwe.table import PAPER_BY_MODEL
+
+PROBE_NAMES = {"author": "author's evaluation", "standard": "standardised"}
+
+
+def _leading_cells(first: dict, second: dict) -> list[str]:
+    """Both probes of two points, each cell bold where it is significantly ahead of the other's."""
+    cells = []
+    for probe in curve.PROBES:
+        a, b = first[probe], second[probe]
+        for mine, other in ((a, b), (b, a)):
+            cells.append(f"**{probe_cell(mine)}**" if significant(other, mine) else probe_cell(mine))
+    return cells
+
+
+def _curve_points(points: list[dict]) -> list[str]:
+    """Every step count at which both models were probed with the shared encoding: both probes each."""
+    models = ("context", "patch")
+    lines = ["| recipe | pretrained / probe images | epochs | steps | pairs | " + " | ".join(
+                 f"{MODEL_LABELS[m]}, {PROBE_NAMES[p]}" for p in curve.PROBES for m in models) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (len(models) * len(curve.PROBES))]
+    by = {(p["profile"], p["n_train"], p["probe_train"], p["steps"], p["model"]): p for p in points
+          if p.get("encoding", "shared") == "shared"}
+    for profile, n_train, probe_train, steps in sorted({k[:4] for k in by}):
+        pair = [by.get((profile, n_train, probe_train, steps, m)) for m in models]
+        if None not in pair:
+            lines.append(f"| `{profile}` | {n_train:,} / {probe_train:,} | {pair[0]['epoch']:.3g} | "
+                         f"{steps:,} | {pair[0]['pairs']:,} | " + " | ".join(_leading_cells(*pair)) + " |")
+    return lines
+
+
+def _encodings(points: list[dict]) -> list[str]:
+    """The context autoencoder's encodings side by side at the steps where both were probed."""
+    by = {(p["encoding"], p["steps"]): p for p in points
+          if p["model"] == "context" and p["profile"] == "author"}
+    steps = sorted(s for (e, s) in by if e == "slots" and ("shared", s) in by)
+    if not steps:
+        return []
+    lines = ["", "The context autoencoder's two encodings on the same data, seeds and steps (bold: ahead by "
+             "the rule above); pretraining seconds are those of each run up to the point, the runs sharing "
+             "the machine:", "",
+             "| steps | pairs | " + " | ".join(f"{e}, {PROBE_NAMES[p]}" for p in curve.PROBES
+                                            for e in ("shared", "slots"))
+             + " | pretraining s, shared / slots |",
+             "|---:|---:|" + "---:|" * (2 * len(curve.PROBES)) + "---:|"]
+    for s in steps:
+        shared, slots = by["shared", s], by["slots", s]
+        lines.append(f"| {s:,} | {shared['pairs']:,} | " + " | ".join(_leading_cells(shared, slots))
+                     + f" | {shared['pretrain_s']:,.0f} / {slots['pretrain_s']:,.0f} |")
+    return lines
+
+
+def _trends(points: list[dict]) -> list[str]:
+    """The longest runs' slopes per doubling and where those lines reach at the author's compute."""
+    runs = curve.trended(curve.series(points))
+    if not runs:
+        return []
+    lines = ["", f"Each of the longest runs' slope over its last {curve.SLOPE_DOUBLINGS} doublings of "
+             "compute (least squares on log2 of the pairs), and the line through its last point carried to "
+             f"the author's {curve.AUTHOR_PAIRS:,} pairs: an **extrapolation**, not a measurement.", "",
+             "| model | probe | last point (pairs) | points per doubling | doublings to go | extrapolated | "
+             "paper (test split) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for s in runs:
+        for probe in curve.PROBES:
+            t = curve.trend(s, probe)
+            paper = num(PAPER_BY_MODEL.get(s.model)) if probe == "author" else "—"
+            lines.append(f"| {MODEL_LABELS[s.model]} | {PROBE_NAMES[probe]} | {t.last_mean:.2f} "
+                         f"({t.last_pairs:,}) | {t.slope:+.2f} | {t.doublings_to_author:.1f} | "
+                         f"{t.at_author:.2f} | {paper} |")
+    return lines
 
 
 def _curve_markdown(payload: dict) -> list[str]:
-    """A scale curve's points as a table: per recipe and pretraining epoch, both models, both probes;
-    bold marks the model that is significantly ahead (`significant`)."""
+    """A compute curve: what ran, the points of both models by step count, the encodings side by side
+    where both ran, and the longest runs' trends (`vwe.curve`)."""
     h, points = payload["header"], payload["points"]
-    models, probes = ("context", "patch"), ("author", "standard")
-    probe_names = {"author": "author's eval", "standard": "standardised"}
-    lines = ["| recipe | epoch | steps | pairs | " + " | ".join(
-                 f"{MODEL_LABELS[m]}, {probe_names[p]}" for p in probes for m in models) + " |",
-             "|---|---:|---:|---:|" + "---:|" * (len(models) * len(probes))]
-    by = {(p["profile"], p["epoch"], p["model"]): p for p in points}
-    for profile, epoch in sorted({(p["profile"], p["epoch"]) for p in points}):
-        pair = [by.get((profile, epoch, m)) for m in models]
-        if None in pair:
-            continue
-        cells = []
-        for probe in probes:
-            a, b = (p[probe] for p in pair)
-            for mine, other in ((a, b), (b, a)):
-                cell = probe_cell(mine)
-                cells.append(f"**{cell}**" if significant(other, mine) else cell)
-        lines.append(f"| `{profile}` | {epoch} | {pair[0]['steps']:,} | {pair[0]['pairs']:,} | "
-                     + " | ".join(cells) + " |")
+    seeds = h["probe_seeds"]
+    seeds = seeds if isinstance(seeds, str) else ", ".join(map(str, seeds))
     return [f"# {h['title']}", "", h["what"], "", f"Measured on {h['machine']}, data {describe(h['data'])}, "
             f"revision `{h['git']}`, {h['time']}. Commands:", "",
-            *(f"    {c}" for c in h["commands"]), "", *lines, "",
-            f"Validation top-1 %, mean ± sample std over probe seeds {', '.join(map(str, h['probe_seeds']))} "
-            f"(each model is one pretraining run). Bold: the model ahead by more than {SIGNIFICANT_SE:g} "
-            f"standard errors and {SIGNIFICANT_POINTS:g} points."]
+            *(f"    {c}" for c in h["commands"]), "", *_curve_points(points), "",
+            f"Validation top-1 %, mean ± sample std over probe seeds {seeds} (each model is one "
+            f"pretraining run). Bold: the model ahead by more than {SIGNIFICANT_SE:g} standard errors and "
+            f"{SIGNIFICANT_POINTS:g} points.", *_encodings(points), *_trends(points)]
 
 
 def _course_lines(payload: dict) -> list[str]:
@@ -124,6 +179,7 @@ def render_results_md(folder: Path | None = None) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+CURVE_FILE = "compute-curve"  # the validation curve of the author's recipe towards the author's compute
 GLANCE_FILE = "shipped-cifar100"  # the README's results: the models the course ships, every test image
 GLANCE_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-resnet32-aug",
                "context-resnet32-aug")
@@ -139,6 +195,24 @@ def _compare(name: str, lower: dict, higher: dict) -> str:
         return (f"on the {name} the context autoencoder leads the simple one by {size}, short of the "
                 f"{SIGNIFICANT_POINTS:g} points and {SIGNIFICANT_SE:g} standard errors a gap needs to count")
     return f"on the {name} it trails the simple one by {size}"
+
+
+def curve_in_words(points: list[dict]) -> str:
+    """What the longest runs of a compute curve say about the paper's figures, in one computed sentence:
+    each model's slope on the author's evaluation and where it would reach at the author's compute,
+    said to be an extrapolation."""
+    runs = {s.model: s for s in curve.trended(curve.series(points))}
+    if set(runs) != {"context", "patch"}:
+        return ""
+    trends = {m: curve.trend(s, "author") for m, s in runs.items()}
+    reach = max(t.last_pairs for t in trends.values())
+    parts = [f"the {MODEL_LABELS[m]} {t.slope:+.2f} points per doubling (to {t.at_author:.1f} %, the paper "
+             f"{num(PAPER_BY_MODEL[m])})" for m, t in sorted(trends.items())]
+    return (f"On the validation curve up to {reach / 1e6:.1f} M pairs (CIFAR-100, CPU; "
+            f"[results.md](docs/results.md)), the author's evaluation moves over the last "
+            f"{curve.SLOPE_DOUBLINGS} doublings of compute by {' and '.join(parts)} when carried to the "
+            f"author's {curve.AUTHOR_PAIRS / 1e6:.0f} M pairs: an extrapolation over "
+            f"{min(t.doublings_to_author for t in trends.values()):.1f} more doublings, not a measurement.")
 
 
 def render_glance(folder: Path | None = None) -> str:
@@ -158,10 +232,9 @@ def render_glance(folder: Path | None = None) -> str:
     first = _compare("author's evaluation", simple.probe(AUTHOR_PROBE), context.probe(AUTHOR_PROBE))
     second = _compare("standardised probe", simple.probe("embedding", "standard"),
                       context.probe("embedding", "standard"))
-    lines += ["", f"Top-1 %, mean ± std over probe seeds. At this scale, {first}; {second}. The paper's gap "
-              f"({num(context.paper)} against {num(simple.paper)}) comes from far longer "
-              "pretraining: the author's checkpoint of epoch 120, 6 250 steps of 512 pairs an epoch on "
-              "50 000 images."]
+    lines += ["", f"Top-1 %, mean ± std over probe seeds. At this scale, {first}; {second}."]
+    if (folder or results_dir()).joinpath(f"{CURVE_FILE}.json").is_file():
+        lines[-1] += " " + curve_in_words(load_results(CURVE_FILE, folder)["points"])
     return "\n".join(lines)
 
 
