@@ -38,9 +38,10 @@ from vwe.data import load_dataset
 from vwe.engine import steps_done
 from vwe.evaluate import extract_features, linear_eval
 from vwe.files import atomic_write, write_json
-from vwe.pretrain import pretrain
+from vwe.models import build_model
+from vwe.pretrain import MANIFEST, load_weights, pretrain
 from vwe.results import command, machine
-from vwe.runs import provenance
+from vwe.runs import latest_checkpoint, open_run, provenance
 
 PROBES = {"author": dict(norm="raw", epochs=10), "standard": dict(norm="standard", epochs=30)}
 STEPS = ",".join(str(200 * 2**k) for k in range(8))  # 200 ... 25 600 steps: 0.1 M to 13.1 M pairs of 512
@@ -80,6 +81,35 @@ def probe_point(model, data, batch_size: int, max_se: float, max_seeds: int) -> 
     return out
 
 
+def continue_from_weights(weights: Path, cfg, data, device, run_dir: Path) -> dict | None:
+    """A run folder that was lost (a new machine) goes on from the last point's committed weights:
+    its model, a fresh Adam and fresh random streams (seeded with the seed plus the steps), at the steps
+    those weights had trained, checkpointed so that the curve resumes from there. Returns where it went
+    on from ({"steps", "sha256"}), or None when the folder has a checkpoint or there are no weights."""
+    if latest_checkpoint(run_dir) is not None or not (weights / MANIFEST).is_file():
+        return None
+    entry = json.loads((weights / MANIFEST).read_text())["models"].get(cfg.model)
+    if entry is None:
+        return None
+    state = load_weights(weights / entry["file"], device)
+    per_epoch = len(data.train_labels) // cfg.batch_size
+    done = steps_done(state["metrics"], per_epoch)
+    model = build_model(**cfg.model_args).to(device)
+    model.load_state_dict(state["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, device) as run:
+        run.shuffle_gen.manual_seed(cfg.seed + done)
+        run.aug_gen.manual_seed(cfg.seed + 1 + done)
+        run.metrics = state["metrics"]
+        epochs, step = divmod(done, per_epoch)
+        # the stopped epoch's losses are gone: each step is given their mean, so its mean is kept
+        losses = torch.full((step,), state["metrics"][-1]["train_loss"]) if step else None
+        run.save(epochs, model, optimizer, losses)
+    print(f"{run_dir.name}: no checkpoint, so it goes on from {weights / entry['file']} at step {done:,} "
+          "with a fresh optimizer and fresh random streams", flush=True)
+    return {"steps": done, "sha256": entry["sha256"]}
+
+
 def run_curve(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
@@ -97,6 +127,10 @@ def run_curve(args: argparse.Namespace) -> None:
     cfg, pretrain_data, device = resolve(cfg, data)
     per_epoch = len(pretrain_data.train_labels) // cfg.batch_size
     run_dir = out / f"{args.profile}-{cfg.run_name}"
+    restart_file = out / "continued.json"  # where a lost run folder went on from committed weights
+    if args.weights and (went_on := continue_from_weights(args.weights, cfg, pretrain_data, device, run_dir)):
+        write_json(restart_file, went_on)
+    continued = json.loads(restart_file.read_text()) if restart_file.is_file() else None
     print(f"{run_dir.name}: pretraining on {len(pretrain_data.train_labels):,} images, probes trained on "
           f"{len(data.train_labels):,}, validated on {len(data.test_labels):,}; batch {cfg.batch_text}, "
           f"{per_epoch:,} steps an epoch", flush=True)
@@ -111,6 +145,9 @@ def run_curve(args: argparse.Namespace) -> None:
             break
         res = pretrain(cfg.replace(steps=steps, minutes=left), run_dir, pretrain_data, device,
                        progress=args.progress)
+        if steps_done(res.metrics, per_epoch) > steps:  # went on from weights past this point
+            print(f"{run_dir.name} is past step {steps:,} with no point measured there: skipped", flush=True)
+            continue
         if steps_done(res.metrics, per_epoch) < steps:
             print(f"the time box stopped {run_dir.name} at step {steps_done(res.metrics, per_epoch):,} of "
                   f"{steps:,}; the same command goes on from there", flush=True)
@@ -123,7 +160,7 @@ def run_curve(args: argparse.Namespace) -> None:
                  "probe_s": round(time.perf_counter() - t0, 1), "val_loss": res.metrics[-1]["test_loss"],
                  "device": str(device), "threads": args.threads, **probes,
                  **{k: v for k, v in provenance(device).items() if k in ("git", "time")},
-                 "command": command()}
+                 "command": command(), **({"continued_from": continued} if continued else {})}
         if args.weights:
             entry = export_shipped(run_dir, args.weights, data.provenance())
             point["weights"] = {"file": entry["file"], "sha256": entry["sha256"]}
@@ -136,7 +173,9 @@ def run_curve(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     """The points of every OUT (`--out`, repeatable) as one results file, with the commands and the
     machine that made them."""
-    points = [p for out in args.out for p in load_points(out)]
+    # every source's points, a later source's point replacing an earlier one of the same run and steps
+    same = ("profile", "model", "tower", "encoding", "steps", "n_train", "probe_train", "validation")
+    points = list({tuple(p.get(k) for k in same): p for out in args.out for p in load_points(out)}.values())
     if not points:
         raise SystemExit(f"no points in {', '.join(args.out)}: run the curve first")
     first = points[0]
