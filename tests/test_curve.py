@@ -4,6 +4,7 @@ against lines whose slope is known exactly; and the figure that draws them."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -152,3 +153,18 @@ def test_the_curve_section_puts_the_encodings_side_by_side_and_the_trends_below(
     # the 45 000-image points, both models, every step: 3 rows of the points table
     assert text.count("| `author` | 45,000 / 45,000 |") == 3
     assert "_curve_markdown" not in text
+
+
+def test_the_encoding_is_chosen_by_accuracy_per_cpu_hour():
+    shared = with_steps(line("context", 14, 1.0, range(3)) + line("patch", 12, 0.25, range(3)))
+    # slots costs 4x the time: 2 doublings of pairs, worth 2 points to the shared run at 1 point a doubling
+    behind = with_steps(line("context", 15.5, 0.0, range(2)), "slots", seconds=40.0)  # +0.5 at 400 steps
+    words = report.encoding_in_words(shared + behind)
+    assert "At 400 steps (204,800 pairs)" in words and "4.0 times the shared run's pretraining time" in words
+    assert "worth +2.00 points at its slope of +1.00 points per doubling, against the slots encoding's " \
+        "+0.50" in words
+    assert "the **shared encoding**" in words and "slots ahead: same direction, within noise" in words
+    ahead = with_steps(line("context", 18.5, 0.0, range(2)), "slots", seconds=40.0)  # +3.5 at 400 steps
+    assert "the **slots encoding**" in report.encoding_in_words(shared + ahead)
+    assert report.encoding_in_words(shared) == ""  # never side by side: nothing to decide
+    assert "not yet been probed" in report.render_encoding(Path("/nonexistent"))

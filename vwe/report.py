@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from vwe.results import (
     results_markdown,
     rows_of,
     significant,
+    verdict,
 )
 from vwe.table import PAPER_BY_MODEL
 
@@ -65,12 +67,19 @@ def _curve_points(points: list[dict]) -> list[str]:
     return lines
 
 
-def _encodings(points: list[dict]) -> list[str]:
-    """The context autoencoder's encodings side by side at the steps where both were probed."""
+def _encoding_pairs(points: list[dict]) -> list[tuple[dict, dict]]:
+    """The context autoencoder's (shared, slots) points of the author's recipe at every step count both
+    encodings reached, by steps."""
     by = {(p["encoding"], p["steps"]): p for p in points
           if p["model"] == "context" and p["profile"] == "author"}
-    steps = sorted(s for (e, s) in by if e == "slots" and ("shared", s) in by)
-    if not steps:
+    return [(by["shared", s], by["slots", s]) for s in sorted(s for (e, s) in by if e == "slots")
+            if ("shared", s) in by]
+
+
+def _encodings(points: list[dict]) -> list[str]:
+    """The context autoencoder's encodings side by side at the steps where both were probed."""
+    pairs = _encoding_pairs(points)
+    if not pairs:
         return []
     lines = ["", "The context autoencoder's two encodings on the same data, seeds and steps (bold: ahead by "
              "the rule above); pretraining seconds are those of each run up to the point, the runs sharing "
@@ -79,11 +88,39 @@ def _encodings(points: list[dict]) -> list[str]:
                                             for e in ("shared", "slots"))
              + " | pretraining s, shared / slots |",
              "|---:|---:|" + "---:|" * (2 * len(curve.PROBES)) + "---:|"]
-    for s in steps:
-        shared, slots = by["shared", s], by["slots", s]
-        lines.append(f"| {s:,} | {shared['pairs']:,} | " + " | ".join(_leading_cells(shared, slots))
-                     + f" | {shared['pretrain_s']:,.0f} / {slots['pretrain_s']:,.0f} |")
+    for shared, slots in pairs:
+        cells = " | ".join(_leading_cells(shared, slots))
+        lines.append(f"| {shared['steps']:,} | {shared['pairs']:,} | {cells} | {shared['pretrain_s']:,.0f} / "
+                     f"{slots['pretrain_s']:,.0f} |")
     return lines
+
+
+def encoding_in_words(points: list[dict]) -> str:
+    """Which encoding the long runs use, decided from the curve's points by accuracy per CPU-hour: at the
+    most steps both encodings reached, the slots encoding's lead on the author's evaluation against what
+    the shared encoding gains in the same CPU time (its slope per doubling times the doublings of pairs
+    the slots encoding's extra time buys). "" when the two were never probed at the same steps."""
+    pairs = _encoding_pairs(points)
+    shared_runs = [r for r in curve.trended(curve.series(points)) if r.model == "context"]
+    if not pairs or not shared_runs:
+        return ""
+    shared, slots = pairs[-1]
+    cost = slots["pretrain_s"] / shared["pretrain_s"]
+    lead = slots["author"]["mean"] - shared["author"]["mean"]
+    slope = curve.trend(shared_runs[0], "author").slope
+    bought = slope * math.log2(cost)  # what the shared encoding gains in the slots encoding's time
+    choice = "slots" if lead > bought else "shared"
+    counts = verdict(shared["author"], slots["author"])
+    return (f"At {shared['steps']:,} steps ({shared['pairs']:,} pairs) on the validation split, the "
+            f"context autoencoder's author's evaluation reads {probe_cell(shared['author'])} with the shared "
+            f"encoding and {probe_cell(slots['author'])} with the author's slots encoding (slots ahead: "
+            f"{counts}; "
+            f"standardised probe {probe_cell(shared['standard'])} against {probe_cell(slots['standard'])}); "
+            f"the slots run took {cost:.1f} times the shared run's pretraining time on this CPU (the two "
+            f"sharing the machine). In that time the shared encoding trains {math.log2(cost):.1f} more "
+            f"doublings of pairs, worth {bought:+.2f} points at its slope of {slope:+.2f} points per "
+            f"doubling, against the slots encoding's {lead:+.2f}: per CPU-hour the **{choice} encoding** "
+            "learns more, and the long runs and the shipped models use it.")
 
 
 def _trends(points: list[dict]) -> list[str]:
@@ -241,6 +278,15 @@ def render_glance(folder: Path | None = None) -> str:
 COURSE_FILE = "course-cpu"  # the course's notebook times on the `cpu` profile (`make run-all`)
 
 
+def render_encoding(folder: Path | None = None) -> str:
+    """docs/design.md's word on the encoding the long runs use, from CURVE_FILE (or that it is unmeasured)."""
+    path = (folder or results_dir()) / f"{CURVE_FILE}.json"
+    words = encoding_in_words(load_results(CURVE_FILE, folder)["points"]) if path.is_file() else ""
+    return words or ("The two encodings have not yet been probed at the same steps here "
+                     "(`scripts/scale_curve.py --encoding slots`); until they are, the long runs use the "
+                     "shared encoding for its eight times smaller tower work.")
+
+
 def render_course(folder: Path | None = None) -> str:
     """The README's course timings: each notebook's wall time from COURSE_FILE."""
     return "\n".join(_course_lines(load_results(COURSE_FILE, folder)))
@@ -261,13 +307,15 @@ def render_readme(text: str, blocks: dict[str, str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if docs/results.md or README.md is not what renders now")
+                   help="write nothing; exit 1 if docs/results.md, README.md or docs/design.md is not what "
+                   "renders now")
     args = p.parse_args(argv)
     root = project_dir()
-    readme = root / "README.md"
+    readme, design = root / "README.md", root / "docs" / "design.md"
     targets = {root / "docs" / "results.md": render_results_md(),
                readme: render_readme(readme.read_text(), {"results": render_glance(),
-                                                          "course": render_course()})}
+                                                          "course": render_course()}),
+               design: render_readme(design.read_text(), {"encoding": render_encoding()})}
     stale = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         for path in stale:
