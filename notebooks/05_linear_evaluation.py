@@ -320,57 +320,82 @@ else:
     print(f"these are not the shipped models ({data.name}, models={models!r}): no results file to read")
 
 # %% [markdown]
-# ## 8. Where the method shows: accuracy against pretraining compute
+# ## 8. Where the paper's figures come from: accuracy against pretraining compute
 #
-# One more experiment, too long for this notebook and run once with `scripts/scale_curve.py` on a
-# 2-core CPU: the context and the simple autoencoder pretrained with the `cpu` recipe and with the
-# author's (shared encoding: the per-slot one costs 8 x the tower work), probed after a series of
-# epochs on a **validation split** (the last 5 000 training images; the test split is never read). Both
-# probes see the tower's 1 024 features. The x axis is compute in (context, target) pairs, the unit in
-# which the two recipes' batches are equal. The points are committed in `docs/results/scale-curve.json`,
-# with the commands and the machine that measured them.
+# Two experiments too long for this notebook, run with `scripts/scale_curve.py` on a 2-core CPU and
+# committed with their commands and the machine that measured them, both on a **validation split**
+# (the last 5 000 training images; the test split is never read), both probes on the tower's 1 024
+# features:
+#
+# - the 5 000-image curve (`docs/results/scale-curve.json`): the `cpu` and the author's recipe (shared
+#   encoding) pretrained on 5 000 images, probes trained on 10 000, after a series of epochs;
+# - the compute curve (`docs/results/compute-curve.json`, once measured): the author's recipe on every
+#   training image outside the validation split, probed as the author evaluates (the probe trains on
+#   all 45 000 of them) at doubling step counts, towards the author's checkpoint.
+#
+# The x axis is compute in (context, target) pairs, the unit in which the recipes' batches are equal,
+# on a log scale that reaches the author's compute, where the paper's two figures stand (stars: test
+# split). The runs on every training image are carried there along their last doublings' slope
+# (dotted): an extrapolation, drawn as one.
 
 # %%
-from vwe.plots import plot_scale_curve
+import math
 
-curve = load_results("scale-curve")["points"]
-fig = plot_scale_curve(curve)
+from vwe import curve
+from vwe.models import MODEL_LABELS
+from vwe.plots import plot_scale_curve
+from vwe.report import curve_in_words
+from vwe.results import results_dir
+from vwe.table import PAPER_BY_MODEL
+
+points = [p for name in ("scale-curve", "compute-curve") if (results_dir() / f"{name}.json").is_file()
+          for p in load_results(name)["points"]]
+fig = plot_scale_curve(points, PAPER_BY_MODEL)
 save(fig, s.figures / "05_scale_curve.png")
-for p in sorted(curve, key=lambda p: (p["profile"], p["model"], p["pairs"])):
-    print(f"{p['profile']:<7} {p['model']:<8} epoch {p['epoch']:3d} {p['pairs']:>10,d} pairs   author's "
-          f"evaluation {p['author']['mean']:6.2f} ± {p['author']['std']:.2f}   standardised "
-          f"{p['standard']['mean']:6.2f} ± {p['standard']['std']:.2f} %")
+for run in curve.series(points):
+    print(f"{MODEL_LABELS[run.model]}, {run.label}:")
+    for p in run.points:
+        print(f"  {p['pairs']:>11,d} pairs   author's evaluation {p['author']['mean']:6.2f} ± "
+              f"{p['author']['std']:.2f}   standardised {p['standard']['mean']:6.2f} ± "
+              f"{p['standard']['std']:.2f} %")
 
 # %% [markdown]
 # What to look for in the curve ([docs/results.md](../docs/results.md) has the table of every point):
 #
 # - **Do the curves cross?** At each point, which autoencoder is ahead, and does the lead change sides
 #   or grow as compute grows? The cell below words every point's comparison by the same rule as
-#   section 5; three probe seeds on 5 000 validation images give wide margins, so a steady trend over
-#   several points says more than any one point.
-# - **Which recipe learns more per pair?** Compare the two recipes at the same number of pairs.
+#   section 5, so a steady trend over several points says more than any one point.
+# - **Which recipe learns more per pair, and does the data matter?** Compare the recipes at the same
+#   number of pairs, and the author's recipe on 5 000 images against the same recipe on 45 000.
 # - **Do the two probes agree?** The author's evaluation is raw and short (10 epochs); the standardised
 #   probe trains to convergence. Where they order the models differently, the order says as much about
 #   the probe as about the features.
-# - **How far is the paper?** The checkpoint the author's evaluation notebook loads is epoch 120 of
-#   the author's recipe on 50 000 images (docs/design.md); the cell prints how many times the largest
-#   point here that is, and so how far any trend has to be carried.
+# - **How far is the paper?** The cell prints how many doublings of compute separate the largest point
+#   from the author's checkpoint, each model's slope per doubling over its last doublings, and where
+#   those slopes would reach there: how far a trend has to be carried, and whether it points at the
+#   paper's figures.
 
 # %% tags=["nbval-ignore-output"]
+by_run: dict[tuple, dict[str, dict]] = {}  # (recipe, pretraining images) -> model -> pairs -> point
+for run in curve.series(points):
+    if run.encoding == "shared":
+        by_run.setdefault((run.profile, run.n_train), {})[run.model] = {p["pairs"]: p for p in run.points}
 lines = []
-for profile_name in sorted({p["profile"] for p in curve}):
-    points = {(p["pairs"], p["model"]): p for p in curve if p["profile"] == profile_name}
-    for pairs in sorted({k[0] for k in points}):
-        if (pairs, "patch") in points and (pairs, "context") in points:
-            simple_p, context_p = points[pairs, "patch"], points[pairs, "context"]
-            lines.append(f"- `{profile_name}` recipe, {pairs:,d} pairs: author's evaluation: "
-                         f"{compare(simple_p['author'], context_p['author'])}; standardised: "
-                         f"{compare(simple_p['standard'], context_p['standard'])}")
-largest = max(p["pairs"] for p in curve)
-paper_pairs = 120 * 50_000 * 4 * 16  # epochs x images x views (3 augmented + the original) x targets
-display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 saw {paper_pairs:,d} "
-                 f"pairs, {paper_pairs / largest:.0f} times the largest point here ({largest:,d})."))
+for (profile_name, n_train), by_model in sorted(by_run.items()):
+    for pairs in sorted(set(by_model.get("patch", {})) & set(by_model.get("context", {}))):
+        simple_p, context_p = by_model["patch"][pairs], by_model["context"][pairs]
+        lines.append(f"- `{profile_name}` recipe on {n_train:,} images, {pairs:,d} pairs: author's "
+                     f"evaluation: {compare(simple_p['author'], context_p['author'])}; standardised: "
+                     f"{compare(simple_p['standard'], context_p['standard'])}")
+largest = max(p["pairs"] for p in points)
+gap_words = curve_in_words(points)
+display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 saw {curve.AUTHOR_PAIRS:,d} "
+                 f"pairs, {curve.AUTHOR_PAIRS / largest:.0f} times the largest point here ({largest:,d}): "
+                 f"{math.log2(curve.AUTHOR_PAIRS / largest):.1f} doublings of compute away. "
+                 + (gap_words or "No run on every training image has two points yet, so no trend is carried "
+                    "to the author's compute.")))
 
 # %% [markdown]
-# The models this notebook studied on CIFAR-100 are the author's recipe at the curve's largest point
-# (their scale is printed at the top): the last `author` line above is where they sit on it.
+# The models this notebook studied on CIFAR-100 are the author's recipe on 5 000 images at that
+# curve's largest point (their scale is printed at the top): the last `author` line of the 5 000-image
+# runs above is where they sit on it.
