@@ -21,7 +21,7 @@ import vwe.engine
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.shapes import make_shapes
-from vwe.engine import steps_done
+from vwe.engine import epochs_reached, steps_done
 from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
 
@@ -134,3 +134,9 @@ def test_steps_done_counts_whole_and_stopped_epochs():
     assert steps_done([], STEPS) == 0
     assert steps_done([{"epoch": 2}], STEPS) == 2 * STEPS
     assert steps_done([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}], STEPS) == 9
+
+
+def test_epochs_reached_reads_the_metrics_not_the_config():
+    assert epochs_reached([]) == 0
+    assert epochs_reached([{"epoch": 2}]) == 2
+    assert epochs_reached([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}]) == 2.25

@@ -13,9 +13,10 @@ default, `cfg.probe_norm`) and on raw ones (the paper's probe); a context row al
 tower embedding of its 16 patches. The supervised row is `vwe.supervised.train_supervised`, reported
 as its test top-1 accuracy (one run), with the probes and kNN on its 64-d tower features.
 
-Each row writes `<out_dir>/<run>/linear_eval.json`. A later run skips a row whose file matches the
-row's config and the sha256 of its final checkpoint, and resumes a row that was interrupted.
-`run_table` then writes `results.json`, `results.csv`, `results.md` and `results.png` in `out_dir`.
+Each row writes `<out_dir>/<run>/linear_eval.json` (`vwe.results.ROW_FILE`). A later run skips a row
+whose file matches the row's config and the sha256 of its final checkpoint, and resumes a row that was
+interrupted. `run_table` then writes `vwe.results.results_files` (results.json, .csv, .md, .png) in
+`out_dir`.
 
     python -m vwe table --profile paper --dataset cifar100       # the reproduction, on one GPU
 
@@ -39,6 +40,7 @@ from torch import nn
 from vwe import distributed
 from vwe.config import PROBE_NORMS, Config, check_resolved, resolve
 from vwe.data import Dataset, describe
+from vwe.engine import epochs_reached
 from vwe.evaluate import (
     knn_accuracy,
     linear_eval,
@@ -54,14 +56,15 @@ from vwe.results import (
     AUTHOR_PROBE,
     AUTHOR_PROBE_EPOCHS,
     PAPER_DATASET,
+    ROW_FILE,
     RowResult,
     measured_on,
+    results_files,
     write_results,
 )
 from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
-RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)
 
 
@@ -196,7 +199,7 @@ def finished_row(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -
     """The row's saved result when it matches `cfg` (dataset resolved), the data (its
     `data_fingerprint`) and its checkpoint; else None."""
     run_dir = row_dir(out_dir, cfg, row)
-    path = run_dir / RESULTS_FILE
+    path = run_dir / ROW_FILE
     if not path.is_file():
         return None
     checkpoints = list_checkpoints(run_dir)
@@ -295,9 +298,8 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     elif row.kind == "pretrained":
         # a run folder holding more epochs than asked is refused by `vwe.runs.check_resumable`
         res = pretrain(cfg_row, run_dir, data, device, progress=progress)
-    # the epochs reached: fractional where a time box (`cfg.minutes`) stopped the run inside one
-    model, checkpoint, epochs = (None, None, 0) if res is None else (res.model, res.checkpoint,
-                                                                     res.metrics[-1]["epoch"])
+    model, checkpoint = (None, None) if res is None else (res.model, res.checkpoint)
+    epochs = 0 if res is None else epochs_reached(res.metrics)
     if not distributed.is_main():  # rank 0 alone evaluates and writes; the others read its result
         return _result_of_main(row, cfg, out_dir, fingerprint)
     features = row_features(row, data, cfg, device, model, progress)
@@ -311,7 +313,7 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
         "epochs": epochs, **evaluation, "seconds": round(time.perf_counter() - t0, 1),
         "provenance": provenance(device),
     }
-    write_json(run_dir / RESULTS_FILE, saved)
+    write_json(run_dir / ROW_FILE, saved)
     distributed.barrier()  # the other processes wait in _result_of_main
     return _result(row, saved, False, run_dir)
 
@@ -429,6 +431,5 @@ def run_table(
             results[row.key] = done
     ordered = [results[r.key] for r in ROWS if r.key in results]
     with distributed.main_first():  # the others return once the files are there
-        files = (write_results(header, ordered, out_dir) if distributed.is_main()
-                 else {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")})
+        files = write_results(header, ordered, out_dir) if distributed.is_main() else results_files(out_dir)
     return Table(header, ordered, files)
