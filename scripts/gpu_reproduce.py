@@ -275,8 +275,9 @@ def main(argv: list[str] | None = None) -> Path:
         res = pretrain(cfgs["paper"].replace(minutes=minutes), work / "paper", data, device, progress=False)
         paper_row = next(r for r in table.ROWS if r.key == "context-resnet32-aug")
         features = table.row_features(paper_row, data, probe_cfg, device, res.model, progress=False)
-        row = table.row_result(paper_row, table.evaluate_features(features, data, probe_cfg), data.name,
-                               epochs_reached(res.metrics), time.perf_counter() - t0, work / "paper")
+        evaluation = table.evaluate_features(features, data, probe_cfg)
+        row = table.row_from_evaluation(paper_row, evaluation, data.name, epochs_reached(res.metrics),
+                                        time.perf_counter() - t0, work / "paper")
         rows.append(dataclasses.replace(row, key="context-resnet32-aug-text-recipe",
                                         method="Context patch autoencoder (the text's recipe)"))
         header["epochs_reached"]["paper"] = epochs_reached(res.metrics)

@@ -25,7 +25,7 @@ from vwe.results import (
     verdict_in_words,
     write_results,
 )
-from vwe.table import ROWS, row_result
+from vwe.table import ROWS, row_from_evaluation
 
 BY_KEY = {r.key: r for r in ROWS}
 
@@ -92,7 +92,7 @@ def _row(key: str, mean: float, std: float, n: int = 3):
     probe = {"mean": mean, "std": std, "accs": [mean] * n}
     evaluation = {"mean": mean, "std": std, "accs": [mean] * n, "knn": 0.0, "dim": 1,
                   "probes": {"embedding/standard": probe}}
-    return row_result(BY_KEY[key], evaluation, "cifar100", 1, 0.0, "x")
+    return row_from_evaluation(BY_KEY[key], evaluation, "cifar100", 1, 0.0, "x")
 
 
 def test_claims_read_the_rows_they_name():

@@ -22,7 +22,7 @@ from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_n
 TOWERS = ("resnet32", "conv4", "conv4-strided")
 DECODERS = ("text", "author")  # the paper's text (docs/design.md §7) | the author's code
 ENCODINGS = ("shared", "literal", "slots")
-FEATURES = 64  # D, the tower's output size
+TOWER_DIM = 64  # D, the size of a tower's features
 
 # Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
 # input. A zero patch stays all-zero in [0, 1] pixel space (docs/design.md §1); only the tower sees it
@@ -69,7 +69,7 @@ class ResNet32(nn.Module):
     image 32x32 -> 16x16 -> 8x8 -> pool. About 0.46 M parameters.
     """
 
-    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES),
+    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, TOWER_DIM),
                  normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()  # the author's code: [0, 1] pixels
@@ -102,7 +102,7 @@ class Conv4(nn.Module):
     blocks 1-3, global average pool after block 4. (B, 3, H, W) -> (B, 64). About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES), normalize: bool = True):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, TOWER_DIM), normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
@@ -125,7 +125,7 @@ class StridedConv4(nn.Module):
     1x1 => 1x1, flattened. On a larger input the map is averaged to one pixel. About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES),
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, TOWER_DIM),
                  strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
@@ -168,7 +168,7 @@ class Decoder(nn.Module):
         super().__init__()
         if style not in DECODERS:
             raise ValueError(f"unknown decoder {style!r}; choose one of {DECODERS}")
-        hidden = 128 if style == "author" and in_features == FEATURES else 512
+        hidden = 128 if style == "author" and in_features == TOWER_DIM else 512
         self.fc = nn.Sequential(
             nn.Linear(in_features, hidden), nn.ReLU(),
             nn.Linear(hidden, 64 * 4 * 4), nn.ReLU(),
