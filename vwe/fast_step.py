@@ -17,8 +17,8 @@ trainers wrap their step in it on CUDA only (`for_device`, `in_form`; the pretra
 `default_options`: all of them, dense_convs=16; BENCHMARKS.md measures each). FastStep computes the
 step's loss with its own form of the step's network (`Step.loss(net, ...)`): compiled, in bf16.
 Under torchrun the compiled network is the DDP module (not fullgraph) and the CUDA graph is off
-(BENCHMARKS.md says what has been measured there). `vwe.config.resolve` switches cuDNN's autotuner on
-for a CUDA process.
+(docs/running.md, More than one GPU, says what has been checked there). `vwe.config.resolve`
+switches cuDNN's autotuner on for a CUDA process.
 
 Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their
 BatchNorms, the decoder, the augmentation, and the backward of it all), many of which the GPU
