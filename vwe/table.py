@@ -62,7 +62,7 @@ from vwe.results import (
     results_files,
     write_results,
 )
-from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
+from vwe.runs import epochs_saved, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)
@@ -405,9 +405,7 @@ def run_table(
     def work(row: Row) -> int:
         if not row.trained or finished_row(row, cfg, out_dir, fingerprint) is not None:
             return 0
-        checkpoints = list_checkpoints(row_dir(out_dir, cfg, row))
-        done = int(CHECKPOINT_RE.match(checkpoints[0].name).group(1)) if checkpoints else 0
-        return max(cfg.epochs - done, 0) * len(data.train_labels)
+        return max(cfg.epochs - epochs_saved(row_dir(out_dir, cfg, row)), 0) * len(data.train_labels)
 
     todo = {row.key: work(row) for row in selected}
     lines: dict[str, RowResult] = {}
