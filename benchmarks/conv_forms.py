@@ -6,7 +6,7 @@
 The step's convolutions (context autoencoder, ResNet-32 tower, shared encoding, batch B) are found
 by running the model once with hooks, and grouped by shape: the tower's 8x8, 4x4 and 2x2 maps of
 B*16 + 1 patches and the decoder's 8x8 maps of B*16 targets. Each group is timed, forward and
-backward (gradients of the input and the weight), in every form `vwe.fast` has for it:
+backward (gradients of the input and the weight), in every form `vwe.dense_conv` has for it:
 
     conv      the library convolution (cuDNN on CUDA), what `StepOptions()` runs
     dense     one matrix product with the convolution of the identity basis (`dense_conv2d`)
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe.fast import Conv2d, dense_conv2d
+from vwe.dense_conv import Conv2d, dense_conv2d, set_dense_pixels
 from vwe.fast_step import default_options, for_device
 from vwe.files import atomic_write
 from vwe.models import ContextAutoencoder, build_model
@@ -87,7 +87,7 @@ def forms_of(call: ConvCall) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_form(call: ConvCall) -> str:
-    """The form the model runs `call` in (as it was built: `dense_convs`, as the training step's)."""
+    """The form the model runs `call` in (as the training step sets it: `dense_convs`)."""
     if isinstance(call.conv, Conv2d):  # the tower's; the decoder's other convs are plain nn.Conv2d
         return call.conv.form(call.shape[2] * call.shape[3])
     return "conv"
@@ -140,7 +140,8 @@ def measure(device: torch.device, batch_size: int, repeats: int, iters: int) -> 
     """One row per convolution shape of the step: ms per call of each form, per step, the best."""
     torch.manual_seed(0)
     options = for_device(default_options(), device)
-    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
+    model = build_model("context", "resnet32").to(device).train()
+    set_dense_pixels(model, options.dense_convs)  # as FastStep does
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=layout)
     rows = []

@@ -74,7 +74,7 @@ def make_step(a: argparse.Namespace, device: torch.device) -> tuple[Callable[[in
     options = replace(for_device(default_options(), device), cuda_graph=False)
     if a.by_shape:
         options = replace(options, compile=None)
-    model = build_model("context", "resnet32", dense_convs=options.dense_convs).to(device).train()
+    model = build_model("context", "resnet32").to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step = FastStep(PretrainStep(model, optimizer, AugmentConfig(), gen), options)
     return (lambda i: step(images[batch(i)])), options.describe()

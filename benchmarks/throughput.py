@@ -178,11 +178,10 @@ def bench_step(name: str, cfg: BenchConfig, images: torch.Tensor) -> dict:
     reset_peak(device)
     torch.manual_seed(0)
     if recipe is None:
-        model = build_model("context", "resnet32", encoding, dense_convs=options.dense_convs)
-        model = model.to(device).train()
+        model = build_model("context", "resnet32", encoding).to(device).train()
         aug, views, b, per_image = AugmentConfig(), {}, cfg.batch_size, 1
     else:
-        model = build_model(**recipe.model_args, dense_convs=options.dense_convs).to(device).train()
+        model = build_model(**recipe.model_args).to(device).train()
         aug, views, b = recipe.aug, {"views": recipe.views, "original": recipe.original}, recipe.batch_size
         per_image = recipe.views_per_image
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")

@@ -2,7 +2,7 @@
 # Every GPU measurement of the project in one command, for a machine with one CUDA GPU, most
 # informative first (a GPU job may end before the last part):
 #   1. benchmarks/conv_forms.py --device cuda    (every convolution of the step as cuDNN's and as a
-#      matrix product, vwe.fast: which form each layer should take; about 30 s)
+#      matrix product, vwe.dense_conv: which form each layer should take; about 30 s)
 #   2. benchmarks/throughput.py --device cuda    (BENCHMARKS.md: the training-step variants,
 #      augmentation, features, linear probe, the throughput goals; prints each row as measured)
 #   3. the CUDA tests of tests/test_fast_step.py (the fast step matches plain fp32, the graph)

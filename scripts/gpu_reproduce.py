@@ -40,6 +40,7 @@ from vwe.config import Config, get_config, resolve
 from vwe.course import export_shipped
 from vwe.data.cifar import CIFAR100_ARCHIVE, CIFAR100_MD5, CIFAR100_MD5_ENV
 from vwe.data.dataset import data_dir, project_dir
+from vwe.engine import epochs_reached
 from vwe.files import atomic_write, file_digest, write_json
 from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> Path:
         res = pretrain(cfgs[name].replace(minutes=minutes), work / name, data, device, progress=False)
         trained[name] = res
         entry = export_shipped(res.run_dir, out.folder, data.provenance())
-        print(f"{name}: {res.metrics[-1]['epoch']} epochs in {minutes:.2f} min, held-out loss "
+        print(f"{name}: {epochs_reached(res.metrics)} epochs in {minutes:.2f} min, held-out loss "
               f"{res.metrics[-1]['test_loss']:.5f}; fp16 {entry['file']} sha256 {entry['sha256'][:12]}",
               flush=True)
         out.part(name, time.perf_counter() - t0, minutes=minutes, metrics=res.metrics,
@@ -256,11 +257,10 @@ def main(argv: list[str] | None = None) -> Path:
     probe_cfg = cfgs["context"]
     header = table.table_header(probe_cfg, data, device, table.data_fingerprint(data))
     # the epochs each time box reached (fractional when it stopped inside one)
+    reached = {k: epochs_reached(r.metrics) for k, r in trained.items()}
     header.update(profile=f"gpu-reproduce ({probe_cfg.profile} recipe, time-boxed)",
-                  epochs=trained["context"].metrics[-1]["epoch"],
-                  epochs_reached={k: r.metrics[-1]["epoch"] for k, r in trained.items()})
-    epochs = {"patch-resnet32-aug": trained["patch"].metrics[-1]["epoch"],
-              "context-resnet32-aug": trained["context"].metrics[-1]["epoch"]}
+                  epochs=reached["context"], epochs_reached=reached)
+    epochs = {"patch-resnet32-aug": reached["patch"], "context-resnet32-aug": reached["context"]}
     features = table.model_features(trained["patch"].model, trained["context"].model, data, probe_cfg, device)
     rows = table.model_rows(features, data, probe_cfg, epochs, work)
     write_results(out, header, rows)
@@ -275,11 +275,12 @@ def main(argv: list[str] | None = None) -> Path:
         res = pretrain(cfgs["paper"].replace(minutes=minutes), work / "paper", data, device, progress=False)
         paper_row = next(r for r in table.ROWS if r.key == "context-resnet32-aug")
         features = table.row_features(paper_row, data, probe_cfg, device, res.model, progress=False)
-        row = table.row_result(paper_row, table.evaluate_features(features, data, probe_cfg), data.name,
-                               res.metrics[-1]["epoch"], time.perf_counter() - t0, work / "paper")
+        evaluation = table.evaluate_features(features, data, probe_cfg)
+        row = table.row_from_evaluation(paper_row, evaluation, data.name, epochs_reached(res.metrics),
+                                        time.perf_counter() - t0, work / "paper")
         rows.append(dataclasses.replace(row, key="context-resnet32-aug-text-recipe",
                                         method="Context patch autoencoder (the text's recipe)"))
-        header["epochs_reached"]["paper"] = res.metrics[-1]["epoch"]
+        header["epochs_reached"]["paper"] = epochs_reached(res.metrics)
         write_results(out, header, rows)
         out.part("paper", time.perf_counter() - t0, minutes=minutes, metrics=res.metrics,
                  checkpoint=out.copy_checkpoint("paper", res.run_dir))
@@ -294,7 +295,7 @@ def write_results(out: Output, header: dict, rows: list) -> None:
     """The results file (`vwe.results.results_json`) into the output folder; no csv, md or png: the
     folder's files are counted, and the docs render from the JSON."""
     text = results.results_json(header, rows)
-    atomic_write(out.folder / "results.json", lambda t: t.write_text(text))
+    atomic_write(results.results_files(out.folder)["json"], lambda t: t.write_text(text))
     out.record["results_sha256"] = hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -18,17 +18,21 @@ from pathlib import Path
 import torch
 
 from vwe import table
-from vwe.config import Config, get_config, resolve
-from vwe.course import load_shipped
+from vwe.config import get_config, resolve
+from vwe.course import Pretrained, load_shipped
+from vwe.engine import epochs_reached, steps_done
 from vwe.results import write_results
 
 
-def shipped_what(cfg: Config, n_probe: int, n_test: int) -> str:
-    """The measurement in one sentence: which models, pretrained how, probed on what."""
-    steps = cfg.n_train // cfg.batch_size * cfg.epochs
+def shipped_what(context: Pretrained, n_probe: int, n_test: int) -> str:
+    """The measurement in one sentence: which models, pretrained how (the epochs and steps the context
+    model's metrics say it reached), probed on what."""
+    cfg, metrics = context.config, context.metrics
+    steps = steps_done(metrics, cfg.n_train // cfg.batch_size)
     return (f"The two autoencoders in `checkpoints/` (ResNet-32, pretrained on the first {cfg.n_train:,} "
-            f"training images with the `{cfg.profile}` recipe and the {cfg.encoding} encoding: {cfg.epochs} "
-            f"epochs, {steps:,} steps of {cfg.pairs_per_step} pairs) beside the untrained baselines, "
+            f"training images with the `{cfg.profile}` recipe and the {cfg.encoding} encoding: "
+            f"{epochs_reached(metrics):g} epochs, {steps:,} steps of {cfg.pairs_per_step} pairs) beside the "
+            "untrained baselines, "
             f"probed on the features of the first {n_probe:,} training images and scored on {n_test:,} "
             "test images.")
 
@@ -48,7 +52,8 @@ def main() -> None:
     simple, context = (load_shipped(m, device) for m in ("patch", "context"))
     for m in (simple, context):
         print(m.source, flush=True)
-    epochs = {"patch-resnet32-aug": simple.config.epochs, "context-resnet32-aug": context.config.epochs}
+    epochs = {"patch-resnet32-aug": epochs_reached(simple.metrics),
+              "context-resnet32-aug": epochs_reached(context.metrics)}
     features = table.model_features(simple.model, context.model, data, cfg, device, progress=True)
     rows = table.model_rows(features, data, cfg, epochs, a.out)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
@@ -57,7 +62,7 @@ def main() -> None:
                   pairs_per_step=context.config.pairs_per_step, lr=context.config.lr,
                   profile=f"shipped ({context.config.profile} recipe)",
                   title=f"The shipped autoencoders on {data.name}, both readings of the paper",
-                  what=shipped_what(context.config, len(data.train_labels), len(data.test_labels)))
+                  what=shipped_what(context, len(data.train_labels), len(data.test_labels)))
     files = write_results(header, rows, a.out)
     print(files["md"].read_text())
     print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")

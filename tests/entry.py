@@ -1,5 +1,6 @@
-"""The trainers as an entry point calls them: on the config, data and device that
-`vwe.config.resolve` makes (the data loaded when None, else cut to the config's sizes)."""
+"""The trainers as an entry point calls them: `resolve_and_pretrain` and `resolve_and_train_supervised`
+resolve the config first (`vwe.config.resolve`: the data loaded when None, else cut to the config's
+sizes, and the device), then call `vwe.pretrain.pretrain` or `vwe.supervised.train_supervised` on it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from vwe.config import Config, resolve
 from vwe.data import Dataset
 
 
-def pretrain(cfg: Config, run_dir, data: Dataset | None = None, **kwargs) -> vwe.pretrain.PretrainResult:
+def resolve_and_pretrain(cfg: Config, run_dir, data: Dataset | None = None, **kwargs
+                         ) -> vwe.pretrain.PretrainResult:
     cfg, data, device = resolve(cfg, data)
     return vwe.pretrain.pretrain(cfg, run_dir, data, device, **kwargs)
 
 
-def train_supervised(cfg: Config, run_dir, data: Dataset | None = None, recipe=None, **kwargs
-                     ) -> vwe.supervised.SupervisedResult:
+def resolve_and_train_supervised(cfg: Config, run_dir, data: Dataset | None = None, recipe=None, **kwargs
+                                 ) -> vwe.supervised.SupervisedResult:
     cfg, data, device = resolve(cfg, data)
     return vwe.supervised.train_supervised(cfg, run_dir, data, recipe, device, **kwargs)

@@ -13,6 +13,7 @@ import torch
 
 from vwe.augment import AugmentConfig, augment
 from vwe.data import to_float
+from vwe.dense_conv import set_dense_pixels
 from vwe.models import ENCODINGS, ContextAutoencoder, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,7 +212,8 @@ def test_conv_forms_finds_every_convolution_of_the_step_and_the_default_forms():
     assert len(by_label["tower 64->64 3x3/1 on 2x2"].names) == 9  # stage 3 after its first conv
     assert {conv_forms.default_form(c) for c in calls} == {"conv"}  # the CPU default
     torch.manual_seed(0)
-    dense = conv_forms.step_convs(build_model("context", "resnet32", dense_convs=16), 2, torch.device("cpu"))
+    dense = conv_forms.step_convs(set_dense_pixels(build_model("context", "resnet32"), 16), 2,
+                                  torch.device("cpu"))
     forms = {c.label: conv_forms.default_form(c) for c in dense}
     assert forms["tower 32->32 3x3/1 on 4x4"] == "dense" and forms["tower 16->16 3x3/1 on 8x8"] == "conv"
     assert forms["decoder 64->64 3x3/1 on 8x8"] == forms["decoder 64->32 3x3/1 on 8x8"] == "conv"

@@ -8,7 +8,7 @@ context model the course ships beats the pixels and random weights under linear 
 from dataclasses import replace
 
 import pytest
-from entry import pretrain
+from entry import resolve_and_pretrain
 from real_cifar100 import ARCHIVE, VERIFIED_MD5, skip_without_real_cifar100
 
 from vwe.config import get_config
@@ -37,7 +37,7 @@ def test_context_autoencoder_learns_to_rebuild_real_cifar100_patches(cifar, tmp_
     data = cifar.cut(2000, 500)
     cfg = get_config("smoke", dataset="cifar100", tower="conv4", n_train=2000, n_test=500, epochs=2,
                      batch_size=32, lr=1e-3, augment=False)
-    res = pretrain(cfg, tmp_path / "run", data=data, progress=False)
+    res = resolve_and_pretrain(cfg, tmp_path / "run", data=data, progress=False)
     losses = [m["test_loss"] for m in res.metrics]
     # The best constant: every pixel predicted by its channel's mean over the training images.
     train, test = data.train_images.float() / 255, data.test_images.float() / 255

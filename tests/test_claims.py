@@ -26,7 +26,7 @@ the full table (`make paper`, docs/results.md): at this size their gaps are with
 """
 
 import pytest
-from entry import pretrain
+from entry import resolve_and_pretrain
 
 from vwe.config import get_config
 from vwe.data import make_shapes
@@ -50,7 +50,7 @@ def test_context_autoencoder_beats_random_weights(tmp_path):
                          **probe_settings(cfg, data.num_classes))
     # the context AE's row: its pretraining run, then the probe on its 8192-d context embedding
     context_cfg = row_config(cfg, BY_KEY["context-resnet32-aug"])
-    model = pretrain(context_cfg, tmp_path / "context", data=data, progress=False).model
+    model = resolve_and_pretrain(context_cfg, tmp_path / "context", data=data, progress=False).model
     context = evaluate_model(model, data, context_cfg, progress=False)
     lower, higher = random.summary(), context.summary()
     points, in_se = gap(lower, higher)

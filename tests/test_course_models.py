@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from entry import pretrain
+from entry import resolve_and_pretrain
 
 from vwe.config import get_config
 from vwe.course import (
@@ -27,7 +27,7 @@ CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, e
 def run(tmp_path_factory):
     data = make_shapes(64, 32)
     folder = tmp_path_factory.mktemp("runs")
-    return {model: pretrain(CFG.replace(model=model), folder / model, data=data, progress=False)
+    return {model: resolve_and_pretrain(CFG.replace(model=model), folder / model, data=data, progress=False)
             for model in ("context", "patch")}, folder, data
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from entry import pretrain, train_supervised
+from entry import resolve_and_pretrain, resolve_and_train_supervised
 
 from vwe.config import get_config
 from vwe.data import make_shapes
@@ -88,9 +88,10 @@ def _worker(rank: int, port: int, runs: Path) -> None:
     if rank:
         sys.addaudithook(_audit_writes(runs, writes))
     try:
-        pretrain(CFG, runs / PRETRAINED, progress=False)
-        pretrain(CFG, runs / "pretrain-nosync", progress=False, sync_bn=False)
-        train_supervised(SUPERVISED, runs / "supervised", make_shapes(64, 32), RECIPE, progress=False)
+        resolve_and_pretrain(CFG, runs / PRETRAINED, progress=False)
+        resolve_and_pretrain(CFG, runs / "pretrain-nosync", progress=False, sync_bn=False)
+        resolve_and_train_supervised(SUPERVISED, runs / "supervised", make_shapes(64, 32), RECIPE,
+                                     progress=False)
         run_table(CFG, runs / "table", TABLE_ROWS, make_shapes(64, 32), progress=False)  # reuses PRETRAINED
     finally:
         dist.destroy_process_group()
@@ -126,7 +127,7 @@ def update_difference(one: dict, two: dict, init: dict) -> float:
 
 
 def test_two_processes_pretrain_the_model_of_one(two, tmp_path):
-    one = pretrain(CFG, tmp_path, progress=False)
+    one = resolve_and_pretrain(CFG, tmp_path, progress=False)
     torch.manual_seed(CFG.seed)
     init = build_model(CFG.model, CFG.tower, CFG.encoding).state_dict()
     ours, theirs = one.model.state_dict(), final_state(two / PRETRAINED)
@@ -146,7 +147,7 @@ def test_two_processes_pretrain_the_model_of_one(two, tmp_path):
 
 
 def test_two_processes_train_the_supervised_model_of_one(two, tmp_path):
-    one = train_supervised(SUPERVISED, tmp_path, make_shapes(64, 32), RECIPE, progress=False)
+    one = resolve_and_train_supervised(SUPERVISED, tmp_path, make_shapes(64, 32), RECIPE, progress=False)
     worst = max_difference(one.model.state_dict(), final_state(two / "supervised"))
     print(f"supervised: max |1 - 2 processes| = {worst:.2e}")
     assert worst < SGD_ATOL

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-from entry import pretrain
+from entry import resolve_and_pretrain
 from torchvision.io import write_png
 
 from vwe.__main__ import main
@@ -29,7 +29,7 @@ def run(request, tmp_path_factory):
     """A one-epoch Conv4 run of each model on Shapes: (run dir, model)."""
     cfg = get_config("smoke", model=request.param, tower="conv4", n_train=64, n_test=32, batch_size=32)
     run_dir = tmp_path_factory.mktemp(request.param)
-    res = pretrain(cfg, run_dir, data=SHAPES, progress=False)
+    res = resolve_and_pretrain(cfg, run_dir, data=SHAPES, progress=False)
     return run_dir, res.model
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vwe import fast
+from vwe import dense_conv
 from vwe.augment import AugmentConfig, AugmentParams, apply_params, augment, sample_params
 from vwe.data import to_float
+from vwe.dense_conv import Conv2d, set_dense_pixels
 from vwe.fast_step import (
     PLAIN,
     FastStep,
@@ -42,11 +43,10 @@ def batch(b: int = 4, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
 
 
-def fresh(tower: str = "conv4", seed: int = 0, device: str = "cpu", fused: bool = False,
-          dense_convs: int = 0):
-    """The same weights for a seed whatever `dense_convs` (the form of the tower's convolutions)."""
+def fresh(tower: str = "conv4", seed: int = 0, device: str = "cpu", fused: bool = False):
+    """The context model of a seed, with the library's convolutions until a FastStep sets its form."""
     torch.manual_seed(seed)
-    model = build_model("context", tower, dense_convs=dense_convs).to(device)
+    model = build_model("context", tower).to(device)
     return model, torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=fused)
 
 
@@ -123,7 +123,7 @@ def record_inputs(model, into: list) -> None:
 @pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
 def test_step_augments_with_the_generator_like_augment_does(options):
     images = batch()
-    model, opt = fresh(dense_convs=options.dense_convs)
+    model, opt = fresh()
     seen = []
     record_inputs(model, seen)
     _, gen = run(options, model, opt, images, steps=2)
@@ -141,7 +141,7 @@ def test_compiled_step_traces_as_one_graph_and_matches_eager(monkeypatch):
     images = batch()
     results = []
     for options in (FAST_CPU, replace(FAST_CPU, compile="default")):
-        model, opt = fresh(dense_convs=options.dense_convs)
+        model, opt = fresh()
         losses, _ = run(options, model, opt, images, steps=2)
         results.append((torch.stack(losses), flat(model.parameters())))
     assert torch.equal(results[1][0], results[0][0])
@@ -169,8 +169,8 @@ def test_compiled_supervised_step_traces_as_one_graph_and_matches_the_plain_step
 
 def float64_gradients(dense_pixels: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The loss and every parameter's gradient of the Conv4 context model in float64, train mode."""
-    model, _ = fresh(dense_convs=dense_pixels)
-    model.double()
+    model, _ = fresh()
+    set_dense_pixels(model, dense_pixels).double()
     loss = model.forward_loss(x)
     loss.backward()
     return loss.detach(), [p.grad for p in model.parameters()]
@@ -187,9 +187,9 @@ DENSE_RTOL = 1e-9
 
 def dense_form_error(monkeypatch, form=None) -> tuple[float, float]:
     """(relative loss difference, largest relative gradient difference) of the dense form against
-    the library's convolution, with `form` standing in for `vwe.fast.dense_conv2d` when given."""
+    the library's convolution, with `form` standing in for `vwe.dense_conv.dense_conv2d` when given."""
     if form is not None:
-        monkeypatch.setattr(fast, "dense_conv2d", form)
+        monkeypatch.setattr(dense_conv, "dense_conv2d", form)
     x = to_float(batch()).double()
     loss, grads = float64_gradients(0, x)
     dense_loss, dense_grads = float64_gradients(16, x)
@@ -234,7 +234,7 @@ FP32_LOSS_RTOL = 1e-5
 
 def one_step_gradients(options: StepOptions, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss and the flat gradient of one step of the ResNet-32 context model from the same start."""
-    model, opt = fresh("resnet32", dense_convs=options.dense_convs)
+    model, opt = fresh("resnet32")
     losses, _ = run(options, model, opt, images)
     return losses[0], flat(p.grad for p in model.parameters())
 
@@ -257,13 +257,13 @@ def test_the_dense_bf16_step_traces_as_one_graph():
     model, opt = fresh()
     plain = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1), PLAIN)
     loss = plain.forward_loss(images, *plain.draw(len(images)))
-    model, opt = fresh(dense_convs=16)
+    model, opt = fresh()
     fast_step = make_train_step(model, opt, AUG, torch.Generator().manual_seed(1),
                                 StepOptions(bf16=True, channels_last=True, dense_convs=16))
     traced = torch.compile(fast_step.forward_loss, backend="eager", fullgraph=True)
     params = fast_step.draw(len(images))
     traced_loss = traced(images, *params)
-    assert model.tower.features[4].dense_pixels == 16  # Conv4's second conv, on the 4x4 map
+    assert model.tower.features[4].form(16) == "dense"  # Conv4's second conv, on the 4x4 map: set by FastStep
     assert torch.equal(traced_loss, fast_step.forward_loss(images, *params))  # the eager kernels, in order
     # a coarse check only: bf16's error hides a wrong layout or a 1 % gradient scale, which
     # test_fast_step_in_fp32_equals_the_plain_step_up_to_rounding catches
@@ -274,7 +274,7 @@ def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
     images = batch(8)
     grads = {}
     for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
-        model, opt = fresh("resnet32", dense_convs=options.dense_convs)
+        model, opt = fresh("resnet32")
         losses, _ = run(options, model, opt, images)
         grads[name] = [p.grad for p in model.parameters()]
         grads[name + " loss"] = losses[0]
@@ -298,7 +298,7 @@ def test_bf16_loss_and_gradients_match_fp32_within_bf16_tolerance():
 @pytest.mark.parametrize("options", [PLAIN, FAST_CPU], ids=["plain", "bf16+channels_last"])
 def test_step_is_exactly_adams_first_update_of_its_own_gradients(options):
     images = batch()
-    model, opt = fresh(fused=True, dense_convs=options.dense_convs)  # fused, as pretrain uses on CUDA
+    model, opt = fresh(fused=True)  # fused, as pretrain uses on CUDA
     before = [p.detach().clone() for p in model.parameters()]
     run(options, model, opt, images)
     for w0, p in zip(before, model.parameters(), strict=True):
@@ -314,7 +314,7 @@ def test_one_fast_and_one_plain_step_give_weights_within_tolerance():
     w0 = flat(fresh("resnet32")[0].parameters())
     updates = {}
     for name, options in (("plain", PLAIN), ("fast", FAST_CPU)):
-        model, opt = fresh("resnet32", dense_convs=options.dense_convs)
+        model, opt = fresh("resnet32")
         run(options, model, opt, images)
         w1, grad = flat(model.parameters()), flat(p.grad for p in model.parameters())
         # each step is exactly Adam's first update of its own gradients: one step, at this lr, bias
@@ -328,7 +328,7 @@ def test_one_fast_and_one_plain_step_give_weights_within_tolerance():
 
 def test_channels_last_converts_weights_and_moves_resumed_adam_state_along():
     images = batch()
-    model, opt = fresh(fused=True, dense_convs=FAST_CPU.dense_convs)
+    model, opt = fresh(fused=True)
     run(PLAIN, model, opt, images)  # Adam state now exists, in the contiguous layout
     state_before = {p: {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
     w1 = [p.detach().clone() for p in model.parameters()]
@@ -400,7 +400,7 @@ def test_augmentation_makes_nothing_on_the_host():
                          ids=["shared", "literal", "dense"])
 def test_model_forward_and_backward_make_nothing_on_the_host(encoding, dense_pixels):
     # every form of the convolutions builds its matrices on the device
-    model = build_model("context", "resnet32", encoding, dense_convs=dense_pixels).to("meta")
+    model = set_dense_pixels(build_model("context", "resnet32", encoding), dense_pixels).to("meta")
     images = torch.empty(2, 3, 32, 32, device="meta")
     assert capture_hazards(lambda: model.forward_loss(images).backward()) == []
 
@@ -417,6 +417,19 @@ def test_default_options_and_the_device_rule():
     assert for_device(fastest, torch.device("cuda", 0)) == fastest
     assert PLAIN.describe() == "fp32"
     assert StepOptions(dense_convs=4).describe() == "fp32 + dense_convs(4 px)"
+
+
+def test_fast_step_sets_the_form_of_the_towers_convolutions_its_options_ask_for():
+    """The dense convolutions are chosen once, in the options: FastStep sets them on the model it is
+    given, whatever form the model had."""
+    model, opt = fresh()
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    assert len(convs) == 4 and {m.form(16) for m in convs} == {"conv"}  # built as the library's
+    gen = torch.Generator().manual_seed(0)
+    make_train_step(model, opt, None, gen, FAST_CPU)
+    assert [m.dense_pixels for m in convs] == [FAST_CPU.dense_convs] * 4
+    make_train_step(model, opt, None, gen, replace(FAST_CPU, dense_convs=0))
+    assert {m.form(4) for m in convs} == {"conv"}
 
 
 def test_bad_options_and_inputs_are_refused():
@@ -436,8 +449,6 @@ def test_bad_options_and_inputs_are_refused():
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="supports torch.optim.Adam"):
         make_train_step(model, sgd, None, gen, StepOptions(cuda_graph=True))
-    with pytest.raises(ValueError, match="build the model with dense_convs=16"):
-        make_train_step(model, opt, None, gen, FAST_CPU)  # a model built with the library's convolutions
     step = make_train_step(model, opt, AugmentConfig(), gen)
     with pytest.raises(TypeError, match="uint8"):
         step(to_float(batch()))
@@ -456,7 +467,7 @@ def test_cuda_default_step_matches_plain_fp32_within_bf16_tolerance():
     eager_bf16 = StepOptions(bf16=True, channels_last=True)  # bf16 alone: its error is the yardstick
     fast = default_options()
     for name, options in (("plain", PLAIN), ("bf16", eager_bf16), ("fast", fast)):
-        model, opt = fresh("resnet32", device="cuda", fused=True, dense_convs=options.dense_convs)
+        model, opt = fresh("resnet32", device="cuda", fused=True)
         losses, gen = run(options, model, opt, images)
         out[name] = (losses[0], flat(p.grad for p in model.parameters()), flat(model.parameters()),
                      gen.get_state(), [opt.state[p]["step"].item() for p in model.parameters()])

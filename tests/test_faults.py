@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
-from entry import pretrain
+from entry import resolve_and_pretrain
 
 import vwe.data.dataset
 import vwe.pretrain
@@ -66,7 +66,7 @@ def shapes() -> Dataset:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted 3-epoch run of CFG: checkpoint-0002.pt, checkpoint-0003.pt, metrics.jsonl."""
     run = tmp_path_factory.mktemp("reference")
-    pretrain(CFG, run, progress=False)
+    resolve_and_pretrain(CFG, run, progress=False)
     return run
 
 
@@ -179,7 +179,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
         path, state = latest_checkpoint(run)
     assert path.name == "checkpoint-0002.pt" and state["epoch"] == 2
     with pytest.warns(UserWarning, match="checkpoint-0003.pt"):
-        res = pretrain(CFG, run, progress=False)  # redoes epoch 3 from epoch 2's checkpoint
+        res = resolve_and_pretrain(CFG, run, progress=False)  # redoes epoch 3 from epoch 2's checkpoint
     assert res.metrics[-1]["epoch"] == 3
     assert_same_run(run, reference)
 
@@ -190,11 +190,11 @@ def test_when_no_checkpoint_loads_the_run_is_refused_not_restarted(tmp_path, ref
     flip_a_byte(run / "checkpoint-0002.pt")
     before = snapshot(run)
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="none of the checkpoints"):
-        pretrain(CFG, run, data=shapes, progress=False)
+        resolve_and_pretrain(CFG, run, data=shapes, progress=False)
     assert snapshot(run) == before
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="fresh=True"):
         load_pretrained(run, "cpu")
-    res = pretrain(CFG.replace(epochs=1), run, data=shapes, fresh=True, progress=False)
+    res = resolve_and_pretrain(CFG.replace(epochs=1), run, data=shapes, fresh=True, progress=False)
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0001.pt"] and len(res.metrics) == 1
 
 
@@ -205,7 +205,7 @@ def test_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path,
     state["rng"]["augment"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state size
     save_checkpoint(path, state)
     with pytest.warns(UserWarning, match="another kind of device"):
-        res = pretrain(CFG.replace(epochs=4), run, data=shapes, progress=False)
+        res = resolve_and_pretrain(CFG.replace(epochs=4), run, data=shapes, progress=False)
     assert [m["epoch"] for m in res.metrics] == [1, 2, 3, 4]
 
 
@@ -232,7 +232,7 @@ def test_resume_with_another_config_lists_every_difference(tmp_path, reference, 
                       shapes.test_labels, shapes.classes)
     other = CFG.replace(tower="resnet32", encoding="literal", batch_size=16)
     with pytest.raises(ConfigMismatchError) as err:
-        pretrain(other, run, data=renamed, progress=False)
+        resolve_and_pretrain(other, run, data=renamed, progress=False)
     for line in ("tower: 'conv4' -> 'resnet32'", "encoding: 'shared' -> 'literal'",
                  "batch_size: 32 -> 16", "dataset: 'shapes' -> 'cifar100'", "fresh=True"):
         assert line in str(err.value)
@@ -246,7 +246,7 @@ def test_a_run_is_not_shortened_silently(tmp_path, reference, shapes):
     before = snapshot(run)
     held = load_checkpoint(list_checkpoints(run)[0])["epoch"]
     with pytest.raises(ConfigMismatchError, match=f"holds {held} epochs.*cannot be shortened.*--fresh"):
-        pretrain(CFG.replace(epochs=held - 1), run, data=shapes, progress=False)
+        resolve_and_pretrain(CFG.replace(epochs=held - 1), run, data=shapes, progress=False)
     assert snapshot(run) == before
 
 
@@ -297,18 +297,18 @@ def nan_weights_at(call: int):
 ])
 def test_non_finite_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, shapes, monkeypatch,
                                                                  fault, message):
-    pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
+    resolve_and_pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
     before = snapshot(tmp_path)
     monkeypatch.setattr(vwe.pretrain, "PretrainStep", fault(2))  # epoch 2's second step
     with pytest.raises(NonFiniteLossError, match=message):
-        pretrain(CFG, tmp_path, data=shapes, progress=False)
+        resolve_and_pretrain(CFG, tmp_path, data=shapes, progress=False)
     assert snapshot(tmp_path) == before
     assert run_files(tmp_path) == [".lock", "checkpoint-0001.pt", "config.json", "metrics.jsonl"]
 
 
 def test_exploding_learning_rate_is_a_non_finite_loss(tmp_path, shapes):
     with pytest.raises(NonFiniteLossError, match=r"at epoch 1, step \d+ of 2"):
-        pretrain(CFG.replace(lr=1e30, augment=False), tmp_path, data=shapes, progress=False)
+        resolve_and_pretrain(CFG.replace(lr=1e30, augment=False), tmp_path, data=shapes, progress=False)
     assert list_checkpoints(tmp_path) == []
 
 
@@ -355,12 +355,12 @@ def full_disk_in_the_file_write(monkeypatch):
 @pytest.mark.parametrize("fill_disk", [full_disk_in_torch_save, full_disk_in_the_file_write])
 def test_full_disk_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, reference, shapes,
                                                                    monkeypatch, fill_disk):
-    pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
+    resolve_and_pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
     before = snapshot(tmp_path)
     with monkeypatch.context() as m:
         fill_disk(m)
         with pytest.raises(OSError) as err:
-            pretrain(CFG.replace(epochs=2), tmp_path, data=shapes, progress=False)
+            resolve_and_pretrain(CFG.replace(epochs=2), tmp_path, data=shapes, progress=False)
     assert err.value.errno == errno.ENOSPC
     message = str(err.value)
     for part in ("could not write checkpoint", "checkpoint-0002.pt", "No space left on device",
@@ -369,7 +369,7 @@ def test_full_disk_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, ref
     assert snapshot(tmp_path) == before
     assert run_files(tmp_path) == [".lock", "checkpoint-0001.pt", "config.json", "metrics.jsonl"]
     # Space freed: the same command resumes and reaches the uninterrupted run's epoch 2.
-    pretrain(CFG.replace(epochs=2), tmp_path, data=shapes, progress=False)
+    resolve_and_pretrain(CFG.replace(epochs=2), tmp_path, data=shapes, progress=False)
     ours, theirs = load_checkpoint(tmp_path / "checkpoint-0002.pt"), load_checkpoint(
         reference / "checkpoint-0002.pt")
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
@@ -380,9 +380,9 @@ def test_full_disk_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, ref
 def test_second_run_in_a_busy_run_dir_is_refused(tmp_path, shapes):
     with lock_run_dir(tmp_path):
         with pytest.raises(RunDirBusyError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
-            pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
+            resolve_and_pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)
     assert list_checkpoints(tmp_path) == []
-    pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)  # free again
+    resolve_and_pretrain(CFG.replace(epochs=1), tmp_path, data=shapes, progress=False)  # free again
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-0001.pt"]
 
 
@@ -422,7 +422,7 @@ def test_checkpoint_that_runs_code_is_refused_everywhere(tmp_path, shapes, write
     with pytest.warns(UserWarning, match="(?i:unsupported global)"), pytest.raises(CheckpointError):
         load_pretrained(run, "cpu")
     with pytest.warns(UserWarning, match="(?i:unsupported global)"), pytest.raises(CheckpointError):
-        pretrain(CFG, run, data=shapes, progress=False)
+        resolve_and_pretrain(CFG, run, data=shapes, progress=False)
     assert not marker.exists()
 
 
@@ -601,7 +601,7 @@ def test_config_refuses_wrong_types_and_values(overrides, error, message):
 
 def test_batch_larger_than_the_data_is_refused_before_the_run_dir_is_touched(tmp_path, shapes):
     with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
-        pretrain(CFG.replace(batch_size=128), tmp_path / "run", data=shapes, progress=False)
+        resolve_and_pretrain(CFG.replace(batch_size=128), tmp_path / "run", data=shapes, progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from entry import pretrain
+from entry import resolve_and_pretrain
 
 from vwe.config import get_config
 from vwe.data import make_shapes
@@ -32,7 +32,7 @@ def _cfg(**kw):
 @pytest.fixture(scope="module")
 def whole(shapes, tmp_path_factory):
     """One uninterrupted 3-epoch run."""
-    return pretrain(_cfg(), tmp_path_factory.mktemp("whole"), data=shapes, progress=False)
+    return resolve_and_pretrain(_cfg(), tmp_path_factory.mktemp("whole"), data=shapes, progress=False)
 
 
 def test_pretraining_lowers_held_out_loss(shapes, tmp_path):
@@ -41,7 +41,7 @@ def test_pretraining_lowers_held_out_loss(shapes, tmp_path):
     cfg = _cfg(n_train=96, epochs=4, batch_size=8, lr=2e-3, augment=False)
     torch.manual_seed(cfg.seed)
     before = held_out_loss(build_model(cfg.model, cfg.tower, cfg.encoding), shapes.test_images)
-    res = pretrain(cfg, tmp_path, data=shapes, progress=False)
+    res = resolve_and_pretrain(cfg, tmp_path, data=shapes, progress=False)
     assert [m["epoch"] for m in res.metrics] == [1, 2, 3, 4]
     assert res.metrics[-1]["test_loss"] < 0.8 * before, (before, res.metrics)
     assert res.metrics[-1]["train_loss"] < res.metrics[0]["train_loss"]
@@ -49,8 +49,8 @@ def test_pretraining_lowers_held_out_loss(shapes, tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_one_run(shapes, whole, tmp_path):
-    pretrain(_cfg(epochs=1), tmp_path, data=shapes, progress=False)
-    resumed = pretrain(_cfg(), tmp_path, data=shapes, progress=False)
+    resolve_and_pretrain(_cfg(epochs=1), tmp_path, data=shapes, progress=False)
+    resumed = resolve_and_pretrain(_cfg(), tmp_path, data=shapes, progress=False)
     ours, theirs = whole.model.state_dict(), resumed.model.state_dict()
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
@@ -65,7 +65,7 @@ def test_finished_run_is_reused_and_checkpoints_are_pruned(shapes, whole, tmp_pa
     run = shutil.copytree(whole.run_dir, tmp_path / "run")
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0003.pt", "checkpoint-0002.pt"]
     mtime = (run / "checkpoint-0003.pt").stat().st_mtime_ns
-    again = pretrain(_cfg(), run, data=shapes, progress=False)
+    again = resolve_and_pretrain(_cfg(), run, data=shapes, progress=False)
     assert (run / "checkpoint-0003.pt").stat().st_mtime_ns == mtime  # nothing retrained
     assert again.checkpoint == run / "checkpoint-0003.pt" and len(again.metrics) == 3
     assert not again.model.training

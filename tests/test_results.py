@@ -18,12 +18,14 @@ from vwe.results import (
     gap,
     load_results,
     results_dir,
+    results_files,
     rows_of,
     significant,
     verdict,
+    verdict_in_words,
     write_results,
 )
-from vwe.table import ROWS, row_result
+from vwe.table import ROWS, row_from_evaluation
 
 BY_KEY = {r.key: r for r in ROWS}
 
@@ -67,11 +69,30 @@ def test_verdicts():
     assert verdict(lo, lo) == "no"
 
 
+def test_the_verdict_in_words_says_who_leads_by_how_much_and_whether_it_counts():
+    simple = {"mean": 10.0, "std": 0.0, "accs": [10.0] * 3}
+    spread = {"mean": 14.0, "std": math.sqrt(3.0), "accs": [14.0] * 3}  # the difference's se: 1 point
+    noisy = {"mean": 10.0, "std": 3.0, "accs": [10.0] * 3}  # with itself: se sqrt(6), 5 points = 2.04 se
+    short = (f"short of the {SIGNIFICANT_POINTS:g} points and {SIGNIFICANT_SE:g} standard errors a gap "
+             "needs to count")
+    assert verdict_in_words(simple, spread) == ("the context autoencoder leads the simple one by 4.00 "
+                                                "points (4.0 standard errors), a gap that counts")
+    assert verdict_in_words(spread, simple) == ("the context autoencoder trails the simple one by 4.00 "
+                                                "points (4.0 standard errors), a gap that counts")
+    assert verdict_in_words(simple, {**spread, "mean": 11.0}) == (
+        f"the context autoencoder leads the simple one by 1.00 points (1.0 standard errors), {short}")
+    assert verdict_in_words({**spread, "mean": 11.0}, simple) == (
+        f"the context autoencoder trails the simple one by 1.00 points (1.0 standard errors), {short}")
+    assert verdict_in_words(noisy, {**noisy, "mean": 15.0}) == (
+        f"the context autoencoder leads the simple one by 5.00 points (2.0 standard errors), {short}")
+    assert verdict_in_words(simple, simple) == "the context autoencoder and the simple one score the same"
+
+
 def _row(key: str, mean: float, std: float, n: int = 3):
     probe = {"mean": mean, "std": std, "accs": [mean] * n}
     evaluation = {"mean": mean, "std": std, "accs": [mean] * n, "knn": 0.0, "dim": 1,
                   "probes": {"embedding/standard": probe}}
-    return row_result(BY_KEY[key], evaluation, "cifar100", 1, 0.0, "x")
+    return row_from_evaluation(BY_KEY[key], evaluation, "cifar100", 1, 0.0, "x")
 
 
 def test_claims_read_the_rows_they_name():
@@ -98,6 +119,7 @@ def test_results_file_round_trip(tmp_path):
               "lr": 1e-4, "probe_epochs": 2, "probe_seeds": [0, 1, 2], "torch": "x", "python": "3",
               "git": "abc", "time": "t", "machine": "2-core test CPU", "command": "python -m vwe table"}
     files = write_results(header, rows, tmp_path)
+    assert files == results_files(tmp_path) and all(p.is_file() for p in files.values())
     payload = json.loads(files["json"].read_text())
     assert payload["header"] == {"kind": "table", **header}
     assert rows_of(payload) == rows

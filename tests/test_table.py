@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from entry import train_supervised
+from entry import resolve_and_train_supervised
 
 import vwe.runs
 import vwe.table
@@ -187,14 +187,15 @@ def test_supervised_row_is_the_checkpoints_test_accuracy(table, data):
 def test_difference_is_computed_on_cifar100():
     saved = {"config": {"dataset": "cifar100"}, "epochs": 200, "mean": 40.0, "std": 0.5,
              "accs": [40.0], "knn": 30.0, "seconds": 1.0, "dim": 8192, "probes": {}}
-    r = vwe.table._result(BY_KEY["context-resnet32-aug"], saved, False, Path("x"))
+    r = vwe.table._row_from_file(BY_KEY["context-resnet32-aug"], saved, False, Path("x"))
     assert r.difference == pytest.approx(40.0 - 34.08)
-    assert vwe.table._result(BY_KEY["pixels"], saved, False, Path("x")).difference is None  # no paper row
+    no_paper_row = vwe.table._row_from_file(BY_KEY["pixels"], saved, False, Path("x"))
+    assert no_paper_row.difference is None
     # like for like: with the author's evaluation the difference is its accuracy against the paper's
     author = {**saved, "probes": {AUTHOR_PROBE: {"mean": 33.0, "std": 0.1, "accs": [33.0]}}}
-    r = vwe.table._result(BY_KEY["context-resnet32-aug"], author, False, Path("x"))
+    r = vwe.table._row_from_file(BY_KEY["context-resnet32-aug"], author, False, Path("x"))
     assert r.mean == 40.0 and r.difference == pytest.approx(33.0 - 34.08)
-    supervised = vwe.table._result(BY_KEY["supervised-resnet32"], author, False, Path("x"))
+    supervised = vwe.table._row_from_file(BY_KEY["supervised-resnet32"], author, False, Path("x"))
     assert supervised.difference == pytest.approx(40.0 - 65.32)  # [24]'s own head, not a probe
 
 
@@ -324,7 +325,7 @@ def test_crop_flip_gives_one_of_the_padded_crops():
 def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
     cfg = CFG.replace(tower="conv4", epochs=2)
     recipe = SupervisedRecipe(batch_size=32)
-    straight = train_supervised(cfg, tmp_path / "straight", data, recipe, progress=False)
+    straight = resolve_and_train_supervised(cfg, tmp_path / "straight", data, recipe, progress=False)
     real_save = vwe.runs.save_checkpoint
 
     def killed_at_epoch_2(path, state):
@@ -334,9 +335,9 @@ def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypat
 
     monkeypatch.setattr(vwe.runs, "save_checkpoint", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+        resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
     monkeypatch.setattr(vwe.runs, "save_checkpoint", real_save)
-    resumed = train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+    resumed = resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
     assert [m["epoch"] for m in resumed.metrics] == [1, 2]
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
                          strict=True):
@@ -344,17 +345,18 @@ def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypat
     assert resumed.test_acc == straight.test_acc
 
     mtime = resumed.checkpoint.stat().st_mtime_ns  # complete: a rerun trains nothing
-    again = train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
+    again = resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
     assert again.test_acc == straight.test_acc
     assert resumed.checkpoint.stat().st_mtime_ns == mtime
     with pytest.raises(ConfigMismatchError, match="epochs: 2 -> 3"):
-        train_supervised(cfg.replace(epochs=3), tmp_path / "resumed", data, recipe, progress=False)
+        resolve_and_train_supervised(cfg.replace(epochs=3), tmp_path / "resumed", data, recipe,
+                                     progress=False)
 
 
 def test_supervised_learns(tmp_path):
     cfg = CFG.replace(tower="conv4", epochs=6, n_train=None, n_test=None)
     shapes = make_shapes(256, 64, seed=1)
-    res = train_supervised(cfg, tmp_path, shapes, SupervisedRecipe(batch_size=32), progress=False)
+    res = resolve_and_train_supervised(cfg, tmp_path, shapes, SupervisedRecipe(batch_size=32), progress=False)
     losses = [m["train_loss"] for m in res.metrics]
     assert losses[0] > 2.3 and losses[-1] < losses[0] - 0.1  # from about ln(10) = 2.30 downwards
     assert [m["lr"] for m in res.metrics] == pytest.approx([0.1] * 3 + [0.01] + [0.001] * 2)
@@ -362,7 +364,7 @@ def test_supervised_learns(tmp_path):
 
 def test_supervised_refuses_a_batch_larger_than_the_data(data, tmp_path):
     with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
-        train_supervised(CFG.replace(n_train=64), tmp_path, data, progress=False)
+        resolve_and_train_supervised(CFG.replace(n_train=64), tmp_path, data, progress=False)
 
 
 # ----------------------------------------------------------------------------- command line

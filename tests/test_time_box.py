@@ -21,9 +21,9 @@ import vwe.engine
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.shapes import make_shapes
-from vwe.engine import steps_done
+from vwe.engine import epochs_reached, steps_done
 from vwe.pretrain import pretrain
-from vwe.runs import list_checkpoints, load_checkpoint
+from vwe.runs import list_checkpoints, load_checkpoint, save_checkpoint
 
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=3)
 STEPS = 64 // 16  # an epoch
@@ -69,14 +69,22 @@ def test_a_clock_stopped_run_resumes_to_the_bits_of_an_uninterrupted_one(tmp_pat
     finished = train(CFG, run, shapes)  # no time box: the last step
     ours, theirs = newest(run), newest(tmp_path / "reference")
     assert ours["epoch"] == theirs["epoch"] == 3 and "step" not in ours
+    assert_same_bits(ours, theirs)
+    # each epoch's mean training loss too: a resumed epoch keeps its first steps' losses
+    assert losses(finished) == losses(reference)
+
+
+def assert_same_bits(ours: dict, theirs: dict) -> None:
+    """Two checkpoints hold the same weights, Adam state and random streams, bit for bit."""
     for name in theirs["model"]:
         assert torch.equal(ours["model"][name], theirs["model"][name]), name
     for p, q in zip(ours["optimizer"]["state"].values(), theirs["optimizer"]["state"].values(), strict=True):
         assert p.keys() == q.keys() and all(torch.equal(p[k], q[k]) for k in p)
     assert all(torch.equal(ours["rng"][k], theirs["rng"][k]) for k in theirs["rng"])
-    # each epoch's mean training loss too: a resumed epoch keeps its first steps' losses
-    fields = ("epoch", "train_loss", "test_loss")
-    assert [[m[k] for k in fields] for m in finished] == [[m[k] for k in fields] for m in reference]
+
+
+def losses(metrics: list[dict]) -> list[list]:
+    return [[m[k] for k in ("epoch", "train_loss", "test_loss")] for m in metrics]
 
 
 def test_a_time_box_on_the_real_clock_stops_after_the_first_step(tmp_path, shapes):
@@ -118,6 +126,30 @@ def test_steps_stop_a_run_where_asked_and_a_larger_count_resumes_it_bit_for_bit(
         assert torch.equal(ours["model"][name], reference["model"][name]), name
 
 
+# A checkpoint of a run stopped inside an epoch as runs in progress hold it: named
+# checkpoint-EEEE-SSSSSS.pt, with "epoch" (the whole epochs), "step" (the steps into the next) and
+# "epoch_losses" (those steps' losses, (step,)). Long runs elsewhere resume from such files, so the test
+# below writes one key by key, whatever the code writes today.
+CURRENT_FORMAT = ("model", "optimizer", "config", "metrics", "data", "rng", "provenance")
+
+
+def test_a_checkpoint_in_the_current_format_resumes_bit_for_bit(tmp_path, shapes):
+    reference = newest_after(pretrain(CFG, tmp_path / "reference", shapes, progress=False))
+    stopped = load_checkpoint(pretrain(CFG.replace(steps=STEPS + 2), tmp_path / "stopped", shapes,
+                                       progress=False).checkpoint)
+    run = tmp_path / "current-format"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint-0001-000002.pt",
+                    {**{k: stopped[k] for k in CURRENT_FORMAT}, "epoch": 1, "step": 2,
+                     "epoch_losses": stopped["epoch_losses"][:2].clone()})
+    res = pretrain(CFG, run, shapes, progress=False)
+    assert [m["epoch"] for m in res.metrics] == [1, 2, 3]
+    ours = newest_after(res)
+    assert ours["epoch"] == reference["epoch"] == 3
+    assert_same_bits(ours, reference)
+    assert losses(res.metrics) == losses(reference["metrics"])
+
+
 def newest_after(res) -> dict:
     return load_checkpoint(res.checkpoint)
 
@@ -134,3 +166,9 @@ def test_steps_done_counts_whole_and_stopped_epochs():
     assert steps_done([], STEPS) == 0
     assert steps_done([{"epoch": 2}], STEPS) == 2 * STEPS
     assert steps_done([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}], STEPS) == 9
+
+
+def test_epochs_reached_reads_the_metrics_not_the_config():
+    assert epochs_reached([]) == 0
+    assert epochs_reached([{"epoch": 2}]) == 2
+    assert epochs_reached([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}]) == 2.25

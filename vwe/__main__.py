@@ -175,6 +175,7 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     from vwe.evaluate import evaluate_model, random_weights_model
     from vwe.files import write_json
     from vwe.pretrain import load_pretrained
+    from vwe.results import ROW_FILE
     from vwe.runs import provenance
 
     if not distributed.is_main():
@@ -202,7 +203,7 @@ def cmd_linear_eval(a: argparse.Namespace) -> None:
     print(f"linear evaluation of {name} ({a.features}, {cfg.probe_norm} probe) on "
           f"{describe(data.provenance())}")
     result = evaluate_model(model, data, cfg, progress=not a.no_progress, features=a.features)
-    out = a.out or out_dir / "linear_eval.json"
+    out = a.out or out_dir / ROW_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"model": name, "dataset": data.name, "data": data.provenance(),
                      "profile": cfg.profile, "features": a.features, "probe_norm": cfg.probe_norm,

@@ -224,7 +224,8 @@ PROFILES: dict[str, Config] = {
     "smoke": Config(profile="smoke", dataset="shapes", n_train=256, n_test=128, epochs=1,
                     batch_size=64, lr=1e-3, device="cpu", probe_epochs=5, probe_seeds=(0, 1, 2),
                     eval_batch_size=256),
-    # A laptop or a 2-core machine: the whole course in minutes (4 min 11 s on Shapes, 2-core CPU).
+    # A laptop or a 2-core machine: the whole course in minutes (each notebook's time, measured:
+    # docs/results/course-cpu.json, the README's course table).
     # lr 1e-3 instead of the paper's 1e-4 because a few epochs are far fewer steps than 200 (the
     # paper's 20 k steps).
     "cpu": Config(profile="cpu", dataset="auto", n_train=4000, n_test=1000, epochs=4,

@@ -26,6 +26,7 @@ import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve
 from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
+from vwe.engine import epochs_reached, steps_done
 from vwe.files import atomic_write, write_json
 from vwe.models import MODEL_LABELS, Autoencoder
 from vwe.pretrain import MANIFEST, load_pretrained
@@ -108,14 +109,12 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
     if entry is None:
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
     net, cfg, state = load_pretrained(folder / entry["file"], device)
-    data, last = state["data"], state["metrics"][-1]
-    # the epochs reached: a clock-stopped run (`Config.minutes`) ends inside one, with its steps there
-    per_epoch = data["n_train"] // cfg.batch_size
-    steps = int(last["epoch"]) * per_epoch + last.get("steps", 0)
+    data, metrics = state["data"], state["metrics"]
+    steps = steps_done(metrics, data["n_train"] // cfg.batch_size)
     recipe = f"the {cfg.profile} recipe" + (f" ({cfg.encoding} encoding)" if cfg.model == "context" else "")
     source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with {recipe} on "
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
-              f"{last['epoch']:g} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
+              f"{epochs_reached(metrics):g} epochs of batch {cfg.batch_text}, lr {cfg.lr}: {steps:,} steps, "
               f"{steps * cfg.pairs_per_step:,} pairs")
     return Pretrained(net, cfg, state["metrics"], source)
 

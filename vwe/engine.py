@@ -156,6 +156,13 @@ def steps_done(metrics: list[dict], steps_per_epoch: int) -> int:
     return last["epoch"] * steps_per_epoch
 
 
+def epochs_reached(metrics: list[dict]) -> float:
+    """The epochs a run has trained, from its metrics (`fit`'s), not from the epochs its config asked
+    for: fractional (floored to 1e-4) when a time box or `Config.steps` stopped it inside one, 0 before
+    the first."""
+    return metrics[-1]["epoch"] if metrics else 0
+
+
 def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> None:
     """NonFiniteLossError when the weights (or the held-out scores) are NaN/inf after `epoch`.
 

@@ -9,14 +9,16 @@ the same generator in the same order. What changes is how it is computed, set by
     compile          torch.compile of augment + forward + loss (backward comes with it)
     cuda_graph       capture the whole step (forward, backward, Adam) once and replay it
     dense_convs      tower convolutions on maps of at most this many pixels (the 4x4 and 2x2 maps
-                     of a patch) run as one matrix product each (`vwe.fast.Conv2d`), 0 = never;
-                     the model is built so (`vwe.models.build_model(dense_convs=...)`)
+                     of a patch) run as one matrix product each (`vwe.dense_conv`), 0 = never
 
-The trainers wrap their step in it on CUDA only (`for_device`, `in_form`; the pretraining step with
+FastStep makes the step's model ready for these options (channels_last weights, the dense
+convolutions set on the model it is given), so a model is built one way whatever the device. The
+trainers wrap their step in it on CUDA only (`for_device`, `in_form`; the pretraining step with
 `default_options`: all of them, dense_convs=16; BENCHMARKS.md measures each). FastStep computes the
 step's loss with its own form of the step's network (`Step.loss(net, ...)`): compiled, in bf16.
-Under torchrun the compiled network is the DDP module (not fullgraph) and the CUDA graph is off,
-both unmeasured on a GPU. `vwe.config.resolve` switches cuDNN's autotuner on for a CUDA process.
+Under torchrun the compiled network is the DDP module (not fullgraph) and the CUDA graph is off
+(docs/running.md, More than one GPU, says what has been checked there). `vwe.config.resolve`
+switches cuDNN's autotuner on for a CUDA process.
 
 Why the graph: a step is hundreds of small kernels (31 convolutions on 8x8, 4x4 and 2x2 maps, their
 BatchNorms, the decoder, the augmentation, and the backward of it all), many of which the GPU
@@ -43,9 +45,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from vwe.checks import is_int
+from vwe.dense_conv import set_dense_pixels
 from vwe.distributed import print0, world
 from vwe.engine import Step
-from vwe.fast import Conv2d
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DENSE_PIXELS = 16  # the CUDA default: a patch's 4x4 and 2x2 maps (BENCHMARKS.md)
@@ -208,9 +210,9 @@ class FastStep:
     """`step` (a `vwe.engine.Step`) computed as `options` say; `options` tells how it actually runs
     (after a fallback from the CUDA graph, without it). Called like the step it wraps.
 
-    Side effects on the step's model and optimizer: the model may be converted to channels_last, and
-    Adam's `capturable` flag is set for the graph. The model must have been built with
-    `options.dense_convs` (`vwe.models.build_model`).
+    Side effects on the step's model and optimizer: the model may be converted to channels_last, its
+    tower convolutions run maps of at most `options.dense_convs` pixels as matrix products
+    (`vwe.dense_conv.set_dense_pixels`), and Adam's `capturable` flag is set for the graph.
     """
 
     def __init__(self, step: Step, options: StepOptions):
@@ -226,15 +228,12 @@ class FastStep:
         if self.parallel and options.cuda_graph:
             options = replace(options, cuda_graph=False)
             print0("note: no CUDA graph under DDP (unproven there); the step runs without it")
-        built = {m.dense_pixels for m in model.modules() if isinstance(m, Conv2d)}
-        if built and built != {options.dense_convs}:
-            raise ValueError(f"options.dense_convs is {options.dense_convs} but the model's convolutions "
-                             f"were built with dense_pixels {sorted(built)}; build the model with "
-                             f"dense_convs={options.dense_convs}")
         self.step, self.model, self.optimizer, self.device = step, model, optimizer, device
         self.options = options
+        # the model made ready for these options: the same parameters, computed in another form
         if options.channels_last:
             model.to(memory_format=torch.channels_last)
+        set_dense_pixels(model, options.dense_convs)
         _match_state_layout(optimizer)
         # off until the capture (a checkpoint of a graph run carries True): warm-up and eager steps
         # take Adam's ordinary path, and only the captured one needs the step count on the device
@@ -242,8 +241,8 @@ class FastStep:
         # the network this step computes the loss with: the step's own, compiled and in bf16 as asked
         self.net = step.net
         if options.compile and self.parallel:
-            # torch.compile's DDP support splits the graph at DDP's gradient buckets; synchronised
-            # BatchNorm breaks it too, so no fullgraph (unmeasured: no GPU has run this path yet)
+            # torch.compile's DDP support splits the graph at DDP's gradient buckets, and synchronised
+            # BatchNorm breaks it too: no fullgraph here
             self.net = torch.compile(self.net, mode=options.compile)
         if options.bf16:  # the network only: the augmentation before it stays fp32
             self.net = _in_bf16(self.net, device)

@@ -3,9 +3,9 @@
 Read from the top: the small parts first (blocks, towers, decoder), then the two whole models.
 Letters (docs/design.md, Notation): B batch, N = 16 patches, K = 8 neighbours, D = 64 tower features.
 
-The towers' convolutions are `vwe.fast.Conv2d`: `nn.Conv2d` that on maps of at most `dense_convs`
-pixels runs as one matrix product (0, the default: never; the GPU training step builds its model with
-16, `vwe.fast_step.DENSE_PIXELS`). The parameters, and so the checkpoints, are `nn.Conv2d`'s.
+The towers' convolutions are `vwe.dense_conv.Conv2d`: `nn.Conv2d` as built here, which the GPU training
+step sets to run maps of a few pixels as one matrix product (`vwe.dense_conv.set_dense_pixels`). The
+parameters, and so the checkpoints, are `nn.Conv2d`'s.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from torch import nn
 
 from vwe import distributed
 from vwe.checks import check_images
-from vwe.fast import Conv2d
+from vwe.dense_conv import Conv2d
 from vwe.patches import N_NEIGHBOURS, N_PATCHES, PATCH, gather_context, gather_neighbours, patchify
 
 TOWERS = ("resnet32", "conv4", "conv4-strided")
 DECODERS = ("text", "author")  # the paper's text (docs/design.md §7) | the author's code
 ENCODINGS = ("shared", "literal", "slots")
-FEATURES = 64  # D, the tower's output size
+TOWER_DIM = 64  # D, the size of a tower's features
 
 # Per-channel statistics of the CIFAR-100 training set, used by the towers to normalise their own
 # input. A zero patch stays all-zero in [0, 1] pixel space (docs/design.md §1); only the tower sees it
@@ -46,16 +46,15 @@ class Normalize(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual; 1x1 conv + BN projection when the shape changes."""
 
-    def __init__(self, cin: int, cout: int, stride: int, dense_convs: int = 0):
+    def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False, dense_pixels=dense_convs)
+        self.conv1 = Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False, dense_pixels=dense_convs)
+        self.conv2 = Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False, dense_pixels=dense_convs),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -70,19 +69,18 @@ class ResNet32(nn.Module):
     image 32x32 -> 16x16 -> 8x8 -> pool. About 0.46 M parameters.
     """
 
-    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, FEATURES),
-                 normalize: bool = True, dense_convs: int = 0):
+    def __init__(self, blocks_per_stage: int = 5, widths: tuple[int, int, int] = (16, 32, TOWER_DIM),
+                 normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()  # the author's code: [0, 1] pixels
         self.stem = nn.Sequential(
-            Conv2d(3, widths[0], 3, 1, 1, bias=False, dense_pixels=dense_convs), nn.BatchNorm2d(widths[0]),
-            nn.ReLU()
+            Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
         stages, cin = [], widths[0]
         for i, cout in enumerate(widths):
             stride = 1 if i == 0 else 2  # 8x8 => 8x8, then 8x8 => 4x4 => 2x2
-            blocks = [BasicBlock(cin, cout, stride, dense_convs)]
-            blocks += [BasicBlock(cout, cout, 1, dense_convs) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(cin, cout, stride)]
+            blocks += [BasicBlock(cout, cout, 1) for _ in range(blocks_per_stage - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.Sequential(*stages)
@@ -104,13 +102,12 @@ class Conv4(nn.Module):
     blocks 1-3, global average pool after block 4. (B, 3, H, W) -> (B, 64). About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES), normalize: bool = True,
-                 dense_convs: int = 0):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, TOWER_DIM), normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
         for i, cout in enumerate(widths):
-            conv = Conv2d(cin, cout, 3, 1, 1, bias=False, dense_pixels=dense_convs)
+            conv = Conv2d(cin, cout, 3, 1, 1, bias=False)
             layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             if i < len(widths) - 1:
                 layers.append(nn.AvgPool2d(2))  # 8x8 => 4x4 => 2x2 => 1x1 on a patch
@@ -128,13 +125,13 @@ class StridedConv4(nn.Module):
     1x1 => 1x1, flattened. On a larger input the map is averaged to one pixel. About 25 k parameters.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, FEATURES),
-                 strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True, dense_convs: int = 0):
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, TOWER_DIM),
+                 strides: tuple[int, ...] = (2, 2, 4, 2), normalize: bool = True):
         super().__init__()
         self.normalize = Normalize() if normalize else nn.Identity()
         layers, cin = [], 3
         for cout, stride in zip(widths, strides, strict=True):
-            conv = Conv2d(cin, cout, 3, stride, 1, bias=False, dense_pixels=dense_convs)
+            conv = Conv2d(cin, cout, 3, stride, 1, bias=False)
             layers += [conv, nn.BatchNorm2d(cout), nn.ReLU()]
             cin = cout
         self.features = nn.Sequential(*layers)
@@ -147,15 +144,14 @@ class StridedConv4(nn.Module):
         return self.features(self.normalize(x)).mean(dim=(2, 3))  # (B, 64)
 
 
-def make_tower(name: str, normalize: bool = True, dense_convs: int = 0) -> nn.Module:
-    """A fresh tower by name (one of TOWERS); `normalize=False` feeds it the [0, 1] pixels as they are,
-    `dense_convs` as in the module docstring."""
+def make_tower(name: str, normalize: bool = True) -> nn.Module:
+    """A fresh tower by name (one of TOWERS); `normalize=False` feeds it the [0, 1] pixels as they are."""
     if name == "resnet32":
-        return ResNet32(normalize=normalize, dense_convs=dense_convs)
+        return ResNet32(normalize=normalize)
     if name == "conv4":
-        return Conv4(normalize=normalize, dense_convs=dense_convs)
+        return Conv4(normalize=normalize)
     if name == "conv4-strided":
-        return StridedConv4(normalize=normalize, dense_convs=dense_convs)
+        return StridedConv4(normalize=normalize)
     raise ValueError(f"unknown tower {name!r}; choose one of {TOWERS}")
 
 
@@ -172,7 +168,7 @@ class Decoder(nn.Module):
         super().__init__()
         if style not in DECODERS:
             raise ValueError(f"unknown decoder {style!r}; choose one of {DECODERS}")
-        hidden = 128 if style == "author" and in_features == FEATURES else 512
+        hidden = 128 if style == "author" and in_features == TOWER_DIM else 512
         self.fc = nn.Sequential(
             nn.Linear(in_features, hidden), nn.ReLU(),
             nn.Linear(hidden, 64 * 4 * 4), nn.ReLU(),
@@ -316,14 +312,13 @@ MODEL_LABELS = {"patch": "simple AE", "context": "context AE"}  # how figures an
 
 
 def build_model(model: str = "context", tower: str = "resnet32", encoding: str = "shared",
-                decoder: str = "text", normalize: bool = True, dense_convs: int = 0,
-                sync_zero_patch: bool = False) -> Autoencoder:
+                decoder: str = "text", normalize: bool = True, sync_zero_patch: bool = False) -> Autoencoder:
     """An autoencoder by name: model "context" (with `encoding` and `sync_zero_patch`) or "patch" (the
     simple baseline), `decoder` one of DECODERS, `normalize=False` for towers that see the [0, 1]
-    pixels as they are, `dense_convs` as in the module docstring."""
+    pixels as they are."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
-    net = make_tower(tower, normalize, dense_convs)
+    net = make_tower(tower, normalize)
     if model == "context":
         return ContextAutoencoder(net, encoding, decoder, sync_zero_patch=sync_zero_patch)
     return PatchAutoencoder(net, decoder)
@@ -339,9 +334,9 @@ class Classifier(nn.Module):
     (B, 3, 32, 32) -> (B, classes) logits.
     """
 
-    def __init__(self, tower: str = "resnet32", num_classes: int = 100, dense_convs: int = 0):
+    def __init__(self, tower: str = "resnet32", num_classes: int = 100):
         super().__init__()
-        self.tower = make_tower(tower, dense_convs=dense_convs)
+        self.tower = make_tower(tower)
         self.head = nn.Linear(self.tower.out_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -109,8 +109,7 @@ def pretrain(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.devi
 
     torch.manual_seed(cfg.seed)
     # one zero patch per global batch when BatchNorm sees the global batch of several processes
-    model = build_model(**cfg.model_args, dense_convs=options.dense_convs,
-                        sync_zero_patch=sync_bn and distributed.world() > 1)
+    model = build_model(**cfg.model_args, sync_zero_patch=sync_bn and distributed.world() > 1)
     model = distributed.prepare_model(model.to(device), device, sync_bn)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     with open_run(run_dir, cfg.run_name, cfg, cfg.identity("pretrain"), data, device, fresh=fresh) as run:

@@ -26,7 +26,6 @@ from vwe.results import (
     AUTHOR_PROBE,
     SIGNIFICANT_POINTS,
     SIGNIFICANT_SE,
-    gap,
     load_results,
     num,
     probe_cell,
@@ -35,8 +34,9 @@ from vwe.results import (
     rows_of,
     significant,
     verdict,
+    verdict_in_words,
 )
-from vwe.table import PAPER_BY_MODEL
+from vwe.table import MODEL_ROWS, PAPER_BY_MODEL
 
 PROBE_NAMES = {"author": "author's evaluation", "standard": "standardised"}
 
@@ -218,20 +218,6 @@ def render_results_md(folder: Path | None = None) -> str:
 
 CURVE_FILE = "compute-curve"  # the validation curve of the author's recipe towards the author's compute
 GLANCE_FILE = "shipped-cifar100"  # the README's results: the models the course ships, every test image
-GLANCE_ROWS = ("random-resnet32", "random-resnet32-patches", "pixels", "patch-resnet32-aug",
-               "context-resnet32-aug")
-
-
-def _compare(name: str, lower: dict, higher: dict) -> str:
-    """One clause on whether `higher` leads `lower` on the probe `name`, from their figures."""
-    diff, in_se = gap(lower, higher)
-    size = f"{abs(diff):.2f} points ({abs(in_se):.1f} standard errors)"
-    if significant(lower, higher):
-        return f"on the {name} the context autoencoder leads the simple one by {size}, a gap that counts"
-    if diff > 0:
-        return (f"on the {name} the context autoencoder leads the simple one by {size}, short of the "
-                f"{SIGNIFICANT_POINTS:g} points and {SIGNIFICANT_SE:g} standard errors a gap needs to count")
-    return f"on the {name} it trails the simple one by {size}"
 
 
 def curve_in_words(points: list[dict]) -> str:
@@ -253,7 +239,8 @@ def curve_in_words(points: list[dict]) -> str:
 
 
 def render_glance(folder: Path | None = None) -> str:
-    """The README's "results at a glance": a few rows of GLANCE_FILE and the verdict, computed."""
+    """The README's "results at a glance": the rows of GLANCE_FILE that the shipped models fill
+    (`vwe.table.MODEL_ROWS`) and the verdict, computed (`vwe.results.verdict_in_words`)."""
     payload = load_results(GLANCE_FILE, folder)
     h, by_key = payload["header"], {r.key: r for r in rows_of(payload)}
     lines = [f"The shipped autoencoders (`checkpoints/`) and the untrained baselines, probed on "
@@ -261,14 +248,14 @@ def render_glance(folder: Path | None = None) -> str:
              f"({h['machine']}; revision `{h['git']}`, {h['time'][:10]}):", "",
              "| row | dim | author's evaluation (tower, raw, 10 ep) | standardised probe | paper |",
              "|---|---:|---:|---:|---:|"]
-    for key in GLANCE_ROWS:
+    for key in MODEL_ROWS:
         r = by_key[key]
         lines.append(f"| {r.method} | {r.dim} | {probe_cell(r.probe(AUTHOR_PROBE))} | "
                      f"{probe_cell(r.probe('embedding', 'standard'))} | {num(r.paper)} |")
     simple, context = by_key["patch-resnet32-aug"], by_key["context-resnet32-aug"]
-    first = _compare("author's evaluation", simple.probe(AUTHOR_PROBE), context.probe(AUTHOR_PROBE))
-    second = _compare("standardised probe", simple.probe("embedding", "standard"),
-                      context.probe("embedding", "standard"))
+    first, second = (f"on the {name} " + verdict_in_words(simple.probe(*probe), context.probe(*probe))
+                     for name, probe in (("author's evaluation", (AUTHOR_PROBE,)),
+                                         ("standardised probe", ("embedding", "standard"))))
     lines += ["", f"Top-1 %, mean ± std over probe seeds. At this scale, {first}; {second}."]
     if (folder or results_dir()).joinpath(f"{CURVE_FILE}.json").is_file():
         lines[-1] += " " + curve_in_words(load_results(CURVE_FILE, folder)["points"])

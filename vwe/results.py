@@ -105,6 +105,21 @@ def verdict(lower: dict, higher: dict) -> str:
     return "same direction, within noise" if higher["mean"] > lower["mean"] else "no"
 
 
+def verdict_in_words(simple: dict, context: dict) -> str:
+    """The context autoencoder against the simple one on one probe (summaries {"mean", "std", "accs"}),
+    as a clause: which leads, by how many points and standard errors, and whether the gap counts
+    (`verdict`, `significant`). The README's results and notebook 05 word their comparisons with it."""
+    diff, in_se = gap(simple, context)
+    if diff == 0:
+        return "the context autoencoder and the simple one score the same"
+    size = f"{abs(diff):.2f} points ({abs(in_se):.1f} standard errors)"
+    ahead = verdict(simple, context) != "no"
+    counts = significant(simple, context) if ahead else significant(context, simple)
+    return (f"the context autoencoder {'leads' if ahead else 'trails'} the simple one by {size}, "
+            + ("a gap that counts" if counts else f"short of the {SIGNIFICANT_POINTS:g} points and "
+               f"{SIGNIFICANT_SE:g} standard errors a gap needs to count"))
+
+
 # ----------------------------------------------------------------------------- the paper's claims
 
 # (the claim, the row that should be lower, the row that should be higher)
@@ -262,13 +277,21 @@ def results_json(header: dict, rows: Sequence[RowResult]) -> str:
     return json.dumps(payload, indent=2) + "\n"
 
 
+ROW_FILE = "linear_eval.json"  # one row's evaluation, in its run folder (a table's row, `vwe linear-eval`)
+
+
+def results_files(out_dir: str | Path) -> dict[str, Path]:
+    """The files of a results table in `out_dir`: "json" | "csv" | "md" | "png" -> results.<ext>."""
+    return {ext: Path(out_dir) / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
+
+
 def write_results(header: dict, rows: Sequence[RowResult], out_dir: str | Path) -> dict[str, Path]:
-    """results.json (`results_json`), results.csv, results.md and results.png in `out_dir`; returns
-    their paths."""
+    """The `results_files` in `out_dir`: the JSON (`results_json`), a CSV, the Markdown and a bar
+    chart; returns their paths."""
     text = results_json(header, rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")}
+    files = results_files(out_dir)
     atomic_write(files["json"], lambda tmp: tmp.write_text(text))
 
     def write_csv(tmp: Path) -> None:

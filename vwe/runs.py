@@ -163,6 +163,13 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def epochs_saved(run_dir: str | Path) -> int:
+    """The whole epochs the newest checkpoint in `run_dir` holds, as its name says (a time box's steps
+    into the next epoch not counted); 0 without a checkpoint. Nothing is loaded."""
+    checkpoints = list_checkpoints(run_dir)
+    return int(CHECKPOINT_RE.match(checkpoints[0].name).group(1)) if checkpoints else 0
+
+
 def latest_checkpoint(run_dir: str | Path, map_location="cpu") -> tuple[Path, dict] | None:
     """The newest checkpoint that loads, falling back past damaged ones with a warning.
 

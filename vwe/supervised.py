@@ -161,7 +161,7 @@ def train_supervised(
     options = for_device(StepOptions(bf16=True, channels_last=True, compile=compile_mode), device)
 
     torch.manual_seed(cfg.seed)
-    model = Classifier(cfg.tower, data.num_classes, options.dense_convs)
+    model = Classifier(cfg.tower, data.num_classes)
     model = distributed.prepare_model(model.to(device), device, sync_bn)
     optimizer = recipe.optimizer(model.parameters())
     record = {"recipe": dataclasses.asdict(recipe)}

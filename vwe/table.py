@@ -13,9 +13,10 @@ default, `cfg.probe_norm`) and on raw ones (the paper's probe); a context row al
 tower embedding of its 16 patches. The supervised row is `vwe.supervised.train_supervised`, reported
 as its test top-1 accuracy (one run), with the probes and kNN on its 64-d tower features.
 
-Each row writes `<out_dir>/<run>/linear_eval.json`. A later run skips a row whose file matches the
-row's config and the sha256 of its final checkpoint, and resumes a row that was interrupted.
-`run_table` then writes `results.json`, `results.csv`, `results.md` and `results.png` in `out_dir`.
+Each row writes `<out_dir>/<run>/linear_eval.json` (`vwe.results.ROW_FILE`). A later run skips a row
+whose file matches the row's config and the sha256 of its final checkpoint, and resumes a row that was
+interrupted. `run_table` then writes `vwe.results.results_files` (results.json, .csv, .md, .png) in
+`out_dir`.
 
     python -m vwe table --profile paper --dataset cifar100       # the reproduction, on one GPU
 
@@ -39,6 +40,7 @@ from torch import nn
 from vwe import distributed
 from vwe.config import PROBE_NORMS, Config, check_resolved, resolve
 from vwe.data import Dataset, describe
+from vwe.engine import epochs_reached
 from vwe.evaluate import (
     knn_accuracy,
     linear_eval,
@@ -54,14 +56,15 @@ from vwe.results import (
     AUTHOR_PROBE,
     AUTHOR_PROBE_EPOCHS,
     PAPER_DATASET,
+    ROW_FILE,
     RowResult,
     measured_on,
+    results_files,
     write_results,
 )
-from vwe.runs import CHECKPOINT_RE, list_checkpoints, provenance
+from vwe.runs import epochs_saved, list_checkpoints, provenance
 from vwe.supervised import SupervisedRecipe, train_supervised
 
-RESULTS_FILE = "linear_eval.json"  # per row, in its run directory
 KNN = {"k": 20, "temperature": 0.07}  # weighted cosine kNN, as in InstDisc and DINO (vwe.words)
 
 
@@ -169,10 +172,11 @@ def _spec(row: Row, cfg_row: Config, checkpoint: Path | None, fingerprint: str) 
     return json.loads(json.dumps(spec))
 
 
-def row_result(row: Row, evaluation: dict, dataset: str, epochs: int, seconds: float, run_dir: str | Path,
-               skipped: bool = False) -> RowResult:
-    """A table line from `evaluate_features`' output: the paper's number beside it, and their
-    difference where the data is the paper's (CIFAR-100) and the paper has the row."""
+def row_from_evaluation(row: Row, evaluation: dict, dataset: str, epochs: float, seconds: float,
+                        run_dir: str | Path, skipped: bool = False) -> RowResult:
+    """A table line from `evaluate_features`' output (or a row's file, which holds it): the paper's
+    number beside it, and their difference where the data is the paper's (CIFAR-100) and the paper
+    has the row."""
     compared = dataset == PAPER_DATASET and row.paper is not None
     e = evaluation
     # like for like: the paper's pretrained and random rows are the author's evaluation, its
@@ -187,16 +191,17 @@ def row_result(row: Row, evaluation: dict, dataset: str, epochs: int, seconds: f
     )
 
 
-def _result(row: Row, saved: dict, skipped: bool, run_dir: Path) -> RowResult:
-    return row_result(row, saved, saved["config"]["dataset"], saved["epochs"], saved["seconds"], run_dir,
-                      skipped)
+def _row_from_file(row: Row, saved: dict, skipped: bool, run_dir: Path) -> RowResult:
+    """A table line from the row's file in its run folder (`vwe.results.ROW_FILE`, `run_row` writes it)."""
+    return row_from_evaluation(row, saved, saved["config"]["dataset"], saved["epochs"], saved["seconds"],
+                               run_dir, skipped)
 
 
 def finished_row(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult | None:
     """The row's saved result when it matches `cfg` (dataset resolved), the data (its
     `data_fingerprint`) and its checkpoint; else None."""
     run_dir = row_dir(out_dir, cfg, row)
-    path = run_dir / RESULTS_FILE
+    path = run_dir / ROW_FILE
     if not path.is_file():
         return None
     checkpoints = list_checkpoints(run_dir)
@@ -209,7 +214,7 @@ def finished_row(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -
         return None  # unreadable: recompute and overwrite
     if not isinstance(saved, dict) or any(saved.get(k) != v for k, v in spec.items()):
         return None
-    return _result(row, saved, True, run_dir)
+    return _row_from_file(row, saved, True, run_dir)
 
 
 def _knn(train: torch.Tensor, test: torch.Tensor, data: Dataset) -> float:
@@ -295,11 +300,10 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
     elif row.kind == "pretrained":
         # a run folder holding more epochs than asked is refused by `vwe.runs.check_resumable`
         res = pretrain(cfg_row, run_dir, data, device, progress=progress)
-    # the epochs reached: fractional where a time box (`cfg.minutes`) stopped the run inside one
-    model, checkpoint, epochs = (None, None, 0) if res is None else (res.model, res.checkpoint,
-                                                                     res.metrics[-1]["epoch"])
+    model, checkpoint = (None, None) if res is None else (res.model, res.checkpoint)
+    epochs = 0 if res is None else epochs_reached(res.metrics)
     if not distributed.is_main():  # rank 0 alone evaluates and writes; the others read its result
-        return _result_of_main(row, cfg, out_dir, fingerprint)
+        return _row_from_main(row, cfg, out_dir, fingerprint)
     features = row_features(row, data, cfg, device, model, progress)
     evaluation = evaluate_features(features, data, cfg_row, test_acc)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -311,9 +315,9 @@ def run_row(row: Row, cfg: Config, data: Dataset, device: torch.device, out_dir:
         "epochs": epochs, **evaluation, "seconds": round(time.perf_counter() - t0, 1),
         "provenance": provenance(device),
     }
-    write_json(run_dir / RESULTS_FILE, saved)
-    distributed.barrier()  # the other processes wait in _result_of_main
-    return _result(row, saved, False, run_dir)
+    write_json(run_dir / ROW_FILE, saved)
+    distributed.barrier()  # the other processes wait in _row_from_main
+    return _row_from_file(row, saved, False, run_dir)
 
 
 # The rows a pair of trained autoencoders (simple, context) fills, with the untrained baselines.
@@ -330,16 +334,16 @@ def model_features(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Co
             for key in MODEL_ROWS}
 
 
-def model_rows(features: dict[str, Features], data: Dataset, cfg: Config, epochs: dict[str, int],
+def model_rows(features: dict[str, Features], data: Dataset, cfg: Config, epochs: dict[str, float],
                run_dir: str | Path) -> list[RowResult]:
     """Every MODEL_ROWS row evaluated on its `model_features` as `run_row` evaluates it; `epochs` gives
-    each trained row's pretraining epochs."""
-    return [row_result(BY_KEY[key], evaluate_features(features[key], data, cfg), data.name,
-                       epochs.get(key, 0), 0.0, run_dir)
+    each trained row's pretraining epochs, as its metrics say (`vwe.engine.epochs_reached`)."""
+    return [row_from_evaluation(BY_KEY[key], evaluate_features(features[key], data, cfg), data.name,
+                                epochs.get(key, 0), 0.0, run_dir)
             for key in MODEL_ROWS]
 
 
-def _result_of_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
+def _row_from_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
     """On a process other than rank 0: wait for rank 0 to evaluate the row, then read its result."""
     distributed.barrier()
     return finished_row(row, cfg, out_dir, fingerprint)
@@ -401,17 +405,15 @@ def run_table(
     def work(row: Row) -> int:
         if not row.trained or finished_row(row, cfg, out_dir, fingerprint) is not None:
             return 0
-        checkpoints = list_checkpoints(row_dir(out_dir, cfg, row))
-        done = int(CHECKPOINT_RE.match(checkpoints[0].name).group(1)) if checkpoints else 0
-        return max(cfg.epochs - done, 0) * len(data.train_labels)
+        return max(cfg.epochs - epochs_saved(row_dir(out_dir, cfg, row)), 0) * len(data.train_labels)
 
     todo = {row.key: work(row) for row in selected}
-    results: dict[str, RowResult] = {}
+    lines: dict[str, RowResult] = {}
     spent, done_work = 0.0, 0
     for i, row in enumerate(selected):
         t0 = time.perf_counter()
         res = run_row(row, cfg, data, device, out_dir, progress, fingerprint)
-        results[row.key] = res
+        lines[row.key] = res
         if res.skipped:
             line = f"[{i + 1}/{len(selected)}] {row.key}: finished result reused"
         else:
@@ -425,10 +427,9 @@ def run_table(
         paper = "not in the paper" if res.paper is None else f"paper {res.paper:.2f} on CIFAR-100"
         distributed.print0(f"{line} | {res.mean:.2f}{std} % ({paper}), kNN {res.knn:.2f} %")
     for row in ROWS:
-        if row.key not in results and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
-            results[row.key] = done
-    ordered = [results[r.key] for r in ROWS if r.key in results]
+        if row.key not in lines and (done := finished_row(row, cfg, out_dir, fingerprint)) is not None:
+            lines[row.key] = done
+    ordered = [lines[r.key] for r in ROWS if r.key in lines]
     with distributed.main_first():  # the others return once the files are there
-        files = (write_results(header, ordered, out_dir) if distributed.is_main()
-                 else {ext: out_dir / f"results.{ext}" for ext in ("json", "csv", "md", "png")})
+        files = write_results(header, ordered, out_dir) if distributed.is_main() else results_files(out_dir)
     return Table(header, ordered, files)

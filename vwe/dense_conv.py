@@ -1,10 +1,10 @@
 """The towers' convolution: `nn.Conv2d` that on small maps computes the same sums as one matrix product.
 
-Measured (BENCHMARKS.md, run 2, H200): the tower's convolutions on 4x4 and 2x2 maps as matrix
-products took the step's kernel time from 8.13 to 7.89 ms (-3 %), and the simple autoencoder's
-epoch from 67 657 to 69 452 images/s; the CUDA default (`vwe.fast_step.DENSE_PIXELS`). The towers
-(`vwe.models`) are built of `Conv2d`, with `dense_pixels` 0 (the library's convolution) unless the
-training step on the GPU asks for more.
+The towers (`vwe.models`) are built of `Conv2d`, which computes as the library's convolution until
+`set_dense_pixels` says otherwise: the GPU training step does (`vwe.fast_step.FastStep`, with
+`StepOptions.dense_convs`), when it makes the model ready for its device. Why that pays on a GPU and
+by how much is measured in BENCHMARKS.md ("Run 2: the levers tried after run 1"); the CPU, and so
+the course, keeps the library's convolution.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def dense_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 class Conv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters, same function) that on maps of at most `dense_pixels` pixels
-    runs as one matrix product (`dense_conv2d`); 0, the default, never.
+    runs as one matrix product (`dense_conv2d`); 0, the default, never (`set_dense_pixels` sets it on a
+    whole model).
 
     Why: the towers run on 8x8 patches, so their convolutions see 8x8, 4x4 and 2x2 maps with 16 to
     64 channels, where convolution kernels keep the tensor cores mostly idle; as a matrix product
@@ -57,3 +58,13 @@ class Conv2d(nn.Conv2d):
         if self.form(x.shape[-2] * x.shape[-1]) == "dense":
             return dense_conv2d(x, self)
         return super().forward(x)
+
+
+def set_dense_pixels(model: nn.Module, pixels: int) -> nn.Module:
+    """Every `Conv2d` of `model` (the towers' convolutions; the decoder's are plain `nn.Conv2d`) runs
+    maps of at most `pixels` pixels as one matrix product, 0: none. Parameters, buffers and so
+    checkpoints are untouched. Returns `model`."""
+    for m in model.modules():
+        if isinstance(m, Conv2d):
+            m.dense_pixels = pixels
+    return model

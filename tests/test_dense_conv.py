@@ -1,11 +1,12 @@
-"""vwe.fast: the dense form of a convolution computes the same values and gradients, applies by map
-size, and leaves the model the same function with the same state_dict."""
+"""vwe.dense_conv: the dense form of a convolution computes the same values and gradients, applies by
+map size, is set on a built model's tower convolutions only, and leaves the model the same function with
+the same state_dict."""
 
 import pytest
 import torch
 
-from vwe import fast
-from vwe.fast import Conv2d
+from vwe import dense_conv
+from vwe.dense_conv import Conv2d, set_dense_pixels
 from vwe.models import ContextAutoencoder, build_model
 
 # (in, out, kernel, stride, padding, bias, map size): every small-map convolution of the towers
@@ -44,8 +45,9 @@ def test_dense_form_equals_the_convolution_values_and_gradients(case, channels_l
 
 def test_dense_form_applies_by_map_size(monkeypatch):
     calls = []
-    original = fast.dense_conv2d
-    monkeypatch.setattr(fast, "dense_conv2d", lambda x, c: calls.append("dense_conv2d") or original(x, c))
+    original = dense_conv.dense_conv2d
+    monkeypatch.setattr(dense_conv, "dense_conv2d",
+                        lambda x, c: calls.append("dense_conv2d") or original(x, c))
     conv = Conv2d(4, 4, 3, 1, 1, dense_pixels=16)
     for size in (2, 4, 8, 16):
         conv(torch.randn(1, 4, size, size))
@@ -60,7 +62,7 @@ def test_conv_forms_leave_the_model_the_same_function():
     sizes, out, states = [], [], []
     for dense_pixels in (0, 16):  # the same seed: the same weights whatever the form
         torch.manual_seed(0)
-        model = build_model("context", "resnet32", dense_convs=dense_pixels).double().train()
+        model = set_dense_pixels(build_model("context", "resnet32"), dense_pixels).double().train()
         for m in model.modules():
             if isinstance(m, Conv2d):
                 m.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[-2] * a[0].shape[-1]))
@@ -77,3 +79,18 @@ def test_conv_forms_leave_the_model_the_same_function():
     for got, ref in zip(out[1], out[0], strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
     assert model.state_dict().keys() == ContextAutoencoder("resnet32").state_dict().keys()
+
+
+def test_set_dense_pixels_sets_every_tower_convolution_and_nothing_else():
+    torch.manual_seed(0)
+    model = build_model("patch", "conv4")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    towers = [m for m in model.tower.modules() if isinstance(m, Conv2d)]
+    assert len(towers) == 4 and all(m.dense_pixels == 0 for m in towers)  # built as the library's
+    assert set_dense_pixels(model, 16) is model
+    assert [m.dense_pixels for m in towers] == [16] * 4
+    decoder = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert decoder and not any(isinstance(m, Conv2d) for m in decoder)  # plain nn.Conv2d: untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    set_dense_pixels(model, 0)
+    assert [m.form(4) for m in towers] == ["conv"] * 4
