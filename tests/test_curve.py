@@ -63,6 +63,7 @@ def test_a_straight_line_in_log_compute_has_its_own_slope_and_extrapolation():
     assert (t.first_pairs, t.last_pairs) == (102_400 * 2**2, 102_400 * 2**5)  # the last three doublings
     assert t.at_author == pytest.approx(14.0 + 0.75 * math.log2(curve.AUTHOR_PAIRS / 102_400), rel=1e-12)
     assert t.doublings_to_author == pytest.approx(math.log2(384_000_000 / 3_276_800), rel=1e-12)
+    assert t.doublings_fitted == pytest.approx(3.0, rel=1e-12)
     assert curve.trend(s, "standard").slope == pytest.approx(0.75, rel=1e-12)  # standard = author + 1
 
 
@@ -130,8 +131,12 @@ def test_the_curve_in_words_gives_each_models_slope_and_extrapolation_and_says_w
     lift = math.log2(curve.AUTHOR_PAIRS / (102_400 * 8))
     assert "up to 0.8 M pairs" in words
     assert "an extrapolation over 8.9 more doublings, not a measurement" in words
-    assert f"context AE +0.50 points per doubling (to {15.5 + 0.5 * lift:.1f} %, the paper 34.08)" in words
-    assert f"simple AE -0.25 points per doubling (to {11.25 - 0.25 * lift:.1f} %, the paper 17.81)" in words
+    assert (f"context AE +0.50 points per doubling over its last 3 doublings (to {15.5 + 0.5 * lift:.1f} %, "
+            "the paper 34.08)") in words
+    assert (f"simple AE -0.25 points per doubling over its last 3 doublings (to {11.25 - 0.25 * lift:.1f} %, "
+            "the paper 17.81)") in words
+    short = report.curve_in_words(line("context", 14, 0.5, range(2)) + line("patch", 12, 1, range(2)))
+    assert "+0.50 points per doubling over its last 1 doubling (" in short
     assert report.curve_in_words(line("context", 14, 0.5, range(4))) == ""  # one model: no comparison
 
 
@@ -144,11 +149,11 @@ def test_the_curve_section_puts_the_encodings_side_by_side_and_the_trends_below(
     assert ("| 200 | 102,400 | **14.00 ± 0.20** | 10.00 ± 0.20 | **15.00 ± 0.30** | 11.00 ± 0.30 | 10 / 60 |"
             in text)
     assert "| 400 | 204,800 | 14.50 ± 0.20 | 14.00 ± 0.20 | 15.50 ± 0.30 | 15.00 ± 0.30 | 20 / 120 |" in text
-    encodings = text[text.index("two encodings"):text.index("Each of the longest")]
+    encodings = text[text.index("two encodings"):text.index("Each run on every training image")]
     assert "| 800 |" not in encodings  # the slots run stopped at 400 steps: no side by side past it
     assert "| `author` | 45,000 / 45,000 | 0.0356 | 200 | 102,400 |" in text  # epochs to 3 digits
     assert "an **extrapolation**, not a measurement" in text
-    assert "| context AE | author's evaluation | 15.00 (409,600) | +0.50 | " in text
+    assert "| context AE | author's evaluation | 15.00 (409,600) | +0.50 | 2 | 9.9 | " in text
     assert "| simple AE | standardised | 13.50 (409,600) | +0.25 | " in text  # standardised: author + 1
     # the 45 000-image points, both models, every step: 3 rows of the points table
     assert text.count("| `author` | 45,000 / 45,000 |") == 3

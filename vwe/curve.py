@@ -63,6 +63,11 @@ class Trend:
     at_author: float  # the line through the last point with `slope`, read at AUTHOR_PAIRS
 
     @property
+    def doublings_fitted(self) -> float:
+        """How many doublings of compute the fitted points span (at most the `doublings` asked)."""
+        return math.log2(self.last_pairs / self.first_pairs)
+
+    @property
     def doublings_to_author(self) -> float:
         return math.log2(AUTHOR_PAIRS / self.last_pairs)
 

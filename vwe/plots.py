@@ -529,6 +529,7 @@ def plot_scale_curve(points: Sequence[Mapping[str, object]],
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation top-1 (%)")
-    axes[0].legend(fontsize=6.5, loc="upper left")
     fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+               fontsize=7, frameon=False)  # below the panels, clear of the curves and their labels
     return fig

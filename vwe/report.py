@@ -128,17 +128,19 @@ def _trends(points: list[dict]) -> list[str]:
     runs = curve.trended(curve.series(points))
     if not runs:
         return []
-    lines = ["", f"Each of the longest runs' slope over its last {curve.SLOPE_DOUBLINGS} doublings of "
-             "compute (least squares on log2 of the pairs), and the line through its last point carried to "
-             f"the author's {curve.AUTHOR_PAIRS:,} pairs: an **extrapolation**, not a measurement.", "",
-             "| model | probe | last point (pairs) | points per doubling | doublings to go | extrapolated | "
-             "paper (test split) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["", "Each run on every training image: its slope over its last doublings of compute (at most "
+             f"{curve.SLOPE_DOUBLINGS}; least squares on log2 of the pairs), and the line through its last "
+             f"point carried to the author's {curve.AUTHOR_PAIRS:,} pairs: an **extrapolation**, not a "
+             "measurement.", "",
+             "| model | probe | last point (pairs) | points per doubling | over doublings | doublings to go "
+             "| extrapolated | paper (test split) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in runs:
         for probe in curve.PROBES:
             t = curve.trend(s, probe)
             paper = num(PAPER_BY_MODEL.get(s.model)) if probe == "author" else "—"
             lines.append(f"| {MODEL_LABELS[s.model]} | {PROBE_NAMES[probe]} | {t.last_mean:.2f} "
-                         f"({t.last_pairs:,}) | {t.slope:+.2f} | {t.doublings_to_author:.1f} | "
+                         f"({t.last_pairs:,}) | {t.slope:+.2f} | {t.doublings_fitted:.0f} | "
+                         f"{t.doublings_to_author:.1f} | "
                          f"{t.at_author:.2f} | {paper} |")
     return lines
 
@@ -229,12 +231,12 @@ def curve_in_words(points: list[dict]) -> str:
         return ""
     trends = {m: curve.trend(s, "author") for m, s in runs.items()}
     reach = max(t.last_pairs for t in trends.values())
-    parts = [f"the {MODEL_LABELS[m]} {t.slope:+.2f} points per doubling (to {t.at_author:.1f} %, the paper "
-             f"{num(PAPER_BY_MODEL[m])})" for m, t in sorted(trends.items())]
+    parts = [f"the {MODEL_LABELS[m]} {t.slope:+.2f} points per doubling over its last "
+             f"{t.doublings_fitted:.0f} doubling{'s' if round(t.doublings_fitted) != 1 else ''} (to "
+             f"{t.at_author:.1f} %, the paper {num(PAPER_BY_MODEL[m])})" for m, t in sorted(trends.items())]
     return (f"On the validation curve up to {reach / 1e6:.1f} M pairs (CIFAR-100, CPU; "
-            f"[results.md](docs/results.md)), the author's evaluation moves over the last "
-            f"{curve.SLOPE_DOUBLINGS} doublings of compute by {' and '.join(parts)} when carried to the "
-            f"author's {curve.AUTHOR_PAIRS / 1e6:.0f} M pairs: an extrapolation over "
+            f"[results.md](docs/results.md)), the author's evaluation moves by {' and '.join(parts)} when "
+            f"carried to the author's {curve.AUTHOR_PAIRS / 1e6:.0f} M pairs: an extrapolation over "
             f"{min(t.doublings_to_author for t in trends.values()):.1f} more doublings, not a measurement.")
 
 
