@@ -27,7 +27,6 @@ import statistics
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -161,11 +160,13 @@ class Case:
 @dataclass
 class Mistake:
     """A classic wrong answer and what a checker says of it. `wrong` (the student's signature) computes
-    what the mistake returns; or `spot(got, expected)` recognises it where it has many forms."""
+    what the mistake returns; or `spot(got, expected)` recognises it where it has many forms; or it makes
+    the student's code raise an error whose message holds `raised`."""
 
     says: str
     wrong: Callable | None = None
     spot: Callable[[Any, Any], bool] | None = None
+    raised: str | None = None
 
 
 def _fresh(arg: object) -> object:
@@ -235,8 +236,10 @@ class Exercise:
                                   f"hint, ex.{self.name}.solution() the answer.")
             except Exception as e:  # the student's code: any error, reported in words
                 text = (str(e).strip().splitlines() or [""])[0][:300]
-                return WRONG, (f"✗ {self.title} raised {type(e).__name__} on {case.name}: {text}"
-                               f"{_where(e, fn)}. {go_on} ex.{self.name}.hint() gives a hint.")
+                named = [m.says for m in self.mistakes if m.raised is not None and m.raised in str(e)]
+                return WRONG, "\n  ".join([f"✗ {self.title} raised {type(e).__name__} on {case.name}: {text}"
+                                           f"{_where(e, fn)}.", *named[:1],
+                                           f"{go_on} ex.{self.name}.hint() gives a hint."])
             problem = self.diff(expected, got, case)
             if problem is not None:
                 lines = [f"✗ {self.title} is not right yet, on {case.name}:",
@@ -249,9 +252,9 @@ class Exercise:
     def name_mistake(self, got: Any, expected: Any, case: Case) -> str | None:
         """The first known mistake that `got` is, in words; None when it is none of them."""
         for mistake in self.mistakes:
-            if mistake.spot is not None:
-                if mistake.spot(got, expected):
-                    return mistake.says
+            if mistake.spot is not None and mistake.spot(got, expected):
+                return mistake.says
+            if mistake.wrong is None:
                 continue
             try:
                 wrong = self.run(mistake.wrong, case)
@@ -290,17 +293,20 @@ def _images(g: torch.Generator, n: int, dtype: torch.dtype = torch.uint8, channe
     return torch.rand(shape, generator=g, dtype=dtype)
 
 
-def _image_cases() -> list[Case]:
+def _images_of_each_kind() -> list[tuple[str, torch.Tensor]]:
     g = _generator(101)
-    return [Case("4 uint8 images (4, 3, 32, 32)", (_images(g, 4),)),
-            Case("one image (1, 3, 32, 32)", (_images(g, 1),)),
-            Case("3 float32 images", (_images(g, 3, torch.float32),)),
-            Case("2 one-channel float64 images (2, 1, 32, 32)", (_images(g, 2, torch.float64, channels=1),))]
+    return [("4 uint8 images", _images(g, 4)), ("one image", _images(g, 1)),
+            ("3 float32 images", _images(g, 3, torch.float32)),
+            ("2 one-channel float64 images", _images(g, 2, torch.float64, channels=1))]
+
+
+def _image_cases() -> list[Case]:
+    return [Case(f"{name} {tuple(x.shape)}", (x,)) for name, x in _images_of_each_kind()]
 
 
 def _patch_cases() -> list[Case]:
-    return [Case(c.name.replace("images", "images' patches", 1), (patches.patchify(c.args[0]),))
-            for c in _image_cases()]
+    return [Case(f"the patches of {name} {tuple(p.shape)}", (p,))
+            for name, p in ((name, patches.patchify(x)) for name, x in _images_of_each_kind())]
 
 
 # ----------------------------------------------------------------------------- 01: patchify, unpatchify
@@ -451,13 +457,14 @@ neighbour_table = Exercise(
     (Mistake("slots outside the grid must say -1 (the zero patch), not a patch number", spot=_outside_filled),
      Mistake("off by one at the border: row 0 and column 0 are inside the grid (rows and columns run 0..3: "
              "0 <= r < 4)", lambda: _grid_table(lambda r, c: 4 * r + c if _inside(r, c, low=1) else -1)),
-     *(Mistake("rows and columns are swapped: patch k sits at grid row k // 4, column k % 4, and the patch "
-               "at (row, column) is number 4 * row + column",
+     *(Mistake("rows and columns are swapped: target k sits at grid row k // 4, column k % 4, the patch at "
+               "(row, column) is number 4 * row + column, and OFFSETS[j] is (drow, dcol)",
                lambda number=number, target=target: _grid_table(
                    lambda r, c: number(r, c) if _inside(r, c) else -1, target))
        for number, target in ((lambda r, c: 4 * c + r, lambda k: (k % 4, k // 4)),  # the whole grid
                               (lambda r, c: 4 * c + r, lambda k: divmod(k, 4)),  # the neighbours' numbers
                               (lambda r, c: 4 * r + c, lambda k: (k % 4, k // 4)))),  # the targets' places
+     # (swapping the offsets' (drow, dcol) makes the first: the whole grid transposed)
      Mistake("slot 4 holds the target itself: a context is the 8 neighbours, without the centre",
              lambda: _with_target(patches.neighbour_table(), torch.arange(16)[:, None], dim=1)),
      Mistake("each target has the right neighbours in the wrong slots: slot j holds the neighbour at "
@@ -472,11 +479,10 @@ neighbour_table = Exercise(
 
 def _gather_cases() -> list[Case]:
     g = _generator(202)
-    return [Case(f"the patches of {name} (" + ", ".join(map(str, (n, 16, 3, 8, 8))) + ")",
-                 (patches.patchify(_images(g, n, dtype)),))
-            for name, n, dtype in (("2 float32 images", 2, torch.float32), ("one image", 1, torch.float32),
-                                   ("3 uint8 images", 3, torch.uint8),
-                                   ("2 float64 images", 2, torch.float64))]
+    kinds = (("2 float32 images", 2, torch.float32), ("one image", 1, torch.float32),
+             ("3 uint8 images", 3, torch.uint8), ("2 float64 images", 2, torch.float64))
+    return [Case(f"the patches of {name} {tuple(p.shape)}", (p,))
+            for name, p in ((name, patches.patchify(_images(g, n, dtype))) for name, n, dtype in kinds)]
 
 
 def _what_patch(patch: torch.Tensor, batch: torch.Tensor, b: int) -> str:
@@ -836,6 +842,8 @@ train_step = Exercise(
              spot=lambda got, expected: _moved(got) == [False, False]),
      Mistake("optimizer.step() ran before loss.backward(): each update used the previous step's gradients",
              spot=lambda got, expected: _moved(got) == [False, True]),
+     Mistake("optimizer.step() ran between the loss and loss.backward(): the update changed the weights the "
+             "loss was computed from; call backward() first", raised="modified by an inplace operation"),
      Mistake("you returned the loss of the updated model: return the loss the gradients came from",
              _loss_after_step),
      Mistake("the model ran in eval mode: training steps run in train mode (BatchNorm normalises with the "
@@ -857,10 +865,11 @@ def _feature_cases() -> list[Case]:
         return torch.randn(n, 6, generator=g, dtype=dtype) * scales + means + shift
 
     train, test = features(40, 0.0), features(12, 2.0)
-    constant = train.clone()
-    constant[:, 2] = 3.0  # a feature that never varies (the zero patch's slot of a context embedding)
+    constant = train.clone(), test.clone()
+    for x in constant:
+        x[:, 2] = 3.0  # a feature that never varies, as a context embedding's zero-patch slots do not
     return [Case("40 training and 12 test rows of 6 features", (train, test)),
-            Case("a constant feature (column 2)", (constant, test)),
+            Case("a constant feature (column 2)", constant),
             Case("one test row", (train, test[:1])),
             Case("float32 features", (features(40, 0.0, torch.float32), features(12, 2.0, torch.float32)))]
 
@@ -929,31 +938,45 @@ def _probe_epoch(layer: nn.Linear, optimizer: torch.optim.Optimizer, feats: torc
                  labels: torch.Tensor, batch_size: int) -> float:
     """One epoch of the linear probe over the rows in their order, batch by batch; the mean loss per row.
     (N, dim), (N,) -> float. `linear_probe` runs it on the rows in a new shuffled order every epoch."""
-    return _epoch(layer, optimizer, feats, labels, batch_size)
-
-
-def _epoch(layer: nn.Linear, optimizer: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
-           batch_size: int, loss_of: Callable = F.cross_entropy, zero_grad: bool = True,
-           last: bool = True, per: str = "row") -> float:
-    """`_probe_epoch` and the mistakes made in it: another loss, no zero_grad, the short last batch left
-    out (`last=False`), or the mean per batch (`per="batch"`) or the sum (`per="sum"`) returned."""
-    losses, sizes = [], []
-    stop = len(feats) if last else len(feats) - len(feats) % batch_size
-    for start in range(0, stop, batch_size):
-        x, y = feats[start:start + batch_size], labels[start:start + batch_size]
-        loss = loss_of(layer(x), y)
-        if zero_grad:
-            optimizer.zero_grad()
+    total = 0.0
+    for i in range(0, len(feats), batch_size):
+        x, y = feats[i:i + batch_size], labels[i:i + batch_size]
+        loss = F.cross_entropy(layer(x), y)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        sizes.append(len(x))
-    if per == "batch":
-        return statistics.fmean(losses)
-    if per == "sum":
-        return sum(losses)
-    # a short last batch counts for its rows only
-    return sum(v * n for v, n in zip(losses, sizes, strict=True)) / sum(sizes)
+        total += loss.item() * len(x)  # a short last batch counts for its rows only
+    return total / len(feats)
+
+
+# The mistakes, made of the right epoch: one epoch per batch is the same steps in the same order, and
+# tells each batch's mean loss; an optimizer that keeps its gradients is an epoch without zero_grad.
+
+
+def _batch_losses(layer: nn.Linear, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
+                  labels: torch.Tensor, batch_size: int) -> list[float]:
+    return [_probe_epoch(layer, optimizer, feats[i:i + batch_size], labels[i:i + batch_size], batch_size)
+            for i in range(0, len(feats), batch_size)]
+
+
+class _KeepsGradients:
+    """An optimizer whose zero_grad does nothing."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+
+    def zero_grad(self) -> None:
+        pass
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
+def _without_last_batch(layer: nn.Linear, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
+                        labels: torch.Tensor, batch_size: int) -> float:
+    """The full batches only; their losses still divided by every row, as a student's total / len(feats)."""
+    n = len(feats) - len(feats) % batch_size
+    return _probe_epoch(layer, optimizer, feats[:n], labels[:n], batch_size) * n / len(feats)
 
 
 def _epoch_cases() -> list[Case]:
@@ -983,8 +1006,11 @@ def _epoch_diff(expected: tuple, got: tuple, case: Case) -> str | None:
     value = _as_number(loss)
     if value is None:
         return f"your epoch returned {_a(loss)}: return the mean training loss per row, a number"
-    if _differs(moved, moved_expected, tol).any():
-        return "the layer's weights moved differently from one epoch of the probe"
+    bad = _differs(moved, moved_expected, tol)
+    if bad.any():
+        n = _first(bad)[0]
+        return (f"after the epoch, the layer's {_parameter_at(case.args[0], n)} moved by {_num(moved[n])} "
+                f"where the probe's epoch moves it by {_num(moved_expected[n])}")
     if not _same_number(value, loss_expected, tol):
         return f"the mean loss per row should be {_num(loss_expected)}; yours is {_num(value)}"
     return None
@@ -995,24 +1021,26 @@ probe_epoch = Exercise(
     _probe_epoch, "the package's probe epoch (the loop of vwe.evaluate.linear_probe)", _epoch_cases,
     _epoch_diff,
     (Mistake("you averaged the batches' mean losses: weigh each by its number of rows (the short last batch "
-             "counts less), which gives the mean loss per row", partial(_epoch, per="batch")),
+             "counts less), which gives the mean loss per row",
+             lambda *args: statistics.fmean(_batch_losses(*args))),
      Mistake("the gradients add up from batch to batch: call optimizer.zero_grad() before loss.backward()",
-             partial(_epoch, zero_grad=False)),
-     Mistake("the last, short batch was skipped: an epoch visits every row once",
-             partial(_epoch, last=False)),
+             lambda layer, optimizer, *data: _probe_epoch(layer, _KeepsGradients(optimizer), *data)),
+     Mistake("the last, short batch was skipped: an epoch visits every row once", _without_last_batch),
      Mistake("cross_entropy takes logits (it applies log-softmax itself); yours applied softmax first",
-             partial(_epoch, loss_of=lambda logits, y: F.cross_entropy(logits.softmax(1), y))),
+             lambda layer, *rest: _probe_epoch(nn.Sequential(layer, nn.Softmax(dim=1)), *rest)),
      Mistake("you returned the sum of the batches' losses; return the mean loss per row",
-             partial(_epoch, per="sum"))),
-    "For each start in range(0, len(feats), batch_size): slice x and y, loss = F.cross_entropy(layer(x), y), "
+             lambda *args: sum(_batch_losses(*args)))),
+    "For each i in range(0, len(feats), batch_size): slice x and y, loss = F.cross_entropy(layer(x), y), "
     "optimizer.zero_grad(), loss.backward(), optimizer.step(), and add loss.item() * len(x) to a total; "
     "return total / len(feats).",
     run=_run_epoch)
 
 
 def _summary(accs: list[float]) -> dict:
-    """A probe summary as `vwe.results` reads it, from one accuracy per seed."""
-    return {"mean": statistics.fmean(accs), "std": statistics.stdev(accs), "accs": list(accs)}
+    """A probe summary as `vwe.results` reads it, from one accuracy per seed (`vwe.evaluate.LinearEval`'s
+    mean and sample standard deviation, 0 for one seed)."""
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return {"mean": statistics.fmean(accs), "std": std, "accs": list(accs)}
 
 
 def _welch_gap(lower: list[float], higher: list[float]) -> tuple[float, float]:
@@ -1035,7 +1063,7 @@ def _gap_diff(expected: tuple, got: Any, case: Case) -> str | None:
         value = _as_number(x)
         if value is None:
             return f"{name} is {_a(x)}, expected a number"
-        if not _same_number(value, e, rtol(torch.float64)):
+        if not _same_number(value, e, rtol(torch.float32)):  # torch's default float32 will do
             return f"{name} should be {_num(e)}; yours is {_num(value)}"
     return None
 
