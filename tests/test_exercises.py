@@ -370,7 +370,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
          ("raised RuntimeError on 2 one-channel float64 images (2, 1, 32, 32): "
           "shape '[2, 3, 4, 8, 4, 8]' is invalid for input of size 2048",)),
         ("the grid axes not merged", lambda x: _grid(x).permute(0, 2, 4, 1, 3, 5),
-         ("has shape (4, 4, 4, 3, 8, 8), expected (4, 16, 3, 8, 8)", "the right number of values")),
+         ("shape (4, 4, 4, 3, 8, 8), expected (4, 16, 3, 8, 8)", "the right number of values")),
     ],
     "unpatchify": [
         ("rows and columns swapped", _unpatchified(0, 3, 2, 4, 1, 5),
@@ -399,7 +399,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("row and column 4 inside", lambda: _table(inside=lambda r, c: 0 <= r <= 4 and 0 <= c <= 4),
          ("neighbours outside the grid were kept",)),
         ("a float table", lambda: _table(dtype=torch.float32),
-         ("is torch.float32, expected torch.int64",)),
+         ("torch.float32, expected torch.int64: integers",)),
     ],
     "gather_context": [
         ("ones for the zero patch", _gather_with(torch.ones_like),
@@ -413,7 +413,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("a zero patch without its batch axis", lambda p: torch.cat([p, torch.zeros(3, 8, 8)], dim=1),
          ("raised RuntimeError",)),
         ("float32 contexts of uint8 patches", _looped_float32,
-         ("on the patches of 3 uint8 images", "is torch.float32, expected torch.uint8")),
+         ("on the patches of 3 uint8 images", "torch.float32, expected torch.uint8")),
     ],
     "shared_encoding": [
         ("zeros for the zero patch's features",
@@ -426,7 +426,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("feature by feature", lambda t, p: _one_call(t, p).transpose(2, 3).flatten(2),
          ("feature by feature",)),
         ("averaged like CBOW", lambda t, p: _one_call(t, p).mean(2),
-         ("you averaged the 8 context features", "has shape (2, 16, 64), expected (2, 16, 512)")),
+         ("you averaged the 8 context features", "shape (2, 16, 64), expected (2, 16, 512)")),
     ],
     "decode": [
         ("images and patches mixed up",
@@ -528,7 +528,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("the absolute error", lambda r, x: (r - patches.patchify(x)).abs().mean((0, 2, 3, 4)),
          ("absolute error",)),
         ("one error per image", lambda r, x: _squares(r, x).mean((1, 2, 3, 4)),
-         ("has shape (4,), expected (16,)",)),
+         ("shape (4,), expected (16,)",)),
         ("targets by reshape", lambda r, x: ((r - x.reshape(r.shape)) ** 2).mean((0, 2, 3, 4)),
          ("plain reshape",)),
     ],
@@ -554,7 +554,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("<= in a loop", _ties_to_highest,
          ("a tie must go to the lowest word index",)),
         ("argmin over the rows", lambda x, c: _distances(x, c).argmin(0),
-         ("has shape (5,), expected (30,)",)),
+         ("shape (5,), expected (30,)",)),
     ],
     "update_centroids": [
         ("sums", _centroids(lambda s, n: s),

@@ -76,16 +76,21 @@ def _num(x: float | torch.Tensor) -> str:
 def _form(got: object, expected: torch.Tensor, what: str) -> str | None:
     """What is wrong with `got`'s type, shape or dtype against the reference's, in words; None if nothing."""
     if not isinstance(got, torch.Tensor):
-        return f"{what} is {_a(got)}, expected a tensor of shape {tuple(expected.shape)}"
+        return f"{what}: {_a(got)}, expected a tensor of shape {tuple(expected.shape)}"
     if got.shape != expected.shape:
         same = " (the right number of values in the wrong shape)" if got.numel() == expected.numel() else ""
         single = ": a single number, a 0-d tensor" if expected.dim() == 0 else ""
-        return f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}{single}{same}"
+        return f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}{single}{same}"
     if got.dtype != expected.dtype:
         kind = ("integers (indices, labels): dtype=torch.long" if not expected.is_floating_point()
                 else f"the input's dtype, {expected.dtype}")
-        return f"{what} is {got.dtype}, expected {expected.dtype}: {kind}"
+        return f"{what}: {got.dtype}, expected {expected.dtype}: {kind}"
     return None
+
+
+def _like(got: object, expected: torch.Tensor) -> bool:
+    """A tensor of the reference's shape and dtype: what a mistake spotted by its values must be first."""
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
 
 
 def _differs(got: torch.Tensor, expected: torch.Tensor, tol: float | None = None) -> torch.Tensor:
@@ -181,7 +186,7 @@ def _call(fn: Callable, case: Case) -> Any:
 
 
 def _where(error: BaseException, fn: Callable) -> str:
-    """The line of the student's function an exception came from: " at `x.view(B, 16)`"."""
+    """The line of the student's function an exception came from: ", at `x.view(B, 16)`"."""
     code = getattr(fn, "__code__", None)
     mine = [f for f in traceback.extract_tb(error.__traceback__) if code and f.filename == code.co_filename]
     return f", at `{mine[-1].line.strip()}`" if mine and mine[-1].line else ""
@@ -291,6 +296,11 @@ def _images(g: torch.Generator, n: int, dtype: torch.dtype = torch.uint8, channe
     if dtype == torch.uint8:
         return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
     return torch.rand(shape, generator=g, dtype=dtype)
+
+
+def _count(n: int, what: str) -> str:
+    """"one image", "3 images"."""
+    return f"one {what}" if n == 1 else f"{n} {what}s"
 
 
 def _images_of_each_kind() -> list[tuple[str, torch.Tensor]]:
@@ -425,22 +435,21 @@ def _table_diff(expected: torch.Tensor, got: Any, case: Case) -> str | None:
 def _outside_filled(got: Any, expected: torch.Tensor) -> bool:
     """Right wherever the neighbour exists, one other number wherever it does not."""
     outside = expected == -1
-    return (isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.equal(got[~outside],
-            expected[~outside]) and len(got[outside].unique()) == 1 and bool((got[outside] != -1).all()))
+    return (_like(got, expected) and torch.equal(got[~outside], expected[~outside])
+            and len(got[outside].unique()) == 1 and bool((got[outside] != -1).all()))
 
 
 def _outside_kept(got: Any, expected: torch.Tensor) -> bool:
     """Right wherever the neighbour exists, several numbers where -1 belongs: neighbours beyond the border
     numbered as if they were inside."""
     outside = expected == -1
-    return (isinstance(got, torch.Tensor) and got.shape == expected.shape
-            and torch.equal(got[~outside], expected[~outside]) and len(got[outside].unique()) > 1)
+    return (_like(got, expected) and torch.equal(got[~outside], expected[~outside])
+            and len(got[outside].unique()) > 1)
 
 
 def _slots_shuffled(got: Any, expected: torch.Tensor) -> bool:
     """Every target's right neighbours, in other slots."""
-    return (isinstance(got, torch.Tensor) and got.shape == expected.shape
-            and torch.equal(got.sort(dim=1).values, expected.sort(dim=1).values))
+    return _like(got, expected) and torch.equal(got.sort(dim=1).values, expected.sort(dim=1).values)
 
 
 def _with_target(slots: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
@@ -555,14 +564,15 @@ def _tower() -> nn.Module:
 
 def _encoding_cases() -> list[Case]:
     g, tower = _generator(303), _tower()
-    return [Case(f"{n} float64 {'image' if n == 1 else 'images'}' patches and an eval-mode Conv4",
+    return [Case(f"the patches of {_count(n, 'float64 image')} and an eval-mode Conv4",
                  (tower, patches.patchify(_images(g, n, torch.float64)))) for n in (2, 1, 3)]
 
 
 @torch.no_grad()
 def _run_counting(fn: Callable, case: Case) -> tuple[Any, tuple[int, ...]]:
-    """fn(tower, patches) and the batch size of each tower call it made."""
-    tower, p = case.args
+    """fn(tower, patches) and the batch size of each tower call it made, on a copy of the tower (a
+    function that switches it to train mode changes no later run)."""
+    tower, p = copy.deepcopy(case.args[0]), case.args[1]
     sizes: list[int] = []
     hook = tower.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
     try:
@@ -627,7 +637,7 @@ def _decode_cases() -> list[Case]:
     g = _generator(304)
     torch.manual_seed(304)
     decoder = models.Decoder(16).double().eval()
-    return [Case(f"{n} float64 {'image' if n == 1 else 'images'}' embeddings ({n}, 16, 16)",
+    return [Case(f"the embeddings of {_count(n, 'image')}, float64 ({n}, 16, 16)",
                  (decoder, torch.randn(n, 16, 16, generator=g, dtype=torch.float64))) for n in (2, 1, 3)]
 
 
@@ -664,8 +674,7 @@ def _decoded_from(patch: torch.Tensor, expected: torch.Tensor) -> tuple[int, int
 
 def _mixed_up(got: Any, expected: torch.Tensor) -> bool:
     """Every patch one the decoder makes, some in another image's or patch's place."""
-    return (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.dtype == expected.dtype
-            and all(_decoded_from(patch, expected) is not None for patch in got.flatten(0, 1)))
+    return _like(got, expected) and all(_decoded_from(p, expected) is not None for p in got.flatten(0, 1))
 
 
 def _as_channels_last(p: torch.Tensor) -> torch.Tensor:
@@ -1220,7 +1229,7 @@ def _assign_cases() -> list[Case]:
     tie = (torch.tensor([[1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64),  # each as near to two words
            torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0]], dtype=torch.float64))
     return [Case("30 rows and 5 words of 4 features", (_points(g, 30, 4), _points(g, 5, 4))),
-            Case("rows as near to two words as to each other (ties)", tie),
+            Case("two rows, each as near to two words (ties)", tie),
             Case("one row", (_points(g, 1, 4), _points(g, 5, 4))),
             Case("float32 rows and words", (_points(g, 30, 4, torch.float32),
                                             _points(g, 5, 4, torch.float32)))]
@@ -1301,8 +1310,8 @@ update_centroids = Exercise(
     (Mistake("a sum, not a mean: divide each word's sum by its number of rows",
              lambda x, lab, c: torch.where((torch.bincount(lab, minlength=len(c)) > 0)[:, None],
                                            torch.zeros_like(c).index_add_(0, lab, x), c)),
-     Mistake("a word no row chose gives nan (0 / 0): keep its old centroid", spot=lambda got, expected:
-             isinstance(got, torch.Tensor) and got.shape == expected.shape and bool(got.isnan().any())),
+     Mistake("a word no row chose gives nan (0 / 0): keep its old centroid",
+             spot=lambda got, expected: _like(got, expected) and bool(got.isnan().any())),
      Mistake("a word no row chose became the zero vector: keep its old centroid (k-means moves only the "
              "words rows chose)", lambda x, lab, c: torch.zeros_like(c).index_add_(0, lab, x)
              / torch.bincount(lab, minlength=len(c)).clamp_min(1)[:, None].to(x.dtype)),
