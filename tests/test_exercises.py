@@ -40,9 +40,11 @@ def notebook_solutions(path: Path) -> dict[str, Callable]:
     imports = [ast.get_source_segment(cell.source, node) for cell in nb.cells if cell.cell_type == "code"
                for node in ast.parse(cell.source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
     exec("\n".join(imports), namespace)  # noqa: S102 - the notebook's own import lines
+    solved = []
     for cell in student.solution_cells(nb, path.name):
         exec(cell.source, namespace)  # noqa: S102 - the shipped solution, as the notebook runs it
-    return {name: namespace[name] for name in BY_NAME if name in namespace}
+        solved += student.defined_functions(cell.source)
+    return {name: namespace[name] for name in solved}  # not the library's functions the notebook imports
 
 
 SOLUTIONS = {name: fn for path in NOTEBOOKS for name, fn in notebook_solutions(path).items()}
@@ -58,16 +60,27 @@ def verdict(exercise: exercises.Exercise, fn: Callable, capsys) -> tuple[str, st
 
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=[e.name for e in EXERCISES])
-def test_the_package_answer_passes(exercise, capsys):
-    status, out, returned = verdict(exercise, exercise.reference, capsys)
-    assert status == DONE, out
-    assert out.startswith(f"✓ Exercise {exercise.number} `{exercise.name}`: right on ")
-    assert returned is exercise.reference
+def test_the_package_answer_passes(exercise):
+    status, message = exercise.verdict(exercise.reference)
+    assert status == DONE, message
+    assert message.startswith(f"✓ Exercise {exercise.number} `{exercise.name}`: right on ")
+
+
+def test_a_check_run_again_on_what_it_handed_back_says_so(capsys):
+    """After a wrong answer the name holds the package's function: checking it again must not pass it."""
+    patchify = exercises.patchify.check(WRONG_ANSWERS["patchify"][0][1])
+    capsys.readouterr()
+    assert exercises.patchify.check(patchify) is patchify
+    assert exercises.patchify.status == WRONG  # unchanged
+    assert capsys.readouterr().out == ("… Exercise 1.1 `patchify`: this is the package's function, which the "
+                                       "last check handed back; run the cell that defines yours first, then "
+                                       "this one.\n")
 
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=[e.name for e in EXERCISES])
 def test_the_notebook_solution_passes_and_is_used(exercise, capsys):
     solution = SOLUTIONS[exercise.name]
+    assert solution is not exercise.reference
     status, out, returned = verdict(exercise, solution, capsys)
     assert status == DONE, out
     assert returned is solution  # the notebook goes on with the student's function
@@ -672,7 +685,7 @@ def test_a_check_does_not_write_into_the_cases():
 
 def test_the_summary_shows_each_exercise_of_a_notebook(capsys):
     assert [e.name for e in exercises.of_notebook("05")] == ["standardize", "probe_epoch", "welch_gap"]
-    exercises.standardize.check(exercises.standardize.reference)
+    exercises.standardize.check(SOLUTIONS["standardize"])
     exercises.probe_epoch.check(WRONG_ANSWERS["probe_epoch"][0][1])
     exercises.welch_gap.status = exercises.UNCHECKED
     capsys.readouterr()
