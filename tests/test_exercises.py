@@ -426,7 +426,7 @@ WRONG_ANSWERS: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {
         ("a zero patch without its batch axis", lambda p: torch.cat([p, torch.zeros(3, 8, 8)], dim=1),
          ("raised RuntimeError",)),
         ("float32 contexts of uint8 patches", _looped_float32,
-         ("on the patches of 3 uint8 images", "torch.float32, expected torch.uint8")),
+         ("on the patches of 3 uint8 images", "torch.float32, expected torch.uint8: the input's dtype")),
     ],
     "shared_encoding": [
         ("zeros for the zero patch's features",

@@ -82,7 +82,7 @@ def _form(got: object, expected: torch.Tensor, what: str) -> str | None:
         single = ": a single number, a 0-d tensor" if expected.dim() == 0 else ""
         return f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}{single}{same}"
     if got.dtype != expected.dtype:
-        kind = ("integers (indices, labels): dtype=torch.long" if not expected.is_floating_point()
+        kind = ("integers (indices, labels): dtype=torch.long" if expected.dtype == torch.long
                 else f"the input's dtype, {expected.dtype}")
         return f"{what}: {got.dtype}, expected {expected.dtype}: {kind}"
     return None
