@@ -1,6 +1,7 @@
 # Visual Word Embeddings: the course's commands. `make help` lists them.
 #   make test [TEST_WORKERS=2]       set up .venv if needed, run every test (notebooks included)
 #   make run-all [PROFILE=cpu] [DATASET=auto]   execute the notebooks into runs/<profile>/
+#   make lab                         the student notebooks (make student: student/), then JupyterLab
 #   make paper [PROFILE=paper] [DATASET=...] [EPOCHS=N] [MINUTES=M] [N_TRAIN=N] [N_TEST=N] [OUT_DIR=...] [NPROC=N]
 #                                    the paper's Table 1 into runs/<profile>[-<N>ep]/results.*
 #   make pretrain [PROFILE=cpu] [DATASET=...] [NPROC=N] [MINUTES=M] [ARGS="--model patch ..."]   one pretraining run
@@ -26,7 +27,7 @@ PYTEST_PARALLEL = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist
 # `python -m vwe`, or N processes of it started by torchrun (docs/running.md, More than one GPU)
 VWE = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY)) -m vwe
 
-.PHONY: help setup test lint sync run-all lab paper pretrain gpu-reproduce bench e2e mutants clean
+.PHONY: help setup test lint sync run-all student lab paper pretrain gpu-reproduce bench e2e mutants clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,7 +52,11 @@ sync: setup  ## re-pair notebooks/NN_*.py and .ipynb (the newer file wins)
 run-all: setup  ## execute every notebook with papermill into runs/<PROFILE>/ (default PROFILE=cpu)
 	$(PY) -m vwe.course --profile $(or $(PROFILE),cpu) $(DATASET_FLAG)
 
-lab: setup  ## JupyterLab on 127.0.0.1 with a fresh random token
+# A student notebook that exists holds the student's work: it is kept (`python -m vwe.student --force` rewrites)
+student: setup  ## the student notebooks in student/: the course's, each solution replaced by a stub
+	$(PY) -m vwe.student
+
+lab: setup student  ## the student notebooks, then JupyterLab on 127.0.0.1 with a fresh random token
 	$(PY) -m jupyterlab --ServerApp.ip=127.0.0.1 \
 		--IdentityProvider.token=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(24))') \
 		--ServerApp.root_dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -25,6 +25,13 @@
 # - the three **augmentations** of pretraining (random resized crop, rotation, colour jitter), each alone
 #   and then combined, built from the pieces of `vwe.augment`.
 #
+# **Exercises**: 1.1 `patchify` and 1.2 `unpatchify`, written by you. The cell under each exercise checks
+# your function against the package's on random images and edge cases, and says what is wrong if
+# anything is; `ex.patchify.hint()` gives a hint, `ex.patchify.solution()` the answer. In the student copy
+# (`make student` writes it to `student/`) each solution is a stub: its exercise reports "not done yet" and
+# the notebook goes on with the package's function, so every later cell still runs. The last cell shows
+# where the exercises stand.
+#
 # Time: a few seconds under every profile (the `paper` profile first reads CIFAR-100 once, about a minute).
 
 # %% tags=["parameters"]
@@ -36,11 +43,11 @@ run_dir = None  # None: runs/<profile>; checkpoints, figures and results go ther
 # %%
 import torch
 
+from vwe import exercises as ex
 from vwe import plots
 from vwe.augment import AugmentConfig, apply_params, augment, colour_jitter, crop_rotate, sample_params
 from vwe.course import start
 from vwe.data import describe, to_float
-from vwe.patches import patchify, unpatchify
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
 cfg, data = s.cfg, s.data
@@ -77,22 +84,56 @@ print("saved", path.relative_to(s.run_dir))
 # A batch (B, 3, 32, 32) becomes (B, 16, 3, 8, 8). Split each spatial axis of 32 pixels into
 # (4 patches, 8 pixels), move the two patch axes in front of the channel axis, and merge them into one
 # axis of 16 patches. Because row comes before column, patch k sits at row k // 4, column k % 4.
+#
+# ### Exercise 1.1: `patchify`
+#
+# Write it. `x.reshape(B, C, 4, 8, 4, 8)` has the axes (B, C, row, y, col, x); one `permute` puts them in
+# the order (B, row, col, C, y, x); one more `reshape` merges row and col. Read B and C from `x.shape`:
+# the check runs your function on uint8 and float images, on one image and on one-channel images, and
+# compares every pixel with `vwe.patches.patchify`.
+
+# %% tags=["solution"]
+def patchify(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, 32, 32) -> (B, 16, C, 8, 8): patch k is grid row k // 4, column k % 4."""
+    # BEGIN SOLUTION
+    B, C = x.shape[:2]
+    split = x.reshape(B, C, 4, 8, 4, 8)  # (B, C, row, y, col, x): 32 = 4 patches x 8 pixels, twice
+    moved = split.permute(0, 2, 4, 1, 3, 5)  # (B, row, col, C, y, x)
+    return moved.reshape(B, 16, C, 8, 8)  # row and col merged, row-major
+    # END SOLUTION
+
+
+# %%
+patchify = ex.patchify.check(patchify)  # yours when it is right, else vwe.patches.patchify
+
+# %% [markdown]
+# ### Exercise 1.2: `unpatchify`
+#
+# The inverse, (B, 16, C, 8, 8) back to (B, C, 32, 32): undo the steps in reverse order. View the 16
+# patches as a 4×4 grid, move the axes back to (B, C, row, y, col, x), and merge each (grid position,
+# pixel) pair into one axis of 32.
+
+# %% tags=["solution"]
+def unpatchify(p: torch.Tensor) -> torch.Tensor:
+    """(B, 16, C, 8, 8) -> (B, C, 32, 32), the inverse of patchify."""
+    # BEGIN SOLUTION
+    B, _, C = p.shape[:3]
+    grid = p.reshape(B, 4, 4, C, 8, 8)  # (B, row, col, C, y, x)
+    return grid.permute(0, 3, 1, 4, 2, 5).reshape(B, C, 32, 32)  # (B, C, row, y, col, x) -> (B, C, 32, 32)
+    # END SOLUTION
+
+
+# %%
+unpatchify = ex.unpatchify.check(unpatchify)
+
+# %% [markdown]
+# Whichever functions these are now, yours or the library's (`vwe.patches`, which also checks its input),
+# they work on any dtype, so the uint8 round trip is exact, bit for bit; and patch 6 is the square at
+# grid row 1, column 2.
 
 # %%
 x = data.train_images[:4]  # (B, 3, 32, 32) uint8
-B = x.shape[0]
-split = x.reshape(B, 3, 4, 8, 4, 8)  # (B, C, row, y, col, x): 32 = 4 patches x 8 pixels, twice
-moved = split.permute(0, 2, 4, 1, 3, 5)  # (B, row, col, C, y, x)
-patches_by_hand = moved.reshape(B, 16, 3, 8, 8)  # (B, 16, 3, 8, 8): row and col merged, row-major
-print(tuple(x.shape), "->", tuple(split.shape), "->", tuple(moved.shape), "->", tuple(patches_by_hand.shape))
-
-# %% [markdown]
-# The library's `patchify` does the same (and checks its input); `unpatchify` is the exact inverse. Both
-# work on any dtype, so the uint8 round trip is exact, bit for bit.
-
-# %%
 patches = patchify(x)
-assert torch.equal(patches, patches_by_hand)  # the lesson's lines and the library agree
 assert torch.equal(unpatchify(patches), x)  # the round trip gives the image back exactly
 k = 6
 row, col = divmod(k, 4)
@@ -173,3 +214,11 @@ print("augment == sample_params + apply_params; the identity config changes noth
 
 # %%
 print("augmented batch", tuple(combined.shape), "-> patches", tuple(patchify(combined).shape))
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("01")

@@ -27,6 +27,11 @@
 #   of a batch at once, checked against a plain loop and against the table;
 # - an interactive **explorer** to look at the context of any image and target (the paper's Figure 1).
 #
+# **Exercises**: 2.1 `neighbour_table` and 2.2 `gather_context`, written by you and checked in the cell
+# under each (`ex.neighbour_table.hint()` for a hint, `.solution()` for the answer); in the student copy an
+# exercise not done yet is reported and the notebook goes on with the package's function. The last cell
+# shows where they stand.
+#
 # Time: a few seconds under every profile.
 
 # %% tags=["parameters"]
@@ -39,10 +44,11 @@ run_dir = None  # None: runs/<profile>; checkpoints, figures and results go ther
 import torch
 from IPython.display import display
 
+from vwe import exercises as ex
 from vwe import plots
 from vwe.course import start
 from vwe.data import to_float
-from vwe.patches import OFFSETS, gather_context, neighbour_table, patchify
+from vwe.patches import OFFSETS, patchify
 from vwe.widgets import ContextExplorer
 
 s = start(profile, dataset=dataset, device=device, run_dir=run_dir)
@@ -94,6 +100,30 @@ for target in (0, 2, 5):  # a corner, an edge, an interior target
 # All of this fits in one small table, computed once: row k lists the patch index in each of target k's
 # 8 slots, and -1 where the slot is a zero patch: the whole definition of a context, for pixels or for
 # features.
+#
+# ### Exercise 2.1: `neighbour_table`
+#
+# Write it. Target k sits at grid row k // 4, column k % 4; its neighbour in slot j sits at the offset
+# `OFFSETS[j]` from it, and is patch 4 · row + column when that row and column lie inside the grid
+# (0 to 3), else -1. The check compares every entry with `vwe.patches.neighbour_table`.
+
+# %% tags=["solution"]
+def neighbour_table() -> torch.Tensor:
+    """(16, 8) int64: entry [k, j] is the patch in context slot j of target k, -1 outside the grid."""
+    # BEGIN SOLUTION
+    table = torch.full((16, 8), -1, dtype=torch.long)  # -1 unless a neighbour exists
+    for k in range(16):
+        row, col = divmod(k, 4)
+        for j, (dr, dc) in enumerate(OFFSETS):
+            r, c = row + dr, col + dc
+            if 0 <= r < 4 and 0 <= c < 4:
+                table[k, j] = 4 * r + c
+    return table
+    # END SOLUTION
+
+
+# %%
+neighbour_table = ex.neighbour_table.check(neighbour_table)
 
 # %%
 table = neighbour_table()  # (16, 8) long, -1 = outside the grid
@@ -119,12 +149,37 @@ for kind, count in (("corner", 3), ("edge", 5), ("interior", 8)):
 # ## 4. Gathering every context at once
 #
 # `gather_context` turns a batch of patches (B, 16, 3, 8, 8) into every target's context
-# (B, 16, 8, 3, 8, 8) without a loop: it frames the 4x4 grid of patches with a border of zero patches
-# (6x6) and, for each of the 8 slot offsets, takes the 4x4 window shifted by that offset, so window j
-# holds slot j of every target at once. (Slices, not an index: their gradient is a plain sum, which a
-# GPU computes faster than the scatter an index's gradient needs.) Here it is checked against the
-# slowest, plainest way to do it, a loop over the 8 slots of every target with the offsets and bounds
-# written out by hand, and then against the table.
+# (B, 16, 8, 3, 8, 8) without a loop. The table says how: slot j of target k holds patch `table[k, j]`
+# of the same image, and a zero patch where the table says -1.
+#
+# ### Exercise 2.2: `gather_context`
+#
+# Write it, without a loop over the targets. One way: append one zero patch to every image as patch 16,
+# point every -1 of the table at it, and index the patch axis once. The check runs your function on float
+# and uint8 patches, on one image and on a batch, and compares every slot with
+# `vwe.patches.gather_context`.
+
+# %% tags=["solution"]
+def gather_context(patches: torch.Tensor) -> torch.Tensor:
+    """(B, 16, C, 8, 8) -> (B, 16, 8, C, 8, 8): every target's 8 neighbours, zero patches outside the grid."""
+    # BEGIN SOLUTION
+    with_zero = torch.cat([patches, torch.zeros_like(patches[:, :1])], dim=1)  # (B, 17, C, 8, 8): patch 16 = zeros
+    table = neighbour_table()  # (16, 8), -1 outside the grid
+    return with_zero[:, torch.where(table < 0, 16, table)]  # every -1 read as patch 16
+    # END SOLUTION
+
+
+# %%
+gather_context = ex.gather_context.check(gather_context)
+
+# %% [markdown]
+# The library's `vwe.patches.gather_context` does the same without an index: it frames the 4x4 grid of
+# patches with a border of zero patches (6x6) and, for each of the 8 slot offsets, takes the 4x4 window
+# shifted by that offset, so window j holds slot j of every target at once. (Slices, not an index: their
+# gradient is a plain sum, which a GPU computes faster than the scatter an index's gradient needs.)
+# Whichever function runs here, yours or the library's, it is checked once more against the slowest,
+# plainest way to do it, a loop over the 8 slots of every target with the offsets and bounds written out
+# by hand.
 
 # %%
 x = to_float(data.test_images[:8])  # (B, 3, 32, 32)
@@ -141,10 +196,6 @@ for k in range(16):
             by_hand[:, j] = patches[:, 4 * r + c]
     assert torch.equal(context[:, k], by_hand), k
 print("gather_context equals the hand-written loop for all 16 targets")
-# The table's way: append one zero patch as patch 16, point every -1 at it, index once.
-with_zero = torch.cat([patches, torch.zeros_like(patches[:, :1])], dim=1)  # (B, 17, 3, 8, 8)
-assert torch.equal(with_zero[:, torch.where(table < 0, 16, table)], context)
-print("... and indexing with the neighbour table gives the same contexts")
 zeros_per_target = (context.flatten(3).abs().sum(dim=3) == 0)[0].sum(dim=1)  # all-zero slots, image 0
 print("zero slots per target (image 0):", zeros_per_target.tolist())
 
@@ -165,3 +216,11 @@ print("zero slots per target (image 0):", zeros_per_target.tolist())
 # %% tags=["nbval-ignore-output"]
 explorer = ContextExplorer(data.test_images[:64], data.test_labels[:64], data.classes)
 display(explorer)
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("02")

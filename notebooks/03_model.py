@@ -27,6 +27,11 @@
 #   sees the target patch itself;
 # - why the 8192-d image embedding holds only 16 · 64 + 64 distinct numbers.
 #
+# **Exercises**: 3.1 `shared_encoding` and 3.2 `decode`, written by you and checked in the cell under
+# each (`ex.shared_encoding.hint()` for a hint, `.solution()` for the answer); in the student copy an
+# exercise not done yet is reported and the notebook goes on with the package's function. The last cell
+# shows where they stand.
+#
 # Time: a few seconds under every profile; nothing is trained here (notebook 04 trains).
 
 # %% tags=["parameters"]
@@ -42,6 +47,7 @@ import time
 import torch
 from torch import nn
 
+from vwe import exercises as ex
 from vwe.course import start
 from vwe.data import to_float
 from vwe.models import ContextAutoencoder, Conv4, PatchAutoencoder, ResNet32, count_parameters
@@ -118,9 +124,34 @@ print(f"{'Conv4 tower':<18} {count_parameters(conv4):>9,} parameters")
 #   each of the 16 patches and once on the zero patch, then *gather* the features with the neighbour
 #   table: **16 passes per image + 1 per batch** (at most 17 per image, about 8× less work).
 #
-# First the key lines written out, on a few test images. BatchNorm's running statistics of a fresh model
-# are the trivial mean 0 / variance 1; a few forward passes in train mode give them real values, so the
-# comparison below is not between identity-like layers.
+# ### Exercise 3.1: `shared_encoding`
+#
+# Write the shared encoding for a tower: one tower call on the B · 16 patches and the zero patch together
+# (one batch, as BatchNorm in train mode must see them), then the features gathered into contexts with
+# `gather_neighbours(feats, fill)`, notebook 02's gather for any per-patch items: here each patch's 64
+# features, with the zero patch's features as the fill. The check runs it with a seeded Conv4 tower in
+# eval mode on random patches, compares every number with the literal encoding, and counts the tower's
+# calls.
+
+# %% tags=["solution"]
+def shared_encoding(tower: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """(B, 16, 3, 8, 8) -> (B, 16, 8 * D): each target's 8 neighbours' tower features, in slot order."""
+    # BEGIN SOLUTION
+    B = len(patches)
+    zero = patches.new_zeros(1, *patches.shape[2:])  # (1, 3, 8, 8): the zero patch
+    feats = tower(torch.cat([patches.flatten(0, 1), zero]))  # (B*16 + 1, D): one call, one batch
+    context = gather_neighbours(feats[:-1].view(B, 16, -1), feats[-1])  # (B, 16, 8, D)
+    return context.flatten(2)  # (B, 16, 8*D): slot 0's D features, then slot 1's, ...
+    # END SOLUTION
+
+
+# %%
+shared_encoding = ex.shared_encoding.check(shared_encoding)
+
+# %% [markdown]
+# Now both ways on a few test images, beside the library's two encodings. BatchNorm's running statistics
+# of a fresh model are the trivial mean 0 / variance 1; a few forward passes in train mode give them real
+# values, so the comparison below is not between identity-like layers.
 
 # %%
 torch.manual_seed(0)
@@ -140,10 +171,10 @@ with torch.no_grad():
     # literal: every target's 8 context patches through the tower
     context_patches = gather_context(patches)  # (B, 16, 8, 3, 8, 8)
     z_literal_inline = tower(context_patches.flatten(0, 2)).view(B, 16, 8 * 64)  # B*128 patches
-    # shared: 16 patches + the zero patch through the tower, then gather the features
-    feats = tower(patches.flatten(0, 1)).view(B, 16, 64)  # (B, 16, 64)
+    # shared: 16 patches + the zero patch through the tower, then gather the features (exercise 3.1)
+    z_shared_inline = shared_encoding(tower, patches)  # (B, 16, 512)
+    feats = tower(patches.flatten(0, 1)).view(B, 16, 64)  # (B, 16, 64): each patch's features (section 5)
     zero_feat = tower(torch.zeros(1, 3, 8, 8))[0]  # (64,): the tower's output on the zero patch
-    z_shared_inline = gather_neighbours(feats, zero_feat).flatten(2)  # (B, 16, 8, 64) -> (B, 16, 512)
 
     z_shared, z_literal = shared.encode(x), literal.encode(x)  # the library's two encodings
 print("patches         ", tuple(patches.shape))
@@ -253,6 +284,31 @@ assert torch.equal(h.view(B, 16, 3, 8, 8), recon)
 assert 0 <= recon.min() and recon.max() <= 1  # sigmoid output, like the [0, 1] target pixels
 
 # %% [markdown]
+# ### Exercise 3.2: `decode`
+#
+# The autoencoder runs the same decoder on every patch embedding of every image, and the decoder takes one
+# embedding per row. Write `decode(decoder, z)`, (B, 16, E) → (B, 16, 3, 8, 8), each patch back in its
+# place. The check runs it with a small decoder on one and on several images, and when a patch lands in
+# the wrong place it says whose embedding the patch was made from.
+
+# %% tags=["solution"]
+def decode(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """(B, 16, E) -> (B, 16, 3, 8, 8): the decoder on every patch embedding, each output in its place."""
+    # BEGIN SOLUTION
+    B, N, E = z.shape
+    return decoder(z.reshape(B * N, E)).view(B, N, 3, 8, 8)  # row b * 16 + k is patch k of image b
+    # END SOLUTION
+
+
+# %%
+decode = ex.decode.check(decode)
+
+# %%
+with torch.no_grad():
+    assert torch.allclose(decode(shared.decoder, z_shared), recon, atol=1e-6)  # the same rows, up to rounding
+print("decode(decoder, embeddings) gives the autoencoder's output", tuple(recon.shape))
+
+# %% [markdown]
 # ## 4. The simple autoencoder
 #
 # The paper's baseline uses the same tower and decoder family, but each patch is rebuilt from the tower
@@ -316,3 +372,11 @@ print("copies of the zero patch's features:", int(uses[16]))
 W = torch.randn(10, 8192)  # any linear layer on the 8192-d embedding (10 outputs)
 assert torch.allclose(embedding @ W.T, unique @ (W @ G).T, rtol=1e-4, atol=1e-3)
 print("W:", tuple(W.shape), "on the embedding = W @ G:", tuple((W @ G).shape), "on the unique numbers")
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("03")

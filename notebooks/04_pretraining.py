@@ -27,6 +27,11 @@
 # - reading the loss curves (train and held-out) and the throughput;
 # - a reproducibility check: the reloaded checkpoint gives exactly the logged held-out loss.
 #
+# **Exercises**: 4.1 `reconstruction_loss` and 4.2 `train_step`, written by you and checked in the cell
+# under each (`ex.train_step.hint()` for a hint, `.solution()` for the answer); in the student copy an
+# exercise not done yet is reported and the notebook goes on with the package's function. The last cell
+# shows where they stand.
+#
 # Time: `smoke` seconds; `cpu` (4 epochs on 4 000 images) minutes per model on a 2-core CPU, seconds on
 # a GPU; `paper` (200 epochs on 50 000 images) minutes per model on one GPU, plus compilation
 # (BENCHMARKS.md has the measured throughput; section 6 prints this run's). A second run reuses the
@@ -43,11 +48,14 @@ import copy
 
 import pandas as pd
 import torch
+from torch import nn
 
+from vwe import exercises as ex
 from vwe.augment import augment
 from vwe.course import start
 from vwe.data import describe, to_float
 from vwe.models import build_model
+from vwe.patches import patchify
 from vwe.plots import plot_losses, save
 from vwe.pretrain import PretrainStep, held_out_loss, load_pretrained, pretrain
 from vwe.runs import list_checkpoints, load_checkpoint
@@ -91,9 +99,58 @@ for name, c in configs.items():
 # ## 2. One training step, written out
 #
 # A step takes a uint8 batch that already lives on the training device, converts it to [0, 1] floats,
-# augments it, reconstructs all 16 patches of every image and takes one Adam step on the MSE. Below, the
-# step by hand on a copy of a fresh model, then `PretrainStep` (the step `pretrain` trains with, in `vwe/pretrain.py`) on another copy
-# with the same random generator state: the two losses must be equal.
+# augments it, reconstructs all 16 patches of every image and takes one Adam step on the MSE. First its
+# two pieces, by you.
+#
+# ### Exercise 4.1: `reconstruction_loss`
+#
+# The loss: the mean squared error between every reconstructed patch and the true one, over all 16
+# targets of every image. `recon` is what the autoencoder returns, (B, 16, 3, 8, 8); `images` the batch
+# it saw, (B, 3, 32, 32). Return the loss as a tensor (the step calls `backward()` on it). The check
+# compares it with the package's loss on random reconstructions, in float64 and float32, for one image
+# and several.
+
+# %% tags=["solution"]
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The MSE over all 16 targets: recon (B, 16, C, 8, 8), images (B, C, 32, 32) -> a 0-d tensor."""
+    # BEGIN SOLUTION
+    targets = patchify(images)  # (B, 16, C, 8, 8): every patch is a target
+    return ((recon - targets) ** 2).mean()  # over every number of every target of every image
+    # END SOLUTION
+
+
+# %%
+reconstruction_loss = ex.reconstruction_loss.check(reconstruction_loss)
+
+# %% [markdown]
+# ### Exercise 4.2: `train_step`
+#
+# One step on a float batch `x`: clear the gradients of the step before, compute the loss (your
+# `reconstruction_loss(model(x), x)`, or `model.forward_loss(x)`, the same number), backpropagate, update
+# the weights, and return the loss the gradients came from. The check trains copies of a small context
+# autoencoder for two steps with yours and with the package's step, and compares each step's loss and
+# how far every weight moved.
+
+# %% tags=["solution"]
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on the float batch x (B, 3, 32, 32); returns the loss (a 0-d tensor)."""
+    # BEGIN SOLUTION
+    optimizer.zero_grad()  # the previous step's gradients would add up with this one's
+    loss = reconstruction_loss(model(x), x)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+    # END SOLUTION
+
+
+# %%
+train_step = ex.train_step.check(train_step)
+
+# %% [markdown]
+# Now the step by hand on a copy of a fresh model, then `PretrainStep` (the step `pretrain` trains with, in
+# `vwe/pretrain.py`) on another copy with the same random generator state: the two losses must be equal, and
+# the weights end up where the library's step puts them (up to rounding, if your loss sums in another
+# order).
 
 # %%
 torch.manual_seed(cfg.seed)
@@ -104,17 +161,15 @@ images = data.train_images[:4]  # (B, 3, 32, 32) uint8, a small batch to keep th
 gen = torch.Generator().manual_seed(1)
 opt = torch.optim.Adam(by_hand.parameters(), lr=cfg.lr)
 x = augment(to_float(images), cfg.aug, gen)  # (B, 3, 32, 32) float, one crop/rotation/jitter each
-loss = by_hand.forward_loss(x)  # MSE over (B, 16, 3, 8, 8)
-opt.zero_grad()
-loss.backward()
-opt.step()
+loss = train_step(by_hand, opt, x)  # MSE over (B, 16, 3, 8, 8), one Adam step
 
 step = PretrainStep(by_library, torch.optim.Adam(by_library.parameters(), lr=cfg.lr), cfg.aug,
                     torch.Generator().manual_seed(1))
 library_loss = step(images)
-assert torch.allclose(loss.detach(), library_loss)
-assert all(torch.allclose(a, b) for a, b in zip(by_hand.parameters(), by_library.parameters(), strict=True))
-print("by hand and PretrainStep: same loss, same updated weights")
+assert torch.allclose(loss, library_loss)
+apart = max((a - b).abs().max().item() for a, b in zip(by_hand.parameters(), by_library.parameters(), strict=True))
+print(f"train_step and PretrainStep: losses {loss.item():.6f} and {library_loss.item():.6f}, "
+      f"updated weights at most {apart:.1e} apart")
 
 # %% [markdown]
 # ## 3. Pretrain the context autoencoder
@@ -214,3 +269,11 @@ for name, r in runs.items():
     recomputed = held_out_loss(model, test_images, cfg.eval_batch_size)
     print(f"{name:<11} held-out MSE logged {logged:.6f} | recomputed from {r.checkpoint.name} {recomputed:.6f}")
     assert abs(recomputed - logged) <= 1e-5 * logged
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("04")

@@ -32,6 +32,11 @@
 #   (the tower's 1 024 features, raw, 10 probe epochs) that Table 1's numbers really are;
 # - where the method shows: probe accuracy against pretraining compute, measured on a validation split.
 #
+# **Exercises**: 5.1 `standardize`, 5.2 `probe_epoch` and 5.3 `welch_gap`, written by you and checked in
+# the cell under each (`ex.standardize.hint()` for a hint, `.solution()` for the answer); in the student
+# copy an exercise not done yet is reported and the notebook goes on with the package's function. The last
+# cell shows where they stand.
+#
 # The models studied: on CIFAR-100 (`models="auto"`), the two autoencoders **shipped with the
 # repository**, pretrained on real CIFAR-100 at the scale printed below (a 2-core CPU cannot pretrain
 # long enough inside the course for the method to show); `models="run"` studies notebook 04's runs
@@ -48,21 +53,27 @@ run_dir = None  # None: runs/<profile>; checkpoints, figures and results go ther
 models = "auto"  # "auto": shipped on CIFAR-100, else notebook 04's | "shipped" | "run"
 
 # %%
-import torch
-from IPython.display import Markdown, display
+import math
+import statistics
 
+import torch
+import torch.nn.functional as F
+from IPython.display import Markdown, display
+from torch import nn
+
+from vwe import exercises as ex
 from vwe import table
 from vwe.course import load_models, start
+from vwe.engine import epochs_reached
 from vwe.evaluate import extract_features, linear_probe, random_image_model
 from vwe.plots import results_bar_chart, save
 from vwe.results import (
     AUTHOR_PROBE,
     CLAIM_PROBES,
     claims,
-    gap,
     load_results,
     rows_of,
-    significant,
+    verdict_in_words,
     write_results,
 )
 
@@ -116,11 +127,40 @@ for key, features in feature_sets.items():
 # stalls, often above chance (ln 100 ≈ 4.6 on CIFAR-100). Linear probes in the field standardise first
 # (MAE puts a BatchNorm without affine parameters before the layer): each feature minus its mean,
 # divided by its standard deviation, **both computed on the training features only**. `linear_probe`
-# does that by default (`norm="standard"`); `norm="raw"` is the paper's probe. Here both, one seed, on
-# the context embedding, with the training loss and training accuracy of every epoch:
+# does that by default (`norm="standard"`); `norm="raw"` is the paper's probe.
+#
+# ### Exercise 5.1: `standardize`
+#
+# Write it: standardise both feature sets, (N, dim) and (M, dim), with each feature's mean and standard
+# deviation **on the training features**, and return the pair. A feature that never varies (a context
+# embedding's zero-patch slot does not) must come out as zeros, not as nan. The check runs it on features
+# of very different scales, with a constant feature, with one test row and in float32, and compares it
+# with `vwe.evaluate.standardize`.
+
+# %% tags=["solution"]
+def standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, dim), (M, dim) -> both standardised with the training features' per-feature mean and sd."""
+    # BEGIN SOLUTION
+    var, mean = torch.var_mean(train, dim=0)  # (dim,) each: the training features' only
+    scale = torch.rsqrt(var + 1e-6)  # a constant feature stays 0 instead of 0 / 0
+    return (train - mean) * scale, (test - mean) * scale
+    # END SOLUTION
+
+
+# %%
+standardize = ex.standardize.check(standardize)
+
+# %% [markdown]
+# The context embedding standardised: each training feature now has mean 0 (and, unless it is constant,
+# sd 1); the test features' come out near, not at, those values, since they never informed them. Then
+# both probes, one seed, with the training loss and training accuracy of every epoch:
 
 # %% tags=["nbval-ignore-output"]
 train_feats, test_feats = feature_sets["context-resnet32-aug"]["embedding"]
+train_std, test_std = standardize(train_feats, test_feats)  # exercise 5.1: yours, or the package's
+for name, feats in (("training", train_std), ("test", test_std)):
+    print(f"{name:<8} features standardised: mean of the feature means {feats.mean(0).mean():+.3f}, "
+          f"largest |mean| {feats.mean(0).abs().max():.3f}")
 probes = {norm: linear_probe(train_feats, data.train_labels, test_feats, data.test_labels, seed=0,
                              epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, lr=cfg.probe_lr,
                              num_classes=data.num_classes, norm=norm)
@@ -128,6 +168,56 @@ probes = {norm: linear_probe(train_feats, data.train_labels, test_feats, data.te
 for norm, p in probes.items():
     print(f"{norm:<8} test top-1 {p.test_acc:6.2f} %  train top-1 {p.train_acc:6.2f} %  "
           f"loss per epoch: {' '.join(f'{x:.2f}' for x in p.losses[:: max(1, len(p.losses) // 8)])}")
+
+# %% [markdown]
+# ### Exercise 5.2: `probe_epoch`
+#
+# The probe's loop, one epoch: the rows in the order given, `batch_size` at a time, each batch one Adam step
+# on the cross-entropy of `layer(x)`; return the mean training loss **per row** (the short last batch
+# counts for its rows only). The check trains copies of a small layer for one epoch with yours and with the
+# package's, compares the loss and how far every weight moved, with a short last batch, without one and on
+# one row.
+
+# %% tags=["solution"]
+def probe_epoch(layer: nn.Linear, optimizer: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor,
+                batch_size: int) -> float:
+    """One epoch over (N, dim) features and (N,) labels in their order; the mean loss per row."""
+    # BEGIN SOLUTION
+    total = 0.0
+    for i in range(0, len(feats), batch_size):
+        x, y = feats[i:i + batch_size], labels[i:i + batch_size]
+        loss = F.cross_entropy(layer(x), y)  # logits in: cross_entropy applies log-softmax itself
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(x)  # the batch's mean loss, weighed by its rows
+    return total / len(feats)
+    # END SOLUTION
+
+
+# %%
+probe_epoch = ex.probe_epoch.check(probe_epoch)
+
+# %% [markdown]
+# Your epoch (or the package's) trains the standardised probe of section 2 again, the way `linear_probe`
+# does: the layer initialised under seed 0, the rows shuffled anew every epoch by a generator of seed 0.
+# It should end where `linear_probe`'s seed-0 run ended.
+
+# %% tags=["nbval-ignore-output"]
+with torch.random.fork_rng(devices=[]):  # linear_probe's initialisation, without touching global state
+    torch.manual_seed(0)
+    layer = nn.Linear(train_std.shape[1], data.num_classes).to(train_std.device)
+optimizer = torch.optim.Adam(layer.parameters(), lr=cfg.probe_lr)
+shuffle = torch.Generator().manual_seed(0)
+train_y = data.train_labels.to(train_std.device)
+for _ in range(cfg.probe_epochs):
+    order = torch.randperm(len(train_std), generator=shuffle)  # a new order every epoch
+    last_loss = probe_epoch(layer, optimizer, train_std[order], train_y[order], cfg.probe_batch_size)
+with torch.no_grad():
+    test_acc = 100 * (layer(test_std).argmax(1).cpu() == data.test_labels).float().mean().item()
+print(f"your epochs: test top-1 {test_acc:.2f} %, last epoch's loss {last_loss:.4f}")
+print(f"linear_probe: test top-1 {probes['standard'].test_acc:.2f} %, last epoch's loss "
+      f"{probes['standard'].losses[-1]:.4f}")
 
 # %% [markdown]
 # ## 3. 8192 against 1024 dimensions
@@ -156,8 +246,8 @@ assert len(distinct) <= 16 * 64 + 64
 # %% tags=["nbval-ignore-output"]
 print(f"probe: {cfg.probe_epochs} epochs, batch {cfg.probe_batch_size}, Adam lr {cfg.probe_lr}, "
       f"seeds {cfg.probe_seeds}")
-epochs = {"patch-resnet32-aug": pretrained["simple AE"].config.epochs,
-          "context-resnet32-aug": pretrained["context AE"].config.epochs}
+epochs = {"patch-resnet32-aug": epochs_reached(pretrained["simple AE"].metrics),
+          "context-resnet32-aug": epochs_reached(pretrained["context AE"].metrics)}
 results = table.model_rows(feature_sets, data, cfg, epochs, s.run_dir)
 for r in results:
     print(f"{r.key:<24} standardised {r.mean:6.2f} ± {r.std:.2f} %   raw "
@@ -223,6 +313,34 @@ for name, probe in CLAIM_PROBES.items():
 # A gap counts as **significant** by the repository's one rule, `vwe.results.significant`: more than 3
 # standard errors of the difference of the two means (Welch) and more than 3 points. A smaller gap says
 # nothing about which features are better, whichever mean is higher.
+#
+# ### Exercise 5.3: `welch_gap`
+#
+# The gap between two rows, from each one's accuracies over the probe seeds: the higher row's mean minus
+# the lower's, in points, and that gap in standard errors of the difference of the means, Welch's: the
+# square root of each row's sample variance over its number of seeds, summed. Probes that do not vary at
+# all make a gap of infinitely many standard errors. The check compares both numbers with
+# `vwe.results.gap`, for equal and unequal numbers of seeds, a negative gap and no spread.
+
+# %% tags=["solution"]
+def welch_gap(lower: list[float], higher: list[float]) -> tuple[float, float]:
+    """(mean(higher) - mean(lower) in points, that gap in Welch's standard errors of the difference)."""
+    # BEGIN SOLUTION
+    points = statistics.fmean(higher) - statistics.fmean(lower)
+    se = math.sqrt(statistics.variance(lower) / len(lower) + statistics.variance(higher) / len(higher))
+    return points, (points / se if se > 0 else math.copysign(math.inf, points))
+    # END SOLUTION
+
+
+# %%
+welch_gap = ex.welch_gap.check(welch_gap)
+
+# %% tags=["nbval-ignore-output"]
+rows = {r.key: r.probes for r in results}
+for name, probe in CLAIM_PROBES.items():
+    if probe in rows["patch-resnet32-aug"] and probe in rows["context-resnet32-aug"]:
+        points, in_se = welch_gap(rows["patch-resnet32-aug"][probe]["accs"], rows["context-resnet32-aug"][probe]["accs"])
+        print(f"{name:<20} context minus simple autoencoder: {points:+.2f} points, {in_se:+.1f} standard errors")
 
 # %% tags=["nbval-ignore-output"]
 SIMPLE, CONTEXT = "patch-resnet32-aug", "context-resnet32-aug"
@@ -234,21 +352,9 @@ READINGS = (("the author's evaluation (tower, raw, 10 epochs)", AUTHOR_PROBE, AU
             ("standardised, the context tower", "embedding/standard", "tower/standard"))
 
 
-def compare(simple: dict, context: dict) -> str:
-    """Which autoencoder two probe summaries {"mean", "std", "accs"} put ahead, in words."""
-    ahead = context["mean"] > simple["mean"]
-    leader = "the context autoencoder" if ahead else "the simple autoencoder"
-    lower, higher = (simple, context) if ahead else (context, simple)
-    points, in_se = gap(lower, higher)
-    size = f"{points:.2f} points, {in_se:.1f} standard errors"
-    if significant(lower, higher):
-        return f"**{leader}** ahead by {size}: significant"
-    return f"{leader} ahead by {size}: not significant"
-
-
 def verdicts(probes: dict[str, dict]) -> str:
     """Markdown, one line per reading; `probes` maps a row key to that row's probes."""
-    return "\n".join(f"- {words}: {compare(probes[SIMPLE][a], probes[CONTEXT][b])}"
+    return "\n".join(f"- {words}: {verdict_in_words(probes[SIMPLE][a], probes[CONTEXT][b])}"
                       for words, a, b in READINGS if a in probes[SIMPLE] and b in probes[CONTEXT])
 
 
@@ -339,8 +445,6 @@ else:
 # (dotted): an extrapolation, drawn as one.
 
 # %%
-import math
-
 from vwe import curve
 from vwe.models import MODEL_LABELS
 from vwe.plots import plot_scale_curve
@@ -385,8 +489,8 @@ for (profile_name, n_train), by_model in sorted(by_run.items()):
     for pairs in sorted(set(by_model.get("patch", {})) & set(by_model.get("context", {}))):
         simple_p, context_p = by_model["patch"][pairs], by_model["context"][pairs]
         lines.append(f"- `{profile_name}` recipe on {n_train:,} images, {pairs:,d} pairs: author's "
-                     f"evaluation: {compare(simple_p['author'], context_p['author'])}; standardised: "
-                     f"{compare(simple_p['standard'], context_p['standard'])}")
+                     f"evaluation: {verdict_in_words(simple_p['author'], context_p['author'])}; standardised: "
+                     f"{verdict_in_words(simple_p['standard'], context_p['standard'])}")
 largest = max(p["pairs"] for p in points)
 gap_words = curve_in_words(points)
 display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 saw {curve.AUTHOR_PAIRS:,d} "
@@ -399,3 +503,11 @@ display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 s
 # The models this notebook studied on CIFAR-100 are the author's recipe on 5 000 images at that
 # curve's largest point (their scale is printed at the top): the last `author` line of the 5 000-image
 # runs above is where they sit on it.
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("05")

@@ -28,6 +28,11 @@
 # - a whole test image **rebuilt patch by patch from contexts**, and where the errors sit;
 # - an interactive **explorer** of any test image and patch.
 #
+# **Exercises**: 6.1 `error_per_position` and 6.2 `errors_by_kind`, written by you and checked in the cell
+# under each (`ex.error_per_position.hint()` for a hint, `.solution()` for the answer); in the student copy
+# an exercise not done yet is reported and the notebook goes on with the package's function. The last cell
+# shows where they stand.
+#
 # Time: seconds. With `models="run"` (the default on Shapes) notebook 04 must have run with the same
 # parameters: this notebook says so, and how, when its checkpoints are missing; it never trains.
 
@@ -42,6 +47,7 @@ models = "auto"  # "auto": shipped on CIFAR-100, else notebook 04's | "shipped" 
 import torch
 from IPython.display import Markdown, display
 
+from vwe import exercises as ex
 from vwe import plots
 from vwe.course import load_models, start
 from vwe.data import batches, to_float
@@ -103,6 +109,25 @@ print("saved", path.relative_to(s.run_dir))
 #
 # The mean squared error over every patch of every test image (the held-out loss of notebook 04), and the
 # same error per position in the grid, averaged over the test images.
+#
+# ### Exercise 6.1: `error_per_position`
+#
+# Write the error per position: from the reconstructions (B, 16, 3, 8, 8) of a batch of images
+# (B, 3, 32, 32), the squared error of each of the 16 grid positions, averaged over the images and over
+# each patch's 3 · 8 · 8 numbers: a tensor (16,). Their mean is the test MSE. The check compares it with
+# the package's on random reconstructions, for one image and several, in float64 and float32.
+
+# %% tags=["solution"]
+def error_per_position(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """(B, 16, 3, 8, 8) reconstructions of (B, 3, 32, 32) images -> (16,) mean squared error per position."""
+    # BEGIN SOLUTION
+    err = (recon - patchify(images)) ** 2  # (B, 16, 3, 8, 8)
+    return err.mean(dim=(0, 2, 3, 4))  # over the images and each patch's 3 * 8 * 8 numbers
+    # END SOLUTION
+
+
+# %%
+error_per_position = ex.error_per_position.check(error_per_position)
 
 # %% tags=["nbval-ignore-output"]
 test_images = data.test_images.to(s.device)
@@ -112,8 +137,7 @@ for name, model in (("simple AE", simple), ("context AE", context)):
     with torch.no_grad():
         for idx in batches(len(test_images), cfg.eval_batch_size, shuffle=False, device=s.device):
             xb = to_float(test_images[idx])  # (B, 3, 32, 32)
-            err = (model(xb) - patchify(xb)) ** 2  # (B, 16, 3, 8, 8)
-            total += err.mean(dim=(2, 3, 4)).sum(dim=0).cpu()  # (16,) summed over images
+            total += error_per_position(model(xb), xb).cpu() * len(xb)  # (16,) summed over images
     per_patch[name] = total / len(test_images)
     mse = per_patch[name].mean().item()
     # the same number through the library's held-out loss (`vwe.pretrain.held_out_loss`)
@@ -132,14 +156,31 @@ for name, errors in per_patch.items():
 # the paper: copying is easier than guessing. And for the context model, corner targets (3 real
 # neighbours, 5 zero patches) should be the hardest to guess: they have the least context. After a
 # short pretraining either may not show yet; the cell below reads both from the numbers above.
+#
+# ### Exercise 6.2: `errors_by_kind`
+#
+# Write it: from the 16 errors per position, the mean error of the **corner** positions (3 real
+# neighbours), of the **edge** positions (5) and of the **interior** ones (8), as a dict
+# `{"corner": ..., "edge": ..., "interior": ...}`. `plots.target_kind(k)` names the kind of position k.
+# The check compares it with the package's on random errors, on 0, 1, ..., 15 and in float32.
+
+# %% tags=["solution"]
+def errors_by_kind(errors: torch.Tensor) -> dict[str, float]:
+    """(16,) errors per grid position -> the mean over each kind: {"corner": ..., "edge": ..., "interior": ...}."""
+    # BEGIN SOLUTION
+    kinds = [plots.target_kind(k) for k in range(16)]  # "corner", "edge" or "interior"
+    return {kind: errors[[k for k in range(16) if kinds[k] == kind]].mean().item()
+            for kind in ("corner", "edge", "interior")}
+    # END SOLUTION
+
+
+# %%
+errors_by_kind = ex.errors_by_kind.check(errors_by_kind)
 
 # %% tags=["nbval-ignore-output"]
 mse = {name: errors.mean().item() for name, errors in per_patch.items()}
 easier, harder = sorted(mse, key=mse.get)
-kinds = {}  # the context model's mean error per kind of target position
-for k, e in enumerate(per_patch["context AE"].tolist()):
-    kinds.setdefault(plots.target_kind(k), []).append(e)
-by_kind = {kind: sum(errors) / len(errors) for kind, errors in kinds.items()}
+by_kind = errors_by_kind(per_patch["context AE"])  # the context model's mean error per kind of position
 hardest = max(by_kind, key=by_kind.get)
 order = "as in the paper" if easier == "simple AE" else "not the paper's order"
 display(Markdown(
@@ -177,3 +218,11 @@ for name, recon in (("context AE", context_recon), ("simple AE", simple_recon)):
 # %% tags=["nbval-ignore-output"]
 explorer = ReconstructionExplorer(data.test_images[:64], simple, context, data.test_labels[:64], data.classes)
 display(explorer)
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("06")

@@ -31,6 +31,12 @@
 #   **kNN classification** (no training at all), beside the linear probe of notebook 05;
 # - an explorer: pick any patch, see its neighbours and its word.
 #
+# **Exercises**: 7.1 `nearest_word` and 7.2 `update_centroids` (the two steps of k-means) and 7.3
+# `knn_predict` (the weighted kNN vote), written by you and checked in the cell under each
+# (`ex.nearest_word.hint()` for a hint, `.solution()` for the answer); in the student copy an exercise not
+# done yet is reported and the notebook goes on with the package's function. The last cell shows where
+# they stand.
+#
 # Time: `smoke` under a minute; `cpu` a few minutes on a 2-core CPU; `paper` a few minutes on a GPU. It never
 # trains an autoencoder: with `models="run"` (the default on Shapes) notebook 04 must have run with the
 # same parameters.
@@ -48,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import display
 
+from vwe import exercises as ex
 from vwe.course import load_models, start
 from vwe.data import to_float
 from vwe.evaluate import knn_accuracy, linear_eval, random_weights_model
@@ -195,6 +202,81 @@ save(fig, s.figures / "07_neighbours.png")
 # did this with hand-made SIFT descriptors). We cluster the context AE's tower features with *spherical*
 # k-means (vectors normalised, so a word is a direction, the same cosine as the neighbours above), seeded by
 # k-means++ (a fixed seed: the same vocabulary every run).
+#
+# k-means alternates two steps from a first set of k centroids (the words): **assign** every row to its
+# nearest centroid, then **update** every centroid to the mean of the rows assigned to it. Neither step can
+# raise the *inertia*, the sum of squared distances from every row to its centroid.
+#
+# ### Exercise 7.1: `nearest_word`
+#
+# The assignment step: for rows (N, D) and centroids (k, D), each row's nearest centroid by squared
+# Euclidean distance, as (N,) int64 word indices; a tie goes to the lowest index. The check compares it
+# with `vwe.words.assign` on rows and centroids of very different lengths, on ties, on one row and in
+# float32.
+
+# %% tags=["solution"]
+def nearest_word(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(N, D) rows, (k, D) centroids -> (N,) the index of each row's nearest centroid (the lowest on a tie)."""
+    # BEGIN SOLUTION
+    d = ((x[:, None] - centroids[None]) ** 2).sum(-1)  # (N, k) squared distances
+    return d.argmin(dim=1)  # the first of equal minima: the lowest word index
+    # END SOLUTION
+
+
+# %%
+nearest_word = ex.nearest_word.check(nearest_word)
+
+# %% [markdown]
+# ### Exercise 7.2: `update_centroids`
+#
+# The update step: each word's new centroid is the mean of the rows assigned to it; a word no row chose
+# keeps its centroid. The check compares it with the package's step (the one `vwe.words.kmeans` takes) with
+# every word chosen, with a word left empty and in float32.
+
+# %% tags=["solution"]
+def update_centroids(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(N, D) rows, (N,) their words, (k, D) centroids -> (k, D): each word at the mean of its rows."""
+    # BEGIN SOLUTION
+    new = centroids.clone()
+    for w in range(len(centroids)):
+        rows = x[labels == w]
+        if len(rows):  # a word no row chose keeps its centroid
+            new[w] = rows.mean(dim=0)
+    return new
+    # END SOLUTION
+
+
+# %%
+update_centroids = ex.update_centroids.check(update_centroids)
+
+# %% [markdown]
+# One round of both steps by hand on the context AE's training patch vectors, from the first rows as
+# centroids: the inertia must not go up.
+
+# %%
+vectors = train_feats["context AE"]  # (N*16, 64)
+start_words = vectors[:8].clone()  # 8 words to start from: the first 8 rows
+labels = nearest_word(vectors, start_words)
+
+
+def inertia(words: torch.Tensor, labels: torch.Tensor) -> float:
+    """The sum of squared distances from every row to its word, summed in float64."""
+    return ((vectors.double() - words.double()[labels]) ** 2).sum().item()
+
+
+before = inertia(start_words, labels)
+moved = update_centroids(vectors, labels, start_words)
+after_update = inertia(moved, labels)  # the same rows, their words moved to their means
+after_assign = inertia(moved, nearest_word(vectors, moved))  # each row to its nearest word again
+# Neither step raises it, up to float32 rounding: the means and the distances the assignment compares
+# are float32, off by about 1e-7 relative.
+assert after_update <= before * (1 + 1e-6) and after_assign <= after_update * (1 + 1e-6)
+print(f"inertia from the first rows as words: {before:.4g} -> {after_update:.4g} after the update "
+      f"-> {after_assign:.4g} after the next assignment")
+
+# %% [markdown]
+# `vwe.words.kmeans` repeats the two steps until the inertia stops falling, seeded by k-means++, and here in
+# its spherical form.
 
 # %% tags=["nbval-ignore-output"]
 n_words = {"smoke": 16, "cpu": 64}.get(cfg.profile, 256)
@@ -249,6 +331,43 @@ assert torch.allclose(hist, bag_of_words(vocab.labels, n_words)[0].cpu())
 print(f"16 words -> a histogram over {n_words} words with {int((hist > 0).sum())} non-zero bins, sum {hist.sum():.1f}")
 
 # %% [markdown]
+# ### Exercise 7.3: `knn_predict`
+#
+# Write the weighted kNN vote: each test row's k most cosine-similar training rows vote for their class,
+# each with the weight exp(similarity / temperature); the class with the most weight wins, the lowest
+# class on a tie. Return the (M,) predicted classes. The check compares it with
+# `vwe.evaluate.knn_classify` on rows whose votes the weights decide, on random rows of very different
+# lengths, on one test row and on a tie.
+
+# %% tags=["solution"]
+def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
+                temperature: float) -> torch.Tensor:
+    """(N, D), (N,), (M, D) -> (M,): each test row's class by the weighted vote of its k nearest rows."""
+    # BEGIN SOLUTION
+    sims = F.normalize(test, dim=1) @ F.normalize(train, dim=1).T  # (M, N) cosine similarities
+    top, idx = sims.topk(k, dim=1)  # (M, k) the k most similar training rows
+    votes = torch.zeros(len(test), int(train_labels.max()) + 1, dtype=sims.dtype, device=sims.device)
+    weights = ((top - top[:, :1]) / temperature).exp()  # exp(sim / T) / exp(best / T): no overflow at small T
+    votes.scatter_add_(1, train_labels[idx], weights)  # (M, classes) summed weights
+    return votes.argmax(dim=1)  # the first of equal maxima: the lowest class
+    # END SOLUTION
+
+
+# %%
+knn_predict = ex.knn_predict.check(knn_predict)
+
+# %% [markdown]
+# Yours (or the package's) on the image vectors of the context AE's tower, beside `knn_accuracy`:
+
+# %% tags=["nbval-ignore-output"]
+n_train, n_test = len(data.train_labels), len(data.test_labels)
+train_img, test_img = train_feats["context AE"].view(n_train, -1), test_feats["context AE"].view(n_test, -1)
+train_y, test_y = data.train_labels.to(s.device), data.test_labels.to(s.device)
+mine = 100 * (knn_predict(train_img, train_y, test_img, 20, 0.07) == test_y).float().mean().item()
+print(f"kNN (k=20) on the context AE's tower features: yours {mine:.2f} %, "
+      f"knn_accuracy {knn_accuracy(train_img, train_y, test_img, test_y, k=20, temperature=0.07):.2f} %")
+
+# %% [markdown]
 # Every kind of vector, all three scores. The probes use the profile's settings, as in notebook 05 (mean
 # test accuracy over the probe seeds). This cell takes the longest.
 
@@ -301,3 +420,11 @@ display(table)
 explorer = WordExplorer(data.train_images, train_feats["context AE"], vocab.centroids, data.train_labels,
                         data.classes)
 display(explorer)
+
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("07")

@@ -28,6 +28,11 @@
 # - the file: `.npy` (+ a `.json` with the file names and where everything came from) or `.pt`;
 # - **nearest images** by cosine similarity, and how often they share the query's class, beside raw pixels.
 #
+# **Exercises**: 8.1 `nearest_images` and 8.2 `class_agreement`, written by you and checked in the cell
+# under each (`ex.nearest_images.hint()` for a hint, `.solution()` for the answer); in the student copy an
+# exercise not done yet is reported and the notebook goes on with the package's function. The last cell
+# shows where they stand.
+#
 # Time: seconds when notebook 04 has run (its checkpoint is reused); otherwise it pretrains the context
 # autoencoder first (seconds under `smoke`, minutes under `cpu`).
 
@@ -42,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vwe import exercises as ex
 from vwe.course import start
 from vwe.data import to_float
 from vwe.embed import embed_to_file, load_embeddings
@@ -112,39 +118,79 @@ assert torch.allclose(emb["embeddings"], direct, atol=1e-4)
 # ## 4. Nearest images
 #
 # Normalise every embedding to length 1; the dot products with the query's are then cosine similarities.
-# The 5 most similar images, best first (the query itself left out):
+#
+# ### Exercise 8.1: `nearest_images`
+#
+# Write it: the indices of the k images most cosine-similar to image `query`, the query itself left out,
+# the most similar first. The check compares it with `vwe.words.nearest_neighbours` on embeddings of very
+# different lengths, for several queries and k, in float32 and on a collection of two images.
+
+# %% tags=["solution"]
+def nearest_images(embeddings: torch.Tensor, query: int, k: int) -> torch.Tensor:
+    """(N, E) embeddings -> (k,) the images most cosine-similar to image `query`, itself left out, best first."""
+    # BEGIN SOLUTION
+    unit = F.normalize(embeddings, dim=1)  # (N, E), each row of length 1
+    sims = unit @ unit[query]  # (N,) cosine similarity to the query
+    sims[query] = -2.0  # below any cosine: never its own neighbour
+    return sims.topk(k).indices
+    # END SOLUTION
+
+
+# %%
+nearest_images = ex.nearest_images.check(nearest_images)
+
+# %% [markdown]
+# The 5 most similar images to the first one, best first:
 
 # %%
 query = 0
-unit = F.normalize(emb["embeddings"], dim=1)  # (N, 8192), each row of length 1
-sims = unit @ unit[query]  # (N,) cosine similarity to the query
-sims[query] = -2.0  # below any cosine: never its own neighbour
-top = sims.topk(5)
+top = nearest_images(emb["embeddings"], query, 5)  # (5,)
+unit = F.normalize(emb["embeddings"], dim=1)
+sims = unit[top] @ unit[query]  # (5,) their cosine similarity to the query
 classes = [f.split("/")[0] for f in emb["files"]]  # the sub-folder each file sits in
-for sim, i in zip(top.values, top.indices, strict=True):
+for sim, i in zip(sims, top, strict=True):
     print(f"{sim:.3f}  {emb['files'][i]}")
 # show_images titles each image by classes[label]: give each its own title
-titles = [f"query: {classes[query]}"] + [f"{sim:.2f} {classes[i]}" for sim, i in zip(top.values, top.indices,
-                                                                                    strict=True)]
+titles = [f"query: {classes[query]}"] + [f"{sim:.2f} {classes[i]}" for sim, i in zip(sims, top, strict=True)]
 pixels = data.test_images[order]
-fig = show_images(pixels[[query, *top.indices.tolist()]], labels=list(range(6)), classes=titles, ncols=6)
+fig = show_images(pixels[[query, *top.tolist()]], labels=list(range(6)), classes=titles, ncols=6)
 save(fig, s.figures / "08_nearest.png")
 
 # %% [markdown]
 # How often do the 5 nearest share the query's class, over every query? The same for raw pixels (3072
 # numbers per image) is the bar to clear. Under `smoke` the model has had one epoch: expect both near the
 # chance level of 1 in the number of classes; under `cpu` and `paper` the embeddings should pull ahead.
+#
+# ### Exercise 8.2: `class_agreement`
+#
+# Write it: over every image, the share (in %) of its k nearest other images (by cosine similarity) that
+# share its label. The check compares it with the package's, for k of 1, 3 and 5 and in float32.
+
+# %% tags=["solution"]
+def class_agreement(embeddings: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """(N, E) embeddings, (N,) labels -> the share (%) of each image's k nearest others with its label."""
+    # BEGIN SOLUTION
+    unit = F.normalize(embeddings, dim=1)
+    sims = unit @ unit.T  # (N, N)
+    sims.fill_diagonal_(-2.0)  # an image is not its own neighbour
+    nearest = sims.topk(k, dim=1).indices  # (N, k)
+    return 100 * (labels[nearest] == labels[:, None]).float().mean().item()
+    # END SOLUTION
+
 
 # %%
-def agreement(vectors: torch.Tensor, k: int = 5) -> float:
-    """Share of each image's k cosine-nearest others that sit in its folder (class), in %."""
-    unit = F.normalize(vectors, dim=1)
-    sims = unit @ unit.T  # (N, N)
-    sims.fill_diagonal_(-2.0)
-    nearest = sims.topk(k, dim=1).indices  # (N, k)
-    label = torch.tensor([sorted(set(classes)).index(c) for c in classes])
-    return 100 * (label[nearest] == label[:, None]).float().mean().item()
+class_agreement = ex.class_agreement.check(class_agreement)
 
+# %%
+label = torch.tensor([sorted(set(classes)).index(c) for c in classes])  # each file's folder as a number
+print(f"top-5 class agreement: embeddings {class_agreement(emb['embeddings'], label, 5):.1f} %, "
+      f"raw pixels {class_agreement(to_float(pixels).flatten(1), label, 5):.1f} %, "
+      f"chance {100 / len(set(classes)):.1f} %")
 
-print(f"top-5 class agreement: embeddings {agreement(emb['embeddings']):.1f} %, "
-      f"raw pixels {agreement(to_float(pixels).flatten(1)):.1f} %, chance {100 / len(set(classes)):.1f} %")
+# %% [markdown]
+# ## Exercises
+#
+# Where this notebook's exercises stand (run an exercise's check again after changing it):
+
+# %%
+ex.summary("08")
