@@ -24,8 +24,8 @@ from torch import nn
 
 from vwe import evaluate, exercises, models, patches, student, words
 from vwe.data import to_float
-from vwe.engine import PretrainStep
 from vwe.exercises import DONE, EXERCISES, NOT_DONE, WRONG
+from vwe.pretrain import PretrainStep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
