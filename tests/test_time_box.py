@@ -172,3 +172,23 @@ def test_epochs_reached_reads_the_metrics_not_the_config():
     assert epochs_reached([]) == 0
     assert epochs_reached([{"epoch": 2}]) == 2
     assert epochs_reached([{"epoch": 2}, {"epoch": 2.25, "steps": 1, "steps_per_epoch": STEPS}]) == 2.25
+
+
+def test_an_epoch_trained_over_several_calls_counts_the_time_of_each(tmp_path, shapes, monkeypatch):
+    """A stopped epoch's entry is replaced when it resumes: its seconds add up (a compute curve's
+    pretraining time), while images_per_s stays the speed of the call that finished it."""
+
+    class Ticks:  # every read of the performance counter one second later: each call's epoch takes 1 s
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(vwe.engine, "time", Ticks())
+    first = pretrain(CFG.replace(steps=2), tmp_path, shapes, progress=False).metrics
+    assert first[-1]["seconds"] == 1.0 and first[-1]["images_per_s"] == 2 * 16
+    second = pretrain(CFG.replace(steps=3), tmp_path, shapes, progress=False).metrics
+    assert second[-1]["seconds"] == 2.0 and second[-1]["images_per_s"] == 1 * 16
+    third = pretrain(CFG.replace(steps=5), tmp_path, shapes, progress=False).metrics  # epoch 1 ends, 2 begins
+    assert [m["seconds"] for m in third] == [3.0, 1.0]

@@ -218,16 +218,16 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
         scores = evaluate()
         check_weights(model, scores, epoch)
-        if run.step:  # the stopped epoch's entry, which this one replaces
-            run.metrics.pop()
+        # the stopped epoch's entry, which this one replaces: its training time counts in the epoch's
+        spent = run.metrics.pop()["seconds"] if run.step else 0.0
         done = len(losses)
         # a stopped epoch: the epochs reached, floored so that it never reads as the whole epoch
         reached = {"epoch": epoch} if done == steps else {
             "epoch": math.floor((epoch - 1 + done / steps) * 1e4) / 1e4, "steps": done,
             "steps_per_epoch": steps}
         run.metrics.append({**reached, **lr, "train_loss": losses.mean().item(), **scores,
-                            "seconds": round(seconds, 3),
-                            "images_per_s": round(trained * batch_size / seconds, 1)})
+                            "seconds": round(spent + seconds, 3),  # every call's that trained it
+                            "images_per_s": round(trained * batch_size / seconds, 1)})  # this call's
         if done == steps:
             run.save(epoch, model, optimizer)
         else:
