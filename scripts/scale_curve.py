@@ -145,11 +145,12 @@ def run_curve(args: argparse.Namespace) -> None:
             break
         res = pretrain(cfg.replace(steps=steps, minutes=left), run_dir, pretrain_data, device,
                        progress=args.progress)
-        if steps_done(res.metrics, per_epoch) > steps:  # went on from weights past this point
+        reached = steps_done(res.metrics, per_epoch)
+        if reached > steps:  # went on from weights past this point
             print(f"{run_dir.name} is past step {steps:,} with no point measured there: skipped", flush=True)
             continue
-        if steps_done(res.metrics, per_epoch) < steps:
-            print(f"the time box stopped {run_dir.name} at step {steps_done(res.metrics, per_epoch):,} of "
+        if reached < steps:
+            print(f"the time box stopped {run_dir.name} at step {reached:,} of "
                   f"{steps:,}; the same command goes on from there", flush=True)
             return
         t0 = time.perf_counter()
