@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe import evaluate, models, patches, results, student, words
+from vwe import evaluate, models, patches, results, words
 from vwe.data import project_dir
 from vwe.plots import target_kind
 
@@ -283,6 +283,10 @@ class Exercise:
             print(f"The solution of {self.title} is in the course notebook notebooks/{self.notebook}_*.ipynb "
                   "of the repository, which is not here.")
             return
+        # here, not at the top: vwe.student reads notebooks with nbformat, whose import (jsonschema's)
+        # would cost every notebook kernel that imports the exercises seconds of its start
+        from vwe import student
+
         print(f"{self.title}, as {found[0].relative_to(project_dir())} solves it:\n")
         print(student.solutions(found[0])[self.name])
 
