@@ -30,9 +30,9 @@ SESSION_START = time.time()  # screenshots newer than this are this run's
 # whole by one worker: a module, so that a module-scoped fixture (a trained model, a pretraining run) is
 # built once, and tests/e2e as one, whose two files share the session's JupyterLab server and browser
 # (pytest_xdist_make_scheduler). The units start in this order, the longest first, so that no worker is
-# left with a long one at the end: the notebooks (papermill then nbval, minutes), then the trainings, the
-# student notebooks (papermill only) after the longest of them. Groups not named here follow in file order.
-LONGEST_FIRST = ("test_notebooks", "test_claims", "test_student_notebooks", "test_cifar100_learning", "e2e",
+# left with a long one at the end: the notebooks (papermill then nbval, minutes), then the trainings.
+# Groups not named here follow in file order.
+LONGEST_FIRST = ("test_notebooks", "test_claims", "test_cifar100_learning", "e2e",
                  "test_table", "test_distributed", "test_faults", "test_cli", "test_fast_step",
                  "test_cifar100_real")
 

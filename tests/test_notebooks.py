@@ -2,14 +2,18 @@
 
 Every `notebooks/NN_name.ipynb` runs under the smoke profile with papermill (through
 `vwe.course.run_all`, the code of `make run-all`) into one temporary run directory, in order, so later
-notebooks reuse the checkpoints of earlier ones. Then nbval re-runs each executed copy in a fresh
-kernel and compares its text outputs with the first run (cells tagged `nbval-ignore-output` excepted,
-`tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and progress bars). nbval runs in a
-subprocess so that its collection of .ipynb files stays out of this session: one for all the copies, in
-order, each still in a kernel of its own (a pytest start with nbval costs about 3 CPU-seconds, most of it
-jsonschema's import, and it was paid once per notebook), its JUnit report telling each notebook's cells
-apart. Static checks: each pair is in sync, committed notebooks carry no outputs, a `parameters` cell
-comes first and `start(` next.
+notebooks reuse the checkpoints of earlier ones. Then nbval runs the student's copy of each executed
+notebook (`vwe.student`: every solution a stub, as `make student` writes it) in a fresh kernel, in the
+same run directory, and compares its text outputs with the course notebook's run: the student's notebook,
+going on with the package's functions, must print what the course notebook printed with its solutions,
+every exercise's check must say "not done yet" and the last cell count none done (cells tagged
+`nbval-ignore-output` excepted, `tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and
+progress bars). One nbval pass so checks both that a rerun prints the same and that the student
+notebooks run to their end. nbval runs in a subprocess so that its collection of .ipynb files stays out
+of this session: one for all the copies, in order, each still in a kernel of its own (a pytest start
+with nbval costs about 3 CPU-seconds, most of it jsonschema's import, and it was paid once per
+notebook), its JUnit report telling each notebook's cells apart. Static checks: each pair is in sync,
+committed notebooks carry no outputs, a `parameters` cell comes first and `start(` next.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import jupytext
 import nbformat
 import pytest
 
+from vwe import exercises, student
 from vwe.course import NOTEBOOK_PATTERN, NotebookError, find_notebooks, main, project_dir, run_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,14 +228,55 @@ def test_notebook_executes(executed, path):
     assert "profile smoke | dataset shapes | device cpu" in printed
 
 
+def _stream(text: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def not_done(e: exercises.Exercise) -> str:
+    """What an exercise's check prints on the student's stub."""
+    return (f"… Exercise {e.number} `{e.name}`: not done yet. The notebook goes on with {e.uses}. "
+            f"ex.{e.name}.hint() gives a hint, ex.{e.name}.solution() the answer.\n")
+
+
+def none_done(notebook: str) -> str:
+    """What a student notebook's last cell (`ex.summary`) prints with every exercise a stub."""
+    mine = exercises.of_notebook(notebook)
+    width = max(len(e.name) for e in mine)
+    return (f"Notebook {notebook}: 0 of {len(mine)} exercises done\n"
+            + "".join(f"  · {e.number} {e.name:<{width}}  not done yet\n" for e in mine))
+
+
+def student_copy(executed_copy: Path, out_dir: Path) -> Path:
+    """The student's copy of an executed course notebook (`vwe.student.student_notebook`), holding the
+    outputs nbval must find when it runs it: the course run's, except each stub (nothing), the check
+    under it (`not_done`) and the last cell (`none_done`)."""
+    nb = nbformat.read(executed_copy, as_version=4)
+    copy = student.student_notebook(nb, executed_copy.name)
+    pairs = [(a, b) for a, b in zip(nb.cells, copy.cells, strict=True) if a.cell_type == "code"]
+    for ran, cell in pairs:
+        cell.outputs, cell.execution_count = ran.outputs, ran.execution_count
+    cells = [cell for _, cell in pairs]
+    stubs = [i for i, cell in enumerate(cells) if student.EXERCISE_TAG in tags(cell)]
+    mine = exercises.of_notebook(executed_copy.name[:2])
+    assert len(stubs) == len(mine), f"{executed_copy.name}: {len(stubs)} stubs for {len(mine)} exercises"
+    for i, e in zip(stubs, mine, strict=True):
+        cells[i].outputs = []
+        cells[i + 1].outputs = [_stream(not_done(e))]
+    cells[-1].outputs = [_stream(none_done(executed_copy.name[:2]))]
+    out_dir.mkdir(exist_ok=True)
+    nbformat.write(copy, out_dir / executed_copy.name)
+    return out_dir / executed_copy.name
+
+
 @pytest.fixture(scope="session")
-def nbval_run(executed, tmp_path_factory) -> dict[str, list[str]]:
-    """nbval over every executed copy, in notebook order, in one subprocess: {notebook: the failures
-    of its cells (an empty list when all pass)}; a notebook nbval did not report on is absent."""
-    copies = [p for p in executed.values() if isinstance(p, Path)]
+def nbval_run(executed) -> dict[str, list[str]]:
+    """nbval over the student's copy of every executed notebook (`student_copy`, in the run directory's
+    student/), in notebook order, in one subprocess: {notebook: the failures of its cells (an empty list
+    when all pass)}; a notebook nbval did not report on is absent."""
+    copies = [student_copy(p, p.parent / "student") for p in executed.values() if isinstance(p, Path)]
     if not copies:
         return {}
-    report = tmp_path_factory.mktemp("nbval") / "junit.xml"
+    report = copies[0].parent / "junit.xml"
     cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
            "--nbval-sanitize-with", str(SANITIZE), *map(str, copies), "-p", "no:cacheprovider", "-q",
            f"--junitxml={report}", "-o", "junit_family=xunit1"]  # xunit1: each case names its file
@@ -253,8 +299,24 @@ def nbval_run(executed, tmp_path_factory) -> dict[str, list[str]]:
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_notebook_nbval(executed, nbval_run, path):
-    """nbval re-runs the executed copy and compares every untagged cell's text output."""
-    copy = _executed_copy(executed, path)
+    """nbval runs the student's copy of the executed notebook and compares every untagged cell's text
+    output with the course run's (the exercises' checks: "not done yet")."""
+    copy = _executed_copy(executed, path).parent / "student" / path.name
     assert path.stem in nbval_run, f"nbval reported nothing on {copy}"
     failures = nbval_run[path.stem]
     assert not failures, f"nbval failed on {copy}:\n" + "\n".join(failures)[-8000:]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_nbval_runs_the_notebook_make_student_writes(executed, nbval_run, path, tmp_path):
+    """The copy nbval ran is `make student`'s notebook cell for cell (sources, tags), with a stub for
+    each of the notebook's exercises."""
+    ran = nbformat.read(_executed_copy(executed, path).parent / "student" / path.name, as_version=4)
+    written = next(iter(student.write_student(tmp_path, sources=[path])))
+    made = nbformat.read(written, as_version=4)
+    assert [(c.cell_type, c.source, tags(c)) for c in ran.cells if "injected-parameters" not in tags(c)] == [
+        (c.cell_type, c.source, tags(c)) for c in made.cells]
+    stubs = [c for c in made.cells if student.EXERCISE_TAG in tags(c)]
+    assert len(stubs) == len(exercises.of_notebook(path.name[:2])) > 0
+    assert all(student.STUB[1] in c.source for c in stubs)
