@@ -101,10 +101,9 @@ def continue_from_weights(weights: Path, cfg, data, device, run_dir: Path) -> di
         run.shuffle_gen.manual_seed(cfg.seed + done)
         run.aug_gen.manual_seed(cfg.seed + 1 + done)
         run.metrics = state["metrics"]
-        epochs, step = divmod(done, per_epoch)
         # the stopped epoch's losses are gone: each step is given their mean, so its mean is kept
-        losses = torch.full((step,), state["metrics"][-1]["train_loss"]) if step else None
-        run.save(epochs, model, optimizer, losses)
+        losses = torch.full((done % per_epoch,), state["metrics"][-1]["train_loss"])
+        run.save(done, model, optimizer, losses)
     print(f"{run_dir.name}: no checkpoint, so it goes on from {weights / entry['file']} at step {done:,} "
           "with a fresh optimizer and fresh random streams", flush=True)
     return {"steps": done, "sha256": entry["sha256"]}

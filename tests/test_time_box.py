@@ -126,22 +126,25 @@ def test_steps_stop_a_run_where_asked_and_a_larger_count_resumes_it_bit_for_bit(
         assert torch.equal(ours["model"][name], reference["model"][name]), name
 
 
-# A checkpoint of a run stopped inside an epoch as runs in progress hold it: named
-# checkpoint-EEEE-SSSSSS.pt, with "epoch" (the whole epochs), "step" (the steps into the next) and
-# "epoch_losses" (those steps' losses, (step,)). Long runs elsewhere resume from such files, so the test
-# below writes one key by key, whatever the code writes today.
+# A checkpoint as runs in progress hold it, written before checkpoints held their global step: named
+# checkpoint-EEEE.pt at an epoch's end, checkpoint-EEEE-SSSSSS.pt inside one, with "epoch" (the whole
+# epochs) and inside an epoch "step" (the steps into the next) and "epoch_losses" (those steps' losses,
+# (step,)). Long runs elsewhere resume from such files, so the test below writes one key by key, whatever
+# the code writes today.
 CURRENT_FORMAT = ("model", "optimizer", "config", "metrics", "data", "rng", "provenance")
 
 
-def test_a_checkpoint_in_the_current_format_resumes_bit_for_bit(tmp_path, shapes):
+@pytest.mark.parametrize(("steps", "name"), [(STEPS + 2, "checkpoint-0001-000002.pt"),
+                                             (STEPS, "checkpoint-0001.pt")])
+def test_a_checkpoint_in_the_current_format_resumes_bit_for_bit(tmp_path, shapes, steps, name):
     reference = newest_after(pretrain(CFG, tmp_path / "reference", shapes, progress=False))
-    stopped = load_checkpoint(pretrain(CFG.replace(steps=STEPS + 2), tmp_path / "stopped", shapes,
+    stopped = load_checkpoint(pretrain(CFG.replace(steps=steps), tmp_path / "stopped", shapes,
                                        progress=False).checkpoint)
+    assert stopped["global_step"] == steps  # what the code writes today, left out below
     run = tmp_path / "current-format"
     run.mkdir()
-    save_checkpoint(run / "checkpoint-0001-000002.pt",
-                    {**{k: stopped[k] for k in CURRENT_FORMAT}, "epoch": 1, "step": 2,
-                     "epoch_losses": stopped["epoch_losses"][:2].clone()})
+    partial = {"step": 2, "epoch_losses": stopped["epoch_losses"][:2].clone()} if steps % STEPS else {}
+    save_checkpoint(run / name, {**{k: stopped[k] for k in CURRENT_FORMAT}, "epoch": 1, **partial})
     res = pretrain(CFG, run, shapes, progress=False)
     assert [m["epoch"] for m in res.metrics] == [1, 2, 3]
     ours = newest_after(res)

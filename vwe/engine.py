@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from vwe import distributed
 from vwe.config import Config, check_resolved
 from vwe.data import Dataset, batches, full_batches
-from vwe.runs import NonFiniteLossError, Run
+from vwe.runs import NonFiniteLossError, Run, epoch_and_step, fractional_epochs
 
 CLOCK_EVERY = 50  # steps between the processes' agreements on a time box's end, under torchrun
 clock = time.monotonic  # what a time box (`Config.minutes`) reads; a test puts a clock of its own here
@@ -178,30 +178,35 @@ def check_weights(model: nn.Module, scores: dict[str, float], epoch: int) -> Non
 
 
 def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Callable[..., Tensor],
-        inputs: tuple[Tensor, ...], batch_size: int, evaluate: Callable[[], dict[str, float]],
+        inputs: tuple[Tensor, ...], evaluate: Callable[[], dict[str, float]],
         lr_at: Callable[[int], float] | None = None, progress: bool = True) -> list[dict]:
-    """The epoch loop: from the run's last checkpoint to `run.cfg.epochs`, train, evaluate, checkpoint.
+    """The epoch loop: from the run's global step to `run.cfg.epochs` epochs, train, evaluate, checkpoint.
 
-    `evaluate()` gives the held-out scores logged with each epoch (e.g. {"test_loss": ...});
-    `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the optimizer's). With
-    `run.cfg.minutes` the loop stops once that much time has passed (`clock_stop`), with
-    `run.cfg.steps` once that many steps have been trained in all, at an epoch's end or inside one:
-    the steps done are evaluated and checkpointed like an epoch, and the next call resumes at the next
-    step, bit for bit as if nothing had stopped. Returns the metrics of
-    every epoch (a stopped epoch's entry has a fractional "epoch" and its "steps"); the model is left
-    in eval mode.
+    The run's position is its global step (`vwe.runs.Run`): the epoch to train and the step inside it
+    to start from are its quotient and remainder by the steps of an epoch (the full batches of
+    `run.batch_size` in `inputs`). `evaluate()` gives the held-out scores logged with each epoch (e.g.
+    {"test_loss": ...}); `lr_at(epoch)` the learning rate of each 1-based epoch (None keeps the
+    optimizer's). With `run.cfg.minutes` the loop stops once that much time has passed (`clock_stop`),
+    with `run.cfg.steps` at that global step, at an epoch's end or inside one: the steps done are
+    evaluated and checkpointed like an epoch, and the next call resumes at the next step, bit for bit
+    as if nothing had stopped. Returns the metrics of every epoch (a stopped epoch's entry has a
+    fractional "epoch" and its "steps"); the model is left in eval mode.
     """
     progress = progress and distributed.is_main()
-    steps = full_batches(len(inputs[0]), batch_size)  # a full epoch
-    last = run.cfg.epochs if run.cfg.steps is None else min(run.cfg.epochs, math.ceil(run.cfg.steps / steps))
+    batch_size, steps = run.batch_size, run.steps_per_epoch  # a full epoch's steps
+    if len(inputs[0]) != run.n_train:
+        raise ValueError(f"fit was given {len(inputs[0])} training images, the run {run.n_train}")
+    goal = run.cfg.epochs * steps if run.cfg.steps is None else min(run.cfg.epochs * steps, run.cfg.steps)
+    last = math.ceil(goal / steps)  # the last epoch to train (in part when `goal` is inside it)
     time_up = None if run.cfg.minutes is None else clock_stop(run.cfg.minutes, inputs[0].device)
-    epochs = tqdm(range(run.epoch + 1, last + 1), initial=run.epoch, total=last, desc=run.name,
-                  disable=not progress)
+    first, _ = epoch_and_step(run.global_step, steps)  # the whole epochs done: train from the next
+    epochs = tqdm(range(first + 1, last + 1), initial=first, total=last, desc=run.name, disable=not progress)
     for epoch in epochs:
-        # the step of this epoch at which `run.cfg.steps` is reached (past its end: none)
-        end = None if run.cfg.steps is None else run.cfg.steps - (epoch - 1) * steps
-        stop = None if end is None and time_up is None else (
-            lambda i, end=end: (end is not None and i >= end) or (time_up is not None and time_up(i)))
+        start = (epoch - 1) * steps  # the global step this epoch begins at
+        # stop before step i of this epoch once the goal is reached, or when the time is up
+        def stop(i: int, start: int = start) -> bool:
+            return start + i >= goal or (time_up is not None and time_up(i))
+
         lr = {}
         if lr_at is not None:
             lr = {"lr": lr_at(epoch)}
@@ -210,30 +215,29 @@ def fit(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, step: Call
         t0 = time.perf_counter()
         model.train()
         order_state = run.shuffle_gen.get_state()  # before the epoch's order is drawn from it
-        losses = train_one_epoch(step, inputs, batch_size, run.shuffle_gen, epoch, progress, run.losses, stop)
+        losses = train_one_epoch(step, inputs, batch_size, run.shuffle_gen, epoch, progress, run.epoch_losses,
+                                 stop)
         seconds = time.perf_counter() - t0  # train_one_epoch ends on a sync, so this is real time
-        trained = len(losses) - run.step  # steps of this call
+        before = run.global_step - start  # this epoch's steps trained by earlier calls
+        trained = len(losses) - before  # steps of this call
         if trained == 0:  # the clock stopped it before this epoch's first step: nothing new to save
             break
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics, for evaluation and saving
         scores = evaluate()
         check_weights(model, scores, epoch)
         # the stopped epoch's entry, which this one replaces: its training time counts in the epoch's
-        spent = run.metrics.pop()["seconds"] if run.step else 0.0
+        spent = run.metrics.pop()["seconds"] if before else 0.0
         done = len(losses)
-        # a stopped epoch: the epochs reached, floored so that it never reads as the whole epoch
-        reached = {"epoch": epoch} if done == steps else {
-            "epoch": math.floor((epoch - 1 + done / steps) * 1e4) / 1e4, "steps": done,
-            "steps_per_epoch": steps}
+        reached = {"epoch": fractional_epochs(start + done, steps)}
+        if done < steps:
+            reached |= {"steps": done, "steps_per_epoch": steps}
         run.metrics.append({**reached, **lr, "train_loss": losses.mean().item(), **scores,
                             "seconds": round(spent + seconds, 3),  # every call's that trained it
                             "images_per_s": round(trained * batch_size / seconds, 1)})  # this call's
-        if done == steps:
-            run.save(epoch, model, optimizer)
-        else:
+        if done < steps:
             # a resumed epoch draws its order again from the state it was drawn from
             run.shuffle_gen.set_state(order_state)
-            run.save(epoch - 1, model, optimizer, losses)
+        run.save(start + done, model, optimizer, losses)
         epochs.set_postfix(train=f"{run.metrics[-1]['train_loss']:.4f}",
                            **{k: f"{v:.4g}" for k, v in scores.items()},
                            img_s=f"{run.metrics[-1]['images_per_s']:.0f}")

@@ -116,7 +116,7 @@ def pretrain(cfg: Config, run_dir: str | Path, data: Dataset, device: torch.devi
         run.resume(model, optimizer)  # before the step: a CUDA graph captures the loaded optimizer
         step = PretrainStep(model, optimizer, cfg.aug if cfg.augment else None, run.aug_gen, cfg.views,
                             cfg.original)
-        metrics = fit(run, model, optimizer, in_form(step, options), (data.train_images,), cfg.batch_size,
+        metrics = fit(run, model, optimizer, in_form(step, options), (data.train_images,),
                       lambda: {"test_loss": held_out_loss(model, data.test_images, cfg.eval_batch_size)},
                       progress=progress)
     return PretrainResult(run.dir, run.checkpoint, model, metrics, cfg, data.name)

@@ -1,12 +1,18 @@
 """A run folder: its checkpoints, its lock, resuming it (`open_run`) and saving each epoch (`Run.save`).
 
-A run directory holds `checkpoint-EEEE.pt` (the last two epochs; `checkpoint-EEEE-SSSSSS.pt` when a
-time box stopped the run SSSSSS steps into epoch EEEE + 1), `metrics.jsonl` (one line per epoch),
-`config.json` and `.lock`. Every file is written to a temp name and renamed, so a
-reader sees the old file or the new one; a checkpoint ends in a SHA-256 footer, so a file damaged
-later on disk is caught instead of loaded. Rerunning with the same config resumes from the newest
-checkpoint that loads and rewrites the metrics log from it: a kill at any point leaves neither
-duplicated nor missing epochs. One process at a time may train in a run directory.
+A run's progress is one number, its global step: the optimisation steps it has trained in all
+(`Run.global_step`, a checkpoint's "global_step"). The whole epochs done, the steps into the next,
+the fractional epoch a metrics entry shows and the checkpoint's file name all derive from it and the
+steps of an epoch (`epoch_and_step`, `epochs_begun`, `fractional_epochs`, `checkpoint_name`); only
+this module reads a checkpoint's name.
+
+A run directory holds the last two checkpoints, `checkpoint-EEEE.pt` after EEEE whole epochs
+(`checkpoint-EEEE-SSSSSS.pt` when a time box or `Config.steps` stopped the run SSSSSS steps into epoch
+EEEE + 1), `metrics.jsonl` (one line per epoch), `config.json` and `.lock`. Every file is written to
+a temp name and renamed, so a reader sees the old file or the new one; a checkpoint ends in a SHA-256
+footer, so a file damaged later on disk is caught instead of loaded. Rerunning with the same config
+resumes from the newest checkpoint that loads and rewrites the metrics log from it: a kill at any
+point leaves neither duplicated nor missing epochs. One process at a time may train in a run directory.
 
 Both trainers (`vwe.pretrain`, `vwe.supervised`) open their run folder here and train in it with
 `vwe.engine.fit` (docs/design.md, Runs, checkpoints and records). What a checkpoint must share with
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -38,13 +45,13 @@ from torch import nn
 
 from vwe import distributed
 from vwe.config import PROFILES, Config
-from vwe.data import Dataset, project_dir
+from vwe.data import Dataset, full_batches, project_dir
 from vwe.files import atomic_write, write_json
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})(?:-(\d{6,}))?\.pt$")  # epochs done, steps into the next
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{4,})(?:-(\d{6,}))?\.pt$")  # `checkpoint_name`'s: epochs, steps
 TEMP_RE = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temp names: .<name>.tmp<pid>
 # After torch's zip bytes: this marker and the SHA-256 of those bytes. torch.load ignores trailing
 # bytes and never checks the zip's CRCs (a flipped byte in a tensor loads silently): we do.
@@ -83,6 +90,41 @@ def profile_dir(profile: str, epochs: int | None = None) -> Path:
     (runs/cpu-30ep), or its runs would resume, or refuse to shorten, the course's."""
     name = profile if epochs in (None, PROFILES[profile].epochs) else f"{profile}-{epochs}ep"
     return project_dir() / "runs" / name
+
+
+# ----------------------------------------------------------------------------- the position
+
+
+def epoch_and_step(global_step: int, steps_per_epoch: int) -> tuple[int, int]:
+    """A global step -> (whole epochs done, steps into the next)."""
+    return divmod(global_step, steps_per_epoch)
+
+
+def epochs_begun(global_step: int, steps_per_epoch: int) -> int:
+    """The epochs a global step has begun: the whole ones, and the one it stopped inside if any."""
+    return -(-global_step // steps_per_epoch)
+
+
+def fractional_epochs(global_step: int, steps_per_epoch: int) -> int | float:
+    """The epochs a global step has trained, as a metrics entry's "epoch" gives them: an int at an
+    epoch's end, else floored to 1e-4, so that a stopped epoch never reads as a whole one."""
+    epoch, step = epoch_and_step(global_step, steps_per_epoch)
+    return epoch if step == 0 else math.floor((epoch + step / steps_per_epoch) * 1e4) / 1e4
+
+
+def checkpoint_name(global_step: int, steps_per_epoch: int) -> str:
+    """The file a run's checkpoint at `global_step` is saved as: checkpoint-EEEE.pt after EEEE whole
+    epochs, checkpoint-EEEE-SSSSSS.pt SSSSSS steps into epoch EEEE + 1 (`CHECKPOINT_RE` reads it)."""
+    epoch, step = epoch_and_step(global_step, steps_per_epoch)
+    return f"checkpoint-{epoch:04d}-{step:06d}.pt" if step else f"checkpoint-{epoch:04d}.pt"
+
+
+def saved_global_step(state: dict, steps_per_epoch: int) -> int:
+    """A checkpoint's global step: its "global_step"; a checkpoint written before that key holds its
+    whole epochs ("epoch") and the steps into the next ("step", absent at an epoch's end) instead."""
+    if "global_step" in state:
+        return int(state["global_step"])
+    return state["epoch"] * steps_per_epoch + state.get("step", 0)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -157,7 +199,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints in `run_dir`, newest (epoch, step) first (temp files of interrupted writes are ignored)."""
+    """Checkpoints in `run_dir`, newest (the furthest global step) first, as their names say (temp files
+    of interrupted writes are ignored)."""
     found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in Path(run_dir).glob("checkpoint-*.pt")
              if (m := CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
@@ -263,9 +306,10 @@ def rng_state(shuffle_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
             "torch": torch.get_rng_state()}
 
 
-def restore_rng(state: dict, path: Path, seed: int, shuffle_gen: torch.Generator,
+def restore_rng(state: dict, path: Path, restart_seed: int, shuffle_gen: torch.Generator,
                 aug_gen: torch.Generator) -> None:
-    """Put a checkpoint's random streams back (`seed` restarts augmentation across device kinds)."""
+    """Put a checkpoint's random streams back; the augmentation stream of another kind of device
+    cannot be, and restarts from `restart_seed`."""
     rng = state["rng"]
     # map_location moved every tensor to the training device, but generator states live on the CPU.
     shuffle_gen.set_state(rng["shuffle"].cpu())
@@ -276,19 +320,21 @@ def restore_rng(state: dict, path: Path, seed: int, shuffle_gen: torch.Generator
         warnings.warn(f"{path.name} was written on another kind of device: the augmentation random "
                       "stream restarts, so this run will not match an uninterrupted one bit for bit",
                       stacklevel=4)
-        aug_gen.manual_seed(seed + 1 + state["epoch"])
+        aug_gen.manual_seed(restart_seed)
 
 
-def check_resumable(state: dict, path: Path, key: dict, saved_key: dict, epochs: int, run_dir: Path) -> None:
+def check_resumable(state: dict, path: Path, key: dict, saved_key: dict, epochs: int, steps_per_epoch: int,
+                    run_dir: Path) -> None:
     """ConfigMismatchError unless the checkpoint `state` (whose run key is `saved_key`) continues this
-    run (run key `key`, `epochs` epochs); CheckpointError when it cannot be resumed exactly."""
+    run (run key `key`, `epochs` epochs of `steps_per_epoch` steps); CheckpointError when it cannot be
+    resumed exactly."""
     diffs = differences(saved_key, key)
     if diffs:
         raise ConfigMismatchError(
             f"{run_dir} holds a run with another config ({path.name}):\n  " + "\n  ".join(diffs)
             + "\nUse another run directory, or fresh=True (--fresh) to discard it and start over."
         )
-    started = state["epoch"] + (state.get("step", 0) > 0)  # a time-boxed epoch counts as begun
+    started = epochs_begun(saved_global_step(state, steps_per_epoch), steps_per_epoch)
     if started > epochs:
         raise ConfigMismatchError(
             f"{run_dir} holds {started} epochs of this run ({path.name}), more than the "
@@ -315,14 +361,14 @@ def prepare_run_dir(run_dir: Path, fresh: bool) -> Iterator[None]:
         yield
 
 
-def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict], step: int = 0) -> Path:
-    """Rank 0 writes the checkpoint of `epoch` epochs and `step` steps of the next, then the metrics
-    log, then prunes old checkpoints.
+def save_epoch(run_dir: Path, name: str, state: dict, metrics: list[dict]) -> Path:
+    """Rank 0 writes the checkpoint `state` as `name` (`checkpoint_name`), then the metrics log, then
+    prunes old checkpoints.
 
     After the checkpoint: the log never lists an epoch that no checkpoint holds, and a kill between
     the two is repaired by the rewrite from the checkpoint on resume. Returns the checkpoint's path.
     """
-    checkpoint = run_dir / (f"checkpoint-{epoch:04d}-{step:06d}.pt" if step else f"checkpoint-{epoch:04d}.pt")
+    checkpoint = run_dir / name
     if distributed.is_main():
         save_checkpoint(checkpoint, state)
         write_metrics(run_dir, metrics)
@@ -332,25 +378,35 @@ def save_epoch(run_dir: Path, epoch: int, state: dict, metrics: list[dict], step
 
 
 class Run:
-    """A run folder held for training (made by `open_run`): the epochs done (and the steps of the
-    next one, when a time box stopped it inside), their metrics, the random streams, and `save` for
-    each new epoch.
+    """A run folder held for training (made by `open_run`): its position, the global step (the
+    optimisation steps trained in all; a run stopped inside an epoch also holds that epoch's losses so
+    far), the metrics, the random streams, and `save` for each new position.
 
-    `identity` is what a checkpoint must share with this run to be resumed by it (config fields,
-    `vwe.config.Config.identity`); `record`, entries the checkpoints and config.json carry besides
-    the config (the supervised recipe), which are part of the identity too.
+    `batch_size` is the run's global batch in images (its config's unless given), which with the
+    training images sets `steps_per_epoch`: the epochs, the step inside one and the checkpoints'
+    names derive from the global step with it. `identity` is what a checkpoint must share with this
+    run to be resumed by it (config fields, `vwe.config.Config.identity`); `record`, entries the
+    checkpoints and config.json carry besides the config (the supervised recipe), which are part of
+    the identity too.
     """
 
     def __init__(self, run_dir: Path, name: str, cfg: Config, identity: dict, record: dict, data: Dataset,
-                 device: torch.device):
+                 device: torch.device, batch_size: int | None = None):
         self.dir, self.name, self.cfg, self.record, self.device = run_dir, name, cfg, record, device
+        self.batch_size = batch_size or cfg.batch_size
+        self.n_train = len(data.train_labels)
         self.identity = {**identity, **record}
         self.data = data.provenance()
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.epoch, self.metrics, self.checkpoint = 0, [], None
-        # a time box's stop inside epoch `epoch + 1`: its steps done, and their losses (step,)
-        self.step, self.losses = 0, None
+        self.global_step, self.metrics, self.checkpoint = 0, [], None
+        # the losses of the epoch that `global_step` is inside, (its steps into it,); None at an epoch's end
+        self.epoch_losses = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """The full batches of `batch_size` in the training images."""
+        return full_batches(self.n_train, self.batch_size)
 
     def saved_identity(self, state: dict) -> dict:
         """A checkpoint's identity; a field it predates counts as its default, which is what it used."""
@@ -360,46 +416,61 @@ class Run:
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Load the newest checkpoint into `model`, `optimizer` and the random streams, after checking
         that it continues this run (ConfigMismatchError, CheckpointError); then cut metrics.jsonl back
-        to its epochs and rewrite config.json (rank 0). A folder without a checkpoint starts at epoch 0.
+        to its epochs and rewrite config.json (rank 0). A folder without a checkpoint starts at global
+        step 0.
         """
         found = latest_checkpoint(self.dir, map_location=self.device)
         if found:
             path, state = found
-            check_resumable(state, path, self.identity, self.saved_identity(state), self.cfg.epochs, self.dir)
+            check_resumable(state, path, self.identity, self.saved_identity(state), self.cfg.epochs,
+                            self.steps_per_epoch, self.dir)
             try:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
             except (RuntimeError, ValueError, KeyError) as e:
                 raise CheckpointError(f"checkpoint {path} does not fit a {self.name} model: {e}") from e
-            restore_rng(state, path, self.cfg.seed, self.shuffle_gen, self.aug_gen)
-            self.epoch, self.metrics, self.checkpoint = state["epoch"], state["metrics"], path
-            self.step, self.losses = state.get("step", 0), state.get("epoch_losses")
+            self.global_step = saved_global_step(state, self.steps_per_epoch)
+            epoch, _ = epoch_and_step(self.global_step, self.steps_per_epoch)
+            restore_rng(state, path, self.cfg.seed + 1 + epoch, self.shuffle_gen, self.aug_gen)
+            self.metrics, self.checkpoint = state["metrics"], path
+            self.epoch_losses = state.get("epoch_losses")
         if distributed.is_main():
             write_metrics(self.dir, self.metrics)  # drop epochs logged after the checkpoint we resume from
             config = {**self.cfg.to_dict(), **self.record, "data": self.data}
             write_json(self.dir / CONFIG_FILE, config)
 
-    def save(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-             losses: torch.Tensor | None = None) -> None:
-        """Checkpoint `epoch` epochs (their metrics appended to `self.metrics` already): rank 0 writes
-        it. `losses` (step,): a time box stopped epoch `epoch + 1` after these steps; the shuffle
-        stream must then be the state that epoch's order was drawn from, so that a resume redraws it."""
-        self.epoch, self.losses = epoch, losses
-        self.step = 0 if losses is None else len(losses)
-        partial = {} if losses is None else {"step": self.step, "epoch_losses": losses}
-        self.checkpoint = save_epoch(self.dir, epoch, {
+    def save(self, global_step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             epoch_losses: torch.Tensor | None = None) -> None:
+        """Checkpoint the run at `global_step` (its metrics appended to `self.metrics` already): rank 0
+        writes it, as `checkpoint_name` names it. Inside an epoch, `epoch_losses` are that epoch's
+        losses so far, (its steps into it,), and the shuffle stream must be the state its order was
+        drawn from, so that a resume redraws it; at an epoch's end they are not kept.
+
+        Besides "global_step" a checkpoint holds its whole epochs ("epoch") and, inside an epoch, the
+        steps into it ("step") and their losses ("epoch_losses"), as checkpoints did before the global
+        step, for the code that reads those (an older revision resuming the run, `vwe.embed`'s record).
+        """
+        epoch, step = epoch_and_step(global_step, self.steps_per_epoch)
+        if step and (epoch_losses is None or len(epoch_losses) != step):
+            raise ValueError(f"global step {global_step} is {step} steps into an epoch: give their losses")
+        self.global_step, self.epoch_losses = global_step, epoch_losses if step else None
+        partial = {"step": step, "epoch_losses": epoch_losses} if step else {}
+        self.checkpoint = save_epoch(self.dir, checkpoint_name(global_step, self.steps_per_epoch), {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": self.cfg.to_dict(), **self.record, "epoch": epoch, **partial, "metrics": self.metrics,
-            "data": self.data, "rng": rng_state(self.shuffle_gen, self.aug_gen),
+            "config": self.cfg.to_dict(), **self.record,
+            "global_step": global_step, "epoch": epoch, **partial, "metrics": self.metrics, "data": self.data,
+            "rng": rng_state(self.shuffle_gen, self.aug_gen),
             "provenance": provenance(self.device),
-        }, self.metrics, self.step)
+        }, self.metrics)
 
 
 @contextmanager
 def open_run(run_dir: str | Path, name: str, cfg: Config, identity: dict, data: Dataset,
-             device: torch.device, record: dict | None = None, fresh: bool = False) -> Iterator[Run]:
-    """Hold `run_dir` for training for the block (`prepare_run_dir`) and give its `Run`; call
-    `run.resume(model, optimizer)` first. `fresh=True` discards the folder's run once the lock is held."""
+             device: torch.device, record: dict | None = None, fresh: bool = False,
+             batch_size: int | None = None) -> Iterator[Run]:
+    """Hold `run_dir` for training for the block (`prepare_run_dir`) and give its `Run`, training in
+    global batches of `batch_size` images (None: the config's); call `run.resume(model, optimizer)`
+    first. `fresh=True` discards the folder's run once the lock is held."""
     run_dir = Path(run_dir)
     with prepare_run_dir(run_dir, fresh):
-        yield Run(run_dir, name, cfg, identity, record or {}, data, device)
+        yield Run(run_dir, name, cfg, identity, record or {}, data, device, batch_size)

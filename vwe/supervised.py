@@ -166,7 +166,7 @@ def train_supervised(
     optimizer = recipe.optimizer(model.parameters())
     record = {"recipe": dataclasses.asdict(recipe)}
     with open_run(run_dir, f"supervised-{cfg.tower}", cfg, cfg.identity("supervised"), data, device, record,
-                  fresh) as run:
+                  fresh, batch_size=recipe.batch_size) as run:
         run.resume(model, optimizer)
         step = SupervisedStep(model, optimizer, recipe.pad, run.aug_gen)
         inputs = (data.train_images, data.train_labels)
@@ -174,6 +174,6 @@ def train_supervised(
         def evaluate() -> dict[str, float]:
             return {"test_acc": accuracy(model, data.test_images, data.test_labels, cfg.eval_batch_size)}
 
-        metrics = fit(run, model, optimizer, in_form(step, options), inputs, recipe.batch_size, evaluate,
+        metrics = fit(run, model, optimizer, in_form(step, options), inputs, evaluate,
                       lr_at=lambda epoch: lr_at(epoch, cfg.epochs, recipe), progress=progress)
     return SupervisedResult(run.dir, run.checkpoint, model, metrics, cfg, data.name, metrics[-1]["test_acc"])
