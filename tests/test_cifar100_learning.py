@@ -1,8 +1,9 @@
 """Learning measurably happens on the real CIFAR-100 (skipped in one line where the archive is absent).
 
-About a hundred steps of the context autoencoder (on a thousand images) rebuild held-out test patches far better than the best
-constant guess (each channel's training mean), which is where an untrained decoder starts from; and the
-context model the course ships beats the pixels and random weights under linear evaluation.
+About a hundred steps of the context autoencoder on a thousand images rebuild held-out test patches far
+better than the best constant guess (each channel's training mean), which is where an untrained decoder
+starts from; and the context model the course ships beats the pixels and random weights under linear
+evaluation.
 """
 
 from dataclasses import replace
