@@ -19,7 +19,7 @@ import torch
 
 from vwe import table
 from vwe.config import get_config, resolve
-from vwe.course import Pretrained, load_shipped
+from vwe.course import Pretrained, load_shipped, shipped_manifest
 from vwe.engine import epochs_reached, steps_done
 from vwe.results import write_results
 
@@ -62,7 +62,10 @@ def main() -> None:
                   pairs_per_step=context.config.pairs_per_step, lr=context.config.lr,
                   profile=f"shipped ({context.config.profile} recipe)",
                   title=f"The shipped autoencoders on {data.name}, both readings of the paper",
-                  what=shipped_what(context, len(data.train_labels), len(data.test_labels)))
+                  what=shipped_what(context, len(data.train_labels), len(data.test_labels)),
+                  # the weights measured (load_shipped checked each file against this sha256): a test
+                  # holds the results file to the models checkpoints/manifest.json ships
+                  weights={m: shipped_manifest()["models"][m]["sha256"] for m in ("patch", "context")})
     files = write_results(header, rows, a.out)
     print(files["md"].read_text())
     print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")

@@ -16,7 +16,7 @@ from vwe.course import (
     load_shipped,
     shipped_manifest,
 )
-from vwe.data import make_shapes
+from vwe.data import make_shapes, project_dir
 from vwe.evaluate import extract_features
 from vwe.runs import CheckpointError
 
@@ -93,3 +93,13 @@ def test_the_shipped_checkpoints_match_their_manifest():
         assert shipped.config.model == model and shipped.config.dataset == "cifar100"
         assert entry["data"]["archive_md5"] and entry["data"]["n_train"] == shipped.config.n_train
         assert len(shipped.metrics) == shipped.config.epochs
+
+
+def test_the_shipped_table_measured_the_shipped_weights():
+    """The README's results (docs/results/shipped-cifar100.json) belong to the models a user gets: the
+    weights the table measured are the ones checkpoints/manifest.json ships, file for file."""
+    measured = json.loads((project_dir() / "docs" / "results" / "shipped-cifar100.json").read_text())
+    shipped = {model: entry["sha256"] for model, entry in shipped_manifest()["models"].items()}
+    assert measured["header"].get("weights") == shipped, (
+        "docs/results/shipped-cifar100.json measured other weights than checkpoints/manifest.json ships: "
+        "measure the shipped models again (scripts/shipped_table.py) and copy its results.json there")
