@@ -46,7 +46,7 @@ def _load_chromium_check():
 
 
 def pytest_configure(config):
-    # tests/test_notebooks.py executes every notebook twice (papermill, then nbval): minutes, not
+    # tests/notebooks/test_notebooks.py executes every notebook twice (papermill, then nbval): minutes, not
     # seconds. `-m "not notebooks"` runs everything else.
     config.addinivalue_line("markers", "notebooks: executes the course notebooks (papermill + nbval)")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cifar_fixture import C10_META, C10_TEST, C10_TRAIN, CIFAR10_ARCHIVE, rewrite, write_fake_cifar10
-from test_faults import Payload  # unpickling it calls os.system: what a malicious pickle does
+from hostile import Payload  # unpickling it calls os.system: what a malicious pickle does
 
 from vwe.data import cifar, load_dataset
 from vwe.data.cifar import CIFAR10_CACHE, CIFAR10_MD5_ENV, CIFAR10_URL, load_cifar10

@@ -3,14 +3,19 @@ cache, the download and the md5 check."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cifar_fixture import write_fake_cifar100
+from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
+from hostile import Payload, enospc
 
+import vwe.data.dataset
 from vwe.data import cifar, load_dataset
 from vwe.data.cifar import (
     CIFAR100_ARCHIVE,
@@ -174,3 +179,126 @@ def test_an_md5_named_as_an_argument_reaches_the_reader_without_the_environment(
     assert ds.archive_md5 == fx["md5"] and ds.official is False
     with pytest.raises(ValueError, match="--cifar100-md5='nope' is not an md5"):
         load_dataset("cifar100", root=tmp_path, download=False, cifar100_md5="nope")
+
+
+# ----------------------------------------------------------------------------- hostile archives
+
+def test_cifar100_wrong_md5_is_refused(tmp_path):
+    write_fake_cifar100(tmp_path)
+    with pytest.raises(ValueError, match="md5") as err:
+        load_cifar100(tmp_path, md5="0" * 32)
+    assert str((tmp_path / CIFAR100_ARCHIVE).resolve()) in str(err.value)
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+def test_truncated_archive_is_a_clear_error_and_caches_nothing(tmp_path):
+    fx = write_fake_cifar100(tmp_path, n_train=50)
+    blob = fx["path"].read_bytes()
+    fx["path"].write_bytes(blob[: len(blob) // 2])
+    md5 = hashlib.md5(blob[: len(blob) // 2]).hexdigest()
+    with pytest.raises(ValueError, match="truncated or corrupt") as err:
+        load_cifar100(tmp_path, md5=md5)
+    assert str(fx["path"]) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR100_ARCHIVE]
+
+
+def test_missing_member_is_named(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    md5 = rewrite(fx, tmp_path, drop=META)
+    with pytest.raises(ValueError, match=f"no file {META}"):
+        load_cifar100(tmp_path, md5=md5)
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+def test_missing_key_is_named(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    no_coarse = {k: v for k, v in fx["members"][TRAIN].items() if k != "coarse_labels"}
+    md5 = rewrite(fx, tmp_path, replace={TRAIN: no_coarse})
+    with pytest.raises(ValueError, match=f"{TRAIN} has no 'coarse_labels'"):
+        load_cifar100(tmp_path, md5=md5)
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+@pytest.mark.parametrize("bad", ["4d", "3071", "float"])
+def test_wrong_data_array_is_refused(tmp_path, bad):
+    fx = write_fake_cifar100(tmp_path)
+    rows = fx["train_data"]
+    wrong = {"4d": rows.reshape(-1, 3, 32, 32), "3071": rows[:, :3071],
+             "float": rows.astype(np.float32)}[bad]
+    md5 = rewrite(fx, tmp_path, replace={TRAIN: {**fx["members"][TRAIN], "data": wrong}})
+    with pytest.raises(ValueError, match=r"'data' must be uint8 of shape \(N, 3072\)"):
+        load_cifar100(tmp_path, md5=md5)
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("fine_labels", 100, r"0\.\.99"),
+    ("coarse_labels", 20, r"0\.\.19"),
+    ("fine_labels", -1, r"0\.\.99"),
+])
+def test_label_out_of_range_is_refused(tmp_path, key, value, message):
+    fx = write_fake_cifar100(tmp_path)
+    labels = list(fx["members"][TEST][key])
+    labels[3] = value
+    md5 = rewrite(fx, tmp_path, replace={TEST: {**fx["members"][TEST], key: labels}})
+    with pytest.raises(ValueError, match=f"{TEST} '{key}' must lie in {message}"):
+        load_cifar100(tmp_path, md5=md5)
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+def test_label_count_must_match_images(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    short = {**fx["members"][TRAIN], "fine_labels": fx["train_fine"][:-1]}
+    md5 = rewrite(fx, tmp_path, replace={TRAIN: short})
+    with pytest.raises(ValueError, match="'fine_labels' must be 20 integers"):
+        load_cifar100(tmp_path, md5=md5)
+
+
+@pytest.mark.parametrize("member, func, args, refused", [
+    (TRAIN, open, ("{marker}", "w"), r"\w+\.open"),
+    (META, os.system, ("touch {marker}",), r"\w+\.system"),
+    (TEST, eval, ("open({marker!r}, 'w')",), r"\w+\.eval"),
+])
+def test_archive_pickle_that_calls_anything_is_refused_and_never_runs(tmp_path, member, func, args,
+                                                                      refused):
+    fx = write_fake_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = Payload(func, *(a.format(marker=str(marker)) for a in args))
+    # Control: a plain unpickler does run the payload, so the assertion below can fail.
+    result = pickle.loads(py2_pickle(payload), encoding="latin1")
+    if hasattr(result, "close"):
+        result.close()
+    assert marker.exists()
+    marker.unlink()
+
+    poisoned = payload if member == META else {**fx["members"][member], "batch_label": payload}
+    md5 = rewrite(fx, tmp_path, replace={member: poisoned})
+    with pytest.raises(pickle.UnpicklingError, match=f"refusing to unpickle {refused} from {member}"):
+        load_cifar100(tmp_path, md5=md5)
+    assert not marker.exists()
+    assert not (tmp_path / CIFAR100_CACHE).exists()
+
+
+def test_hostile_cache_is_never_run_and_the_archive_is_read_instead(tmp_path):
+    fx = write_fake_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"md5": fx["md5"], "train_images": Payload(os.system, f"touch {marker}")},
+               tmp_path / CIFAR100_CACHE)
+    ds = load_cifar100(tmp_path, md5=fx["md5"])
+    assert not marker.exists()
+    assert ds.train_labels.tolist() == fx["train_fine"]
+    good = torch.load(tmp_path / CIFAR100_CACHE, weights_only=True)  # replaced by a plain cache
+    assert torch.equal(good["train_images"], ds.train_images)
+
+
+def test_full_disk_while_caching_only_warns(tmp_path, monkeypatch):
+    fx = write_fake_cifar100(tmp_path)
+
+    def save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a cache")
+        raise enospc()
+    monkeypatch.setattr(vwe.data.dataset.torch, "save", save)  # in save_cache
+    with pytest.warns(UserWarning, match="cannot write the CIFAR-100 cache.*No space left"):
+        ds = load_cifar100(tmp_path, md5=fx["md5"])
+    assert ds.test_labels.tolist() == fx["test_fine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR100_ARCHIVE]  # no cache, no temp file

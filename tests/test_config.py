@@ -98,3 +98,20 @@ def test_resolve_cuts_the_data_once_and_the_trainers_refuse_data_it_did_not_make
         check_resolved(cfg, data)
     with pytest.raises(ValueError, match="cfg.n_train is 32 but the data has 64 images"):
         check_resolved(resolved, shapes)
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(batch_size=32.0), TypeError, "batch_size must be an int"),
+    (dict(epochs="3"), TypeError, "epochs must be an int"),
+    (dict(epochs=True), TypeError, "epochs must be an int"),
+    (dict(n_train=0), ValueError, "n_train must be a positive number"),
+    (dict(lr=float("nan")), ValueError, "lr must be > 0"),
+    (dict(lr=float("inf")), ValueError, "lr must be finite"),
+    (dict(lr="1e-3"), TypeError, "lr must be a number"),
+    (dict(augment="no"), TypeError, "augment must be True or False"),
+    (dict(probe_seeds=(0, 1.5)), TypeError, "probe_seeds must be a tuple of ints"),
+    (dict(device=0), TypeError, "device must be a string"),
+])
+def test_config_refuses_wrong_types_and_values(overrides, error, message):
+    with pytest.raises(error, match=message):
+        get_config("smoke", **overrides)

@@ -233,3 +233,22 @@ def test_classifier_and_bad_names():
         ContextAutoencoder("conv4", "fast")
     with pytest.raises(ValueError, match="context"):
         build_model("vae")
+
+
+@pytest.mark.parametrize("model", ["context", "patch"])
+def test_models_refuse_images_they_cannot_read(model):
+    ae = build_model(model, "conv4")
+    cases = [
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError,
+         r"x must be float images in \[0, 1\] of shape \(B, 3, 32, 32\), got uint8 \(2, 3, 32, 32\): "
+         r"convert with vwe.data.to_float"),
+        (torch.rand(2, 1, 32, 32), ValueError, r"got float32 \(2, 1, 32, 32\)"),
+        (torch.rand(2, 3, 28, 28), ValueError, r"got float32 \(2, 3, 28, 28\)"),
+        (torch.rand(2, 32, 32, 3), ValueError, r"channels last\? use x.permute\(0, 3, 1, 2\)"),
+        (torch.rand(3, 32, 32), ValueError, r"x.unsqueeze\(0\)"),
+        (torch.rand(2, 3, 32, 32).numpy(), TypeError, "got ndarray"),
+    ]
+    for method in (ae.encode, ae.forward, ae.forward_loss, ae.image_embedding):
+        for x, error, message in cases:
+            with pytest.raises(error, match=message):
+                method(x)

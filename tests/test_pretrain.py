@@ -103,3 +103,10 @@ def test_held_out_sum_scores_every_row_once_in_eval_mode_and_restores_the_mode()
     total = held_out_sum(model, (images, labels), 4, score)
     assert total.item() == images.sum().item() + labels.sum().item()
     assert modes == [False] * 3 and model.training
+
+
+def test_batch_larger_than_the_data_is_refused_before_the_run_dir_is_touched(tmp_path, shapes):
+    cfg = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=128, epochs=3)
+    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
+        resolve_and_pretrain(cfg, tmp_path / "run", data=shapes, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -28,8 +28,8 @@ import pytest
 
 from vwe.course import NOTEBOOK_PATTERN, NotebookError, find_notebooks, main, project_dir, run_all
 
-ROOT = Path(__file__).resolve().parent.parent
-SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+ROOT = Path(__file__).resolve().parents[2]
+SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_PATTERN))
 PARAMETERS = {"profile", "dataset", "device", "run_dir"}  # every notebook's; some add their own
 COLOUR = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")

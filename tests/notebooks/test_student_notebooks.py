@@ -17,7 +17,7 @@ import pytest
 from vwe import exercises, student
 from vwe.course import NotebookError, run_all
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
