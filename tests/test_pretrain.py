@@ -19,10 +19,7 @@ from vwe.models import build_model
 from vwe.pretrain import PretrainStep, held_out_loss, load_pretrained
 from vwe.runs import Run, differences, list_checkpoints
 
-
-@pytest.fixture(scope="module")
-def shapes():
-    return make_shapes(96, 32, seed=0)
+SHAPES = (96, 32)  # the `shapes` fixture's size (tests/conftest.py), data seed 0
 
 
 def _cfg(**kw):

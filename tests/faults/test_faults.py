@@ -30,7 +30,6 @@ import vwe.runs
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
 from vwe.data.dataset import Dataset
-from vwe.data.shapes import make_shapes
 from vwe.pretrain import load_pretrained
 from vwe.runs import (
     CheckpointError,
@@ -48,11 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, epochs=3)
 CLI_ARGS = ["pretrain", "--profile", "smoke", "--tower", "conv4", "--n-train", "64", "--n-test", "32",
             "--batch-size", "32", "--epochs", "3", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def shapes() -> Dataset:
-    return make_shapes(64, 32, seed=CFG.data_seed)  # what load_dataset gives the CLI for CFG
+# The `shapes` fixture (tests/conftest.py): 64 training / 32 test images of data seed 0, what
+# load_dataset gives the CLI for CFG.
 
 
 @pytest.fixture(scope="module")
