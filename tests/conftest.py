@@ -27,8 +27,9 @@ SCREENSHOTS = TESTS.parent / "test-output" / "e2e"  # tests/e2e/conftest.py's ou
 SESSION_START = time.time()  # screenshots newer than this are this run's
 
 # Under pytest-xdist (`make test`: `-n 2 --dist loadfile`) each group below is one unit of work, run
-# whole by one worker: a module, so that a module-scoped fixture (a trained model, a pretraining run) is
-# built once, and tests/e2e as one, whose two files share the session's JupyterLab server and browser
+# whole by one worker: a module, named by its file's stem in whichever folder of tests/ it is, so that a
+# module-scoped fixture (a trained model, a pretraining run) is built once, and tests/e2e as one, whose
+# two files share the session's JupyterLab server and browser
 # (pytest_xdist_make_scheduler). The units start in this order, the longest first, so that no worker is
 # left with a long one at the end: the notebooks (papermill then nbval, minutes), then the trainings, the
 # student notebooks (papermill only) after the longest of them. Groups not named here follow in file order.

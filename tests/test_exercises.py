@@ -2,7 +2,7 @@
 solution (read from the notebook, so the tested solution is the one shipped), reports a stub as not done
 yet, and rejects every planted wrong answer of its catalogue with a message that names the mistake; the
 package's answers agree with the library code they stand for; the student notebooks are the course
-notebooks with each solution stubbed out (tests/test_student_notebooks.py executes them).
+notebooks with each solution stubbed out (tests/notebooks/test_student_notebooks.py executes them).
 """
 
 from __future__ import annotations

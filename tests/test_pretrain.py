@@ -1,7 +1,7 @@
 """Pretraining on Shapes: learning happens, checkpoints round-trip, a resumed run equals one run.
 
 Faults (kills, damaged or hostile checkpoints, config mismatches, non-finite losses, a full disk)
-are injected in tests/test_faults.py.
+are injected in tests/faults/test_faults.py.
 """
 
 import json

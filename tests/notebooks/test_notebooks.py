@@ -4,7 +4,7 @@ Every `notebooks/NN_name.ipynb` runs under the smoke profile with papermill (thr
 `vwe.course.run_all`, the code of `make run-all`) into one temporary run directory, in order, so later
 notebooks reuse the checkpoints of earlier ones. Then nbval re-runs each executed copy in a fresh
 kernel and compares its text outputs with the first run (cells tagged `nbval-ignore-output` excepted,
-`tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and progress bars). nbval runs in a
+`tests/notebooks/nbval_sanitize.cfg` masking addresses, temp paths, timings, progress bars). nbval runs in a
 subprocess so that its collection of .ipynb files stays out of this session: one for all the copies, in
 order, each still in a kernel of its own (a pytest start with nbval costs about 3 CPU-seconds, most of it
 jsonschema's import, and it was paid once per notebook), its JUnit report telling each notebook's cells
