@@ -16,6 +16,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from vwe.data import cifar
+from vwe.data.cifar import CIFAR100_ARCHIVE, CIFAR100_MD5_ENV, CIFAR100_URL
 
 ARCHIVE = "cifar-100-python.tar.gz"
 TRAIN, TEST, META = "cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"
@@ -149,3 +153,20 @@ def write_fake_cifar10(root: str | Path, per_batch: int = 4, n_test: int = 6, se
             "train_data": np.concatenate(rows["train"]), "train_labels": labels["train"],
             "test_data": rows["test"][0], "test_labels": labels["test"], "label_names": names}
 
+
+def reference_images(rows: np.ndarray) -> torch.Tensor:
+    """(N, 3072) official rows -> (N, 3, 32, 32), built plane by plane (not by one reshape)."""
+    planes = [rows[:, c * 1024:(c + 1) * 1024].reshape(-1, 32, 32) for c in range(3)]
+    return torch.from_numpy(np.stack(planes, axis=1))
+
+
+def official_md5_expected(monkeypatch) -> None:
+    """As without $VWE_CIFAR100_MD5: a user's own verified copy named there changes the expected md5."""
+    monkeypatch.delenv(CIFAR100_MD5_ENV, raising=False)
+
+
+def assert_says_where_to_put_it(message: str, folder) -> None:
+    """The message of a missing CIFAR-100 archive names where to put it, where to get it and its md5."""
+    assert str((folder / CIFAR100_ARCHIVE).resolve()) in message
+    assert CIFAR100_URL in message
+    assert cifar.CIFAR100_MD5 in message

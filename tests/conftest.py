@@ -1,6 +1,6 @@
 """Shared test setup: one torch thread per test process (and per child process), the `notebooks` marker,
-the pytest-xdist grouping and order of `make test` (`-n 2 --dist loadfile`), and the browser tests'
-closing lines.
+the pytest-xdist grouping and order of `make test` (`-n 2 --dist loadfile`), the browser tests'
+closing lines, and the fixtures that several modules use (`shapes`, `killed_at_epoch_2`).
 
 Small CPU kernels gain little from a second thread, and under `make test` other processes (papermill
 kernels, nbval, the other xdist worker) compete for the same two cores: oversubscribed threads made the
@@ -27,8 +27,9 @@ SCREENSHOTS = TESTS.parent / "test-output" / "e2e"  # tests/e2e/conftest.py's ou
 SESSION_START = time.time()  # screenshots newer than this are this run's
 
 # Under pytest-xdist (`make test`: `-n 2 --dist loadfile`) each group below is one unit of work, run
-# whole by one worker: a module, so that a module-scoped fixture (a trained model, a pretraining run) is
-# built once, and tests/e2e as one, whose two files share the session's JupyterLab server and browser
+# whole by one worker: a module, named by its file's stem in whichever folder of tests/ it is, so that a
+# module-scoped fixture (a trained model, a pretraining run) is built once, and tests/e2e as one, whose
+# two files share the session's JupyterLab server and browser
 # (pytest_xdist_make_scheduler). The units start in this order, the longest first, so that no worker is
 # left with a long one at the end: the notebooks (papermill then nbval, minutes), then the trainings.
 # Groups not named here follow in file order.
@@ -46,7 +47,7 @@ def _load_chromium_check():
 
 
 def pytest_configure(config):
-    # tests/test_notebooks.py executes every notebook twice (papermill, then nbval): minutes, not
+    # tests/notebooks/test_notebooks.py executes every notebook twice (papermill, then nbval): minutes, not
     # seconds. `-m "not notebooks"` runs everything else.
     config.addinivalue_line("markers", "notebooks: executes the course notebooks (papermill + nbval)")
 
@@ -79,6 +80,34 @@ def pytest_collection_modifyitems(config, items):
     # by their number of tests).
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(group_of(item.nodeid), len(rank)))
+
+
+
+@pytest.fixture(scope="module")
+def shapes(request):
+    """The Shapes data set of the smoke-sized runs: 64 training / 32 test images of data seed 0, what
+    `load_dataset` gives the CLI for `--n-train 64 --n-test 32`; a module that sets
+    `SHAPES = (n_train, n_test)` gets that size. Built once per module, never shared between modules."""
+    from vwe.data.shapes import make_shapes
+
+    n_train, n_test = getattr(request.module, "SHAPES", (64, 32))
+    return make_shapes(n_train, n_test, seed=0)
+
+
+@pytest.fixture
+def killed_at_epoch_2():
+    """`vwe.runs.save_checkpoint` as it is now, but interrupted (KeyboardInterrupt: a Ctrl-C) where it
+    would write epoch 2's checkpoint. Patch it in with monkeypatch, then put the real one back to resume."""
+    import vwe.runs
+
+    real_save = vwe.runs.save_checkpoint
+
+    def killed(path, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    return killed
 
 
 def _runs_e2e(config) -> bool:

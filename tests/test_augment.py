@@ -64,6 +64,7 @@ def test_grayscale_is_itu_601_luma():
 @pytest.mark.parametrize(
     "ours, theirs", [(adjust_contrast, TF.adjust_contrast), (adjust_saturation, TF.adjust_saturation)]
 )
+
 def test_blends_match_torchvision_without_red(ours, theirs):
     # torchvision's tensor grey is 0.2989 R + 0.587 G + 0.114 B; ours uses 0.299 for red. With the
     # red channel at 0 both greys are the same, so the blend, mean and clamping must agree exactly.
@@ -533,3 +534,21 @@ def test_cuda_matches_cpu_for_the_same_parameters():
     g = torch.Generator(device="cuda")
     first = augment(x.cuda(), cfg, g.manual_seed(0))
     assert first.is_cuda and torch.equal(first, augment(x.cuda(), cfg, g.manual_seed(0)))
+
+
+# ----------------------------------------------------------------- a rotation range (the author's)
+
+
+def test_a_rotation_range_draws_inside_it_and_a_symmetric_one_is_the_scalar():
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    angles = sample_params(4000, AugmentConfig(rotation=(0.0, 180.0)), gen(), "cpu").angle
+    assert 0 <= angles.min() < 5 and 175 < angles.max() < 180
+    scalar = sample_params(64, AugmentConfig(rotation=15.0), gen(), "cpu")
+    pair = sample_params(64, AugmentConfig(rotation=(-15.0, 15.0)), gen(), "cpu")
+    assert torch.equal(scalar.angle, pair.angle)
+
+
+@pytest.mark.parametrize("bad", [(10.0, 5.0), (0.0, 200.0), (-190.0, 0.0), (0.0, 10.0, 20.0)])
+def test_a_bad_rotation_range_is_refused(bad):
+    with pytest.raises(ValueError, match="rotation"):
+        AugmentConfig(rotation=bad)

@@ -8,8 +8,12 @@ import urllib.error
 
 import pytest
 import torch
-from cifar_fixture import write_fake_cifar100
-from test_cifar100 import assert_says_where_to_put_it, official_md5_expected, reference_images
+from cifar_fixture import (
+    assert_says_where_to_put_it,
+    official_md5_expected,
+    reference_images,
+    write_fake_cifar100,
+)
 
 from vwe import data
 from vwe.data import DATASETS, cifar, load_dataset

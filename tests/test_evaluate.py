@@ -17,7 +17,7 @@ from vwe.evaluate import (
     random_weights_model,
     standardize,
 )
-from vwe.models import ContextAutoencoder
+from vwe.models import ContextAutoencoder, build_model
 
 
 def _separable(n=600, dim=32, classes=5, seed=0):
@@ -318,3 +318,8 @@ def test_knn_accuracy_checks_labels_against_the_classes_given():
     assert knn_accuracy(train, labels, test, torch.tensor([1]), num_classes=3) == 100.0
     with pytest.raises(ValueError, match=r"train labels must lie in \[0, 2\), got 0..2"):
         knn_accuracy(train, labels, test, torch.tensor([1]), num_classes=2)
+
+
+def test_extract_features_wants_uint8_images():
+    with pytest.raises(TypeError, match="uint8"):
+        extract_features(build_model("patch", "conv4"), torch.rand(4, 3, 32, 32), batch_size=4)

@@ -1,11 +1,14 @@
 """Towers, encoders, decoder and autoencoders: shapes, sizes, the shared == literal proof, gradients."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vwe import distributed
+from vwe.data import to_float
 from vwe.models import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -14,6 +17,7 @@ from vwe.models import (
     Classifier,
     ContextAutoencoder,
     Conv4,
+    Decoder,
     Normalize,
     PatchAutoencoder,
     ResNet32,
@@ -22,7 +26,7 @@ from vwe.models import (
     count_parameters,
     make_tower,
 )
-from vwe.patches import gather_context, gather_neighbours, patchify
+from vwe.patches import OFFSETS, PATCH, gather_context, gather_neighbours, patchify
 
 
 @pytest.mark.parametrize("tower", [ResNet32, Conv4, StridedConv4])
@@ -233,3 +237,133 @@ def test_classifier_and_bad_names():
         ContextAutoencoder("conv4", "fast")
     with pytest.raises(ValueError, match="context"):
         build_model("vae")
+
+
+@pytest.mark.parametrize("model", ["context", "patch"])
+def test_models_refuse_images_they_cannot_read(model):
+    ae = build_model(model, "conv4")
+    cases = [
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError,
+         r"x must be float images in \[0, 1\] of shape \(B, 3, 32, 32\), got uint8 \(2, 3, 32, 32\): "
+         r"convert with vwe.data.to_float"),
+        (torch.rand(2, 1, 32, 32), ValueError, r"got float32 \(2, 1, 32, 32\)"),
+        (torch.rand(2, 3, 28, 28), ValueError, r"got float32 \(2, 3, 28, 28\)"),
+        (torch.rand(2, 32, 32, 3), ValueError, r"channels last\? use x.permute\(0, 3, 1, 2\)"),
+        (torch.rand(3, 32, 32), ValueError, r"x.unsqueeze\(0\)"),
+        (torch.rand(2, 3, 32, 32).numpy(), TypeError, "got ndarray"),
+    ]
+    for method in (ae.encode, ae.forward, ae.forward_loss, ae.image_embedding):
+        for x, error, message in cases:
+            with pytest.raises(error, match=message):
+                method(x)
+
+
+# ------------------------------------------------------------------- the author's per-slot encoder
+
+
+def images(b: int = 4, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen)
+
+
+def slot_patches_by_padding(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The author's construction: pad the image with one zero patch on each side (48 x 48) and take,
+    for each of the 16 targets, the 8x8 window at context offset k. (B, 3, 32, 32) -> (B*16, 3, 8, 8)."""
+    padded = F.pad(x, (PATCH, PATCH, PATCH, PATCH))  # (B, 3, 48, 48), zero patches around
+    dr, dc = OFFSETS[k]
+    out = []
+    for i in range(4):
+        for j in range(4):
+            r, c = (i + 1 + dr) * PATCH, (j + 1 + dc) * PATCH
+            out.append(padded[:, :, r:r + PATCH, c:c + PATCH])
+    return torch.stack(out, dim=1).flatten(0, 1)
+
+
+def test_slots_calls_the_tower_once_per_slot_on_that_slots_patches():
+    x = to_float(images(2))
+    model = build_model("context", "conv4", "slots").train()
+    calls = []
+    model.tower.register_forward_hook(lambda m, inp, out: calls.append(inp[0].detach().clone()))
+    model.encode(x)
+    assert len(calls) == 8  # one tower call per neighbour slot: BatchNorm statistics per slot
+    for k, batch in enumerate(calls):
+        assert torch.equal(batch, slot_patches_by_padding(x, k)), f"slot {k}"
+
+
+def test_slots_in_train_mode_is_each_slots_own_batchnorm():
+    x = to_float(images(2))
+    model = build_model("context", "conv4", "slots").train()
+    ref = copy.deepcopy(model)
+    got = model.encode(x).view(2, 16, 8, -1)  # (B, 16, 8, D)
+    for k in range(8):
+        expected = ref.tower(slot_patches_by_padding(x, k)).view(2, 16, -1)
+        torch.testing.assert_close(got[:, :, k], expected, rtol=0, atol=0)
+    # BatchNorm over one slot's batch is not BatchNorm over all of them: the literal form differs
+    literal = build_model("context", "conv4", "literal").train()
+    literal.load_state_dict(ref.state_dict())
+    assert not torch.allclose(literal.encode(x), got.flatten(2), atol=1e-3)
+
+
+def test_the_three_encodings_are_one_function_in_eval_mode():
+    x = to_float(images(3)).double()
+    models = {e: build_model("context", "resnet32", e).double().eval()
+              for e in ("shared", "literal", "slots")}
+    for m in models.values():
+        m.load_state_dict(models["shared"].state_dict())
+    ref = models["shared"].encode(x)
+    for name in ("literal", "slots"):
+        torch.testing.assert_close(models[name].encode(x), ref, rtol=1e-12, atol=1e-12, msg=name)
+
+
+# ----------------------------------------------------------- the author's decoder, input and Conv4
+
+
+def linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def conv3(i: int, o: int) -> int:
+    return i * o * 9 + o
+
+
+def test_the_authors_decoders_have_the_authors_layers():
+    up = conv3(64, 32) + 2 * 32 + conv3(32, 16) + 2 * 16 + conv3(16, 3)  # BatchNorm: weight and bias
+    context = Decoder(512, "author")
+    simple = Decoder(64, "author")
+    assert sum(p.numel() for p in context.parameters()) == linear(512, 512) + linear(512, 1024) + up
+    assert sum(p.numel() for p in simple.parameters()) == linear(64, 128) + linear(128, 1024) + up
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in context.modules()) == 2
+    text = Decoder(512, "text")
+    assert sum(p.numel() for p in text.parameters()) == (linear(512, 512) + linear(512, 1024) + conv3(64, 64)
+                                                         + conv3(64, 32) + conv3(32, 3))
+    out = context(torch.randn(5, 512))
+    assert out.shape == (5, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="decoder"):
+        Decoder(512, "mae")
+
+
+def test_towers_without_normalisation_see_the_pixels_as_they_are():
+    torch.manual_seed(0)
+    plain = build_model("patch", "resnet32", normalize=False).eval()
+    normed = build_model("patch", "resnet32").eval()
+    normed.load_state_dict(plain.state_dict())  # the same weights: Normalize has no saved state
+    assert isinstance(plain.tower.normalize, nn.Identity)
+    x = to_float(images(2))
+    patches = x.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 8, 8)
+    unnormalised = normed.tower.stages(normed.tower.stem(patches)).mean((2, 3))
+    torch.testing.assert_close(plain.tower(patches), unnormalised)
+    assert not torch.allclose(plain.tower(patches), normed.tower(patches))
+
+
+def test_the_strided_conv4_maps_a_patch_to_one_pixel_without_pooling():
+    tower = StridedConv4().eval()
+    sizes = []
+    for m in tower.features:
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:])))
+    out = tower(torch.rand(3, 3, 8, 8))
+    assert out.shape == (3, 64) and sizes == [(4, 4), (2, 2), (1, 1), (1, 1)]
+    assert not any(isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)) for m in tower.modules())
+    assert [m.stride for m in tower.features if isinstance(m, nn.Conv2d)] == [(2, 2), (2, 2), (4, 4), (2, 2)]
+    model = build_model("context", "conv4-strided", decoder="author")
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16, 3, 8, 8)

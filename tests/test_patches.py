@@ -120,3 +120,10 @@ def test_gather_neighbours_keeps_the_items_dtype():
     out = gather_neighbours(x, fill)
     assert out.dtype == torch.float32
     assert torch.equal(out, indexed_gather(x, fill.float()))
+
+
+def test_patchify_refuses_a_bad_patch_size():
+    with pytest.raises(ValueError, match="not divisible by the patch size 5: use 32x32 images"):
+        patchify(torch.rand(1, 3, 32, 32), patch=5)
+    with pytest.raises(ValueError, match="patch must be a positive int"):
+        patchify(torch.rand(1, 3, 32, 32), patch=0)

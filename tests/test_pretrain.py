@@ -1,7 +1,7 @@
 """Pretraining on Shapes: learning happens, checkpoints round-trip, a resumed run equals one run.
 
 Faults (kills, damaged or hostile checkpoints, config mismatches, non-finite losses, a full disk)
-are injected in tests/test_faults.py.
+are injected in tests/faults/test_faults.py.
 """
 
 import json
@@ -11,17 +11,15 @@ import pytest
 import torch
 from entry import resolve_and_pretrain
 
-from vwe.config import get_config
-from vwe.data import make_shapes
+from vwe.augment import AugmentConfig, apply_params, sample_params
+from vwe.config import AUTHOR_AUG, get_config
+from vwe.data import make_shapes, to_float
 from vwe.engine import held_out_sum
 from vwe.models import build_model
-from vwe.pretrain import held_out_loss, load_pretrained
+from vwe.pretrain import PretrainStep, held_out_loss, load_pretrained
 from vwe.runs import Run, differences, list_checkpoints
 
-
-@pytest.fixture(scope="module")
-def shapes():
-    return make_shapes(96, 32, seed=0)
+SHAPES = (96, 32)  # the `shapes` fixture's size (tests/conftest.py), data seed 0
 
 
 def _cfg(**kw):
@@ -103,3 +101,57 @@ def test_held_out_sum_scores_every_row_once_in_eval_mode_and_restores_the_mode()
     total = held_out_sum(model, (images, labels), 4, score)
     assert total.item() == images.sum().item() + labels.sum().item()
     assert modes == [False] * 3 and model.training
+
+
+def test_batch_larger_than_the_data_is_refused_before_the_run_dir_is_touched(tmp_path, shapes):
+    cfg = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=128, epochs=3)
+    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
+        resolve_and_pretrain(cfg, tmp_path / "run", data=shapes, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------- the author's views in one batch
+
+
+def images(b: int = 4, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen)
+
+
+def test_the_step_trains_on_the_originals_and_every_augmented_view_in_one_batch():
+    x = images()
+    torch.manual_seed(0)
+    model = build_model("context", "conv4")
+    seen = []
+    forward_loss = model.forward_loss
+    model.forward_loss = lambda batch: seen.append(batch.detach().clone()) or forward_loss(batch)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    step = PretrainStep(model, opt, AUTHOR_AUG, gen, views=3, original=True)
+    step(x)
+    # the reference: the originals, then 3 x 4 draws (view-major) of the same generator
+    ref_gen = torch.Generator().manual_seed(1)
+    params = sample_params(12, AUTHOR_AUG, ref_gen, "cpu")
+    expected = torch.cat([to_float(x), apply_params(to_float(x).repeat(3, 1, 1, 1), params, AUTHOR_AUG)])
+    assert len(seen) == 1 and seen[0].shape == (16, 3, 32, 32)
+    assert torch.equal(seen[0], expected)
+    assert torch.equal(gen.get_state(), ref_gen.get_state())
+
+
+def test_one_view_without_the_original_is_the_default_step():
+    x = images()
+    losses = []
+    for views in ({}, {"views": 1, "original": False}):
+        torch.manual_seed(0)
+        model = build_model("context", "conv4")
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        step = PretrainStep(model, opt, AugmentConfig(), torch.Generator().manual_seed(1), **views)
+        losses.append(step(x))
+    assert torch.equal(losses[0], losses[1])
+
+
+def test_bad_views_are_refused():
+    model = build_model("context", "conv4")
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="views"):
+        PretrainStep(model, opt, AugmentConfig(), torch.Generator(), views=0)

@@ -1,5 +1,5 @@
-"""Table 1 machinery on a tiny config: files, columns, paper numbers, reuse of finished rows, resume;
-and the supervised baseline's pieces (crop + flip, lr schedule, exact resume)."""
+"""Table 1 machinery on a tiny config: files, columns, paper numbers, reuse of finished rows, resume
+(the supervised baseline's pieces are tested in test_supervised.py)."""
 
 import csv
 import json
@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from entry import resolve_and_train_supervised
 
 import vwe.runs
 import vwe.table
@@ -21,8 +19,8 @@ from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_wei
 from vwe.models import Classifier
 from vwe.pretrain import load_pretrained
 from vwe.results import AUTHOR_PROBE, AUTHOR_PROBE_EPOCHS, CSV_COLUMNS
-from vwe.runs import ConfigMismatchError, load_checkpoint, profile_dir
-from vwe.supervised import SupervisedRecipe, accuracy, crop_flip, draw_crop_flip, lr_at
+from vwe.runs import load_checkpoint, profile_dir
+from vwe.supervised import accuracy
 from vwe.table import (
     ROW_KEYS,
     ROWS,
@@ -266,15 +264,9 @@ def test_changed_data_is_not_reused(table, tmp_path):
     assert [r.key for r in again.rows] == ["random-resnet32"] and not again.rows[0].skipped
 
 
-def test_interrupted_row_resumes(data, tmp_path, monkeypatch):
+def test_interrupted_row_resumes(data, tmp_path, monkeypatch, killed_at_epoch_2):
     cfg = CFG.replace(epochs=2)
     real_save = vwe.runs.save_checkpoint
-
-    def killed_at_epoch_2(path, state):
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_save(path, state)
-
     monkeypatch.setattr(vwe.runs, "save_checkpoint", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_table(cfg, tmp_path, rows=["context-conv4-aug"], data=data, progress=False)
@@ -288,83 +280,6 @@ def test_interrupted_row_resumes(data, tmp_path, monkeypatch):
     assert (run / "checkpoint-0001.pt").stat().st_mtime_ns == first  # resumed, not restarted
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-
-
-# ----------------------------------------------------------------------------- the supervised baseline
-
-
-def test_lr_schedule_matches_multisteplr():
-    recipe = SupervisedRecipe()
-    for epochs in (1, 3, 15, 200):
-        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
-        milestones = [int(m * epochs) for m in recipe.milestones]
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-        for epoch in range(1, epochs + 1):
-            assert lr_at(epoch, epochs, recipe) == pytest.approx(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-    assert [lr_at(e, 200, recipe) for e in (100, 101, 150, 151)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
-
-
-def test_crop_flip_gives_one_of_the_padded_crops():
-    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
-    out = crop_flip(x, 4, *draw_crop_flip(len(x), 4, torch.Generator().manual_seed(0)))
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    padded = F.pad(x, (4, 4, 4, 4))
-    seen = set()
-    for i in range(len(x)):  # the per-image reference: every crop offset, flipped or not
-        found = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
-                 if torch.equal(out[i], (lambda c: c.flip(2) if flip else c)(
-                     padded[i, :, dy:dy + 32, dx:dx + 32]))]
-        assert len(found) == 1
-        seen.add(found[0])
-    assert {s[2] for s in seen} == {False, True}
-    assert {s[0] for s in seen} == set(range(9)) and {s[1] for s in seen} == set(range(9))
-
-
-def test_supervised_resume_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    cfg = CFG.replace(tower="conv4", epochs=2)
-    recipe = SupervisedRecipe(batch_size=32)
-    straight = resolve_and_train_supervised(cfg, tmp_path / "straight", data, recipe, progress=False)
-    real_save = vwe.runs.save_checkpoint
-
-    def killed_at_epoch_2(path, state):
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_save(path, state)
-
-    monkeypatch.setattr(vwe.runs, "save_checkpoint", killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
-    monkeypatch.setattr(vwe.runs, "save_checkpoint", real_save)
-    resumed = resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
-    assert [m["epoch"] for m in resumed.metrics] == [1, 2]
-    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
-                         strict=True):
-        assert torch.equal(a, b), k
-    assert resumed.test_acc == straight.test_acc
-
-    mtime = resumed.checkpoint.stat().st_mtime_ns  # complete: a rerun trains nothing
-    again = resolve_and_train_supervised(cfg, tmp_path / "resumed", data, recipe, progress=False)
-    assert again.test_acc == straight.test_acc
-    assert resumed.checkpoint.stat().st_mtime_ns == mtime
-    with pytest.raises(ConfigMismatchError, match="epochs: 2 -> 3"):
-        resolve_and_train_supervised(cfg.replace(epochs=3), tmp_path / "resumed", data, recipe,
-                                     progress=False)
-
-
-def test_supervised_learns(tmp_path):
-    cfg = CFG.replace(tower="conv4", epochs=6, n_train=None, n_test=None)
-    shapes = make_shapes(256, 64, seed=1)
-    res = resolve_and_train_supervised(cfg, tmp_path, shapes, SupervisedRecipe(batch_size=32), progress=False)
-    losses = [m["train_loss"] for m in res.metrics]
-    assert losses[0] > 2.3 and losses[-1] < losses[0] - 0.1  # from about ln(10) = 2.30 downwards
-    assert [m["lr"] for m in res.metrics] == pytest.approx([0.1] * 3 + [0.01] + [0.001] * 2)
-
-
-def test_supervised_refuses_a_batch_larger_than_the_data(data, tmp_path):
-    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
-        resolve_and_train_supervised(CFG.replace(n_train=64), tmp_path, data, progress=False)
 
 
 # ----------------------------------------------------------------------------- command line

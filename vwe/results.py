@@ -78,7 +78,7 @@ def rows_of(payload: dict) -> list[RowResult]:
 # A gap between two probes counts when it exceeds both bounds: 3 standard errors of the difference of
 # the two means over the probe seeds (Welch: sqrt(s1^2 / n1 + s2^2 / n2)), so that the seeds' noise
 # cannot explain it, and 3 points, so that another CPU's rounding, which trains another model from the
-# same seed, cannot either (tests/test_claims.py measures how far that moves a result).
+# same seed, cannot either (tests/claims/test_claims.py measures how far that moves a result).
 SIGNIFICANT_SE = 3.0
 SIGNIFICANT_POINTS = 3.0
 

@@ -1,6 +1,7 @@
-"""`python -m vwe ...` with a fault injected, run as a subprocess by tests/test_faults.py.
+"""`python -m vwe ...` with a fault injected, run as a subprocess by tests/faults/test_faults.py
+and tests/torchrun/test_distributed.py.
 
-    python tests/fault_worker.py pretrain --profile smoke ... --run-dir DIR
+    python tests/faults/fault_worker.py pretrain --profile smoke ... --run-dir DIR
 
 The environment picks the fault; the package itself is never changed, only patched here:
 

@@ -16,7 +16,7 @@ from vwe.data import CIFAR100_ARCHIVE
 
 VERIFIED_MD5 = "a30677b741c5a4007e94555541ecf782"
 FOLDER = Path(os.environ.get("VWE_TEST_CIFAR100_DIR")
-              or Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100")
+              or Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar100")
 ARCHIVE = FOLDER / CIFAR100_ARCHIVE
 
 

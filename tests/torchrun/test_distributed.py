@@ -4,7 +4,8 @@ Two processes with the same global batch and seed train the model that one proce
 fp32 rounding: the sums of the global statistics and gradients are taken in another order), only
 rank 0 writes into the run directory, and a job that loses a rank mid-epoch stops, leaves nothing
 half-written, and resumes to the weights of an uninterrupted two-process run bit for bit.
-Smoke-sized (Conv4, 64 training / 32 test Shapes, batch 32: two steps an epoch), as tests/test_faults.py.
+Smoke-sized (Conv4, 64 training / 32 test Shapes, batch 32: two steps an epoch), as
+tests/faults/test_faults.py.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from vwe.runs import list_checkpoints, load_checkpoint
 from vwe.supervised import SupervisedRecipe
 from vwe.table import run_table
 
-ROOT = Path(__file__).resolve().parents[1]
-# The config that the CLI arguments below make (as in tests/test_faults.py); shared encoding and
+ROOT = Path(__file__).resolve().parents[2]
+# The config that the CLI arguments below make (as in tests/faults/test_faults.py); shared encoding and
 # augmentation on, so the zero patch and the global batch's augmentation draws are exercised.
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, epochs=3)
 CLI_ARGS = ["pretrain", "--profile", "smoke", "--tower", "conv4", "--n-train", "64", "--n-test", "32",
@@ -179,11 +180,11 @@ def test_only_rank_0_writes_into_the_run_directories(two):
 
 
 def torchrun(run: Path, **fault: str) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node 2 tests/fault_worker.py pretrain ...` (the CLI, with a fault)."""
+    """`torchrun --nproc-per-node 2 tests/faults/fault_worker.py pretrain ...` (the CLI, with a fault)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "VWE_FAULT_THREADS": "1", **fault}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--monitor-interval", "0.1", str(ROOT / "tests" / "fault_worker.py"), *CLI_ARGS,
+           "--monitor-interval", "0.1", str(ROOT / "tests" / "faults" / "fault_worker.py"), *CLI_ARGS,
            "--run-dir", str(run)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 

@@ -16,7 +16,7 @@ import torch
 from vwe.course import load_shipped
 from vwe.runs import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_reproduce", ROOT / "scripts" / "gpu_reproduce.py")
 gpu_reproduce = importlib.util.module_from_spec(spec)
 sys.modules["gpu_reproduce"] = gpu_reproduce

@@ -20,18 +20,12 @@ import torch
 import vwe.engine
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
-from vwe.data.shapes import make_shapes
 from vwe.engine import epochs_reached, steps_done
 from vwe.pretrain import pretrain
 from vwe.runs import list_checkpoints, load_checkpoint, save_checkpoint
 
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=3)
 STEPS = 64 // 16  # an epoch
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    return make_shapes(64, 32, seed=CFG.data_seed)
 
 
 def minute_clock():

@@ -7,8 +7,8 @@ notebook (`vwe.student`: every solution a stub, as `make student` writes it) in 
 same run directory, and compares its text outputs with the course notebook's run: the student's notebook,
 going on with the package's functions, must print what the course notebook printed with its solutions,
 every exercise's check must say "not done yet" and the last cell count none done (cells tagged
-`nbval-ignore-output` excepted, `tests/nbval_sanitize.cfg` masking addresses, temp paths, timings and
-progress bars). One nbval pass so checks both that a rerun prints the same and that the student
+`nbval-ignore-output` excepted, `nbval_sanitize.cfg` beside this file masking addresses, temp paths, timings
+and progress bars). One nbval pass so checks both that a rerun prints the same and that the student
 notebooks run to their end. nbval runs in a subprocess so that its collection of .ipynb files stays out
 of this session: one for all the copies, in order, each still in a kernel of its own (a pytest start
 with nbval costs about 3 CPU-seconds, most of it jsonschema's import, and it was paid once per
@@ -33,8 +33,8 @@ import pytest
 from vwe import exercises, student
 from vwe.course import NOTEBOOK_PATTERN, NotebookError, find_notebooks, main, project_dir, run_all
 
-ROOT = Path(__file__).resolve().parent.parent
-SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+ROOT = Path(__file__).resolve().parents[2]
+SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(NOTEBOOK_PATTERN))
 PARAMETERS = {"profile", "dataset", "device", "run_dir"}  # every notebook's; some add their own
 COLOUR = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")

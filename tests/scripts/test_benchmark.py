@@ -16,7 +16,7 @@ from vwe.data import to_float
 from vwe.dense_conv import set_dense_pixels
 from vwe.models import ENCODINGS, ContextAutoencoder, build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_benchmark(name: str):

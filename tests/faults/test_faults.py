@@ -1,4 +1,5 @@
-"""Faults injected on purpose: kills, damaged and hostile files, a full disk, bad inputs.
+"""Faults injected on purpose into a run: kills, damaged and hostile checkpoints, another config, a
+non-finite loss, a full disk, a busy run directory.
 
 Each test breaks one thing and asserts what the user sees, that nothing is lost and that nothing
 in a file is executed. Runs are smoke-sized (Conv4, 64 training / 32 test Shapes, batch 32, so two
@@ -9,11 +10,9 @@ torch.equal, not a tolerance.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -21,23 +20,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from cifar_fixture import META, TEST, TRAIN, py2_pickle, rewrite, write_fake_cifar100
 from entry import resolve_and_pretrain
+from hostile import Payload, enospc
 
-import vwe.data.dataset
 import vwe.pretrain
 import vwe.runs
 from vwe.__main__ import main as vwe_main
 from vwe.config import get_config
-from vwe.data.cifar import CIFAR100_ARCHIVE, CIFAR100_CACHE, load_cifar100
 from vwe.data.dataset import Dataset
-from vwe.data.shapes import make_shapes
-from vwe.evaluate import extract_features
-from vwe.models import build_model
-from vwe.patches import patchify
 from vwe.pretrain import load_pretrained
 from vwe.runs import (
     CheckpointError,
@@ -51,15 +43,12 @@ from vwe.runs import (
     save_checkpoint,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=32, epochs=3)
 CLI_ARGS = ["pretrain", "--profile", "smoke", "--tower", "conv4", "--n-train", "64", "--n-test", "32",
             "--batch-size", "32", "--epochs", "3", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def shapes() -> Dataset:
-    return make_shapes(64, 32, seed=CFG.data_seed)  # what load_dataset gives the CLI for CFG
+# The `shapes` fixture (tests/conftest.py): 64 training / 32 test images of data seed 0, what
+# load_dataset gives the CLI for CFG.
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +93,10 @@ def snapshot(run: Path) -> dict[str, bytes]:
 # --- killed with SIGKILL, restarted with the same command ------------------------------------------
 
 def worker(run: Path, **fault: int) -> subprocess.CompletedProcess:
-    """`python -m vwe pretrain ...` (CFG) in a subprocess, through tests/fault_worker.py."""
+    """`python -m vwe pretrain ...` (CFG) in a subprocess, through tests/faults/fault_worker.py."""
     env = {**os.environ, "VWE_FAULT_THREADS": str(torch.get_num_threads()),
            **{f"VWE_FAULT_{k.upper()}": str(v) for k, v in fault.items()}}
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "fault_worker.py"), *CLI_ARGS,
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "faults" / "fault_worker.py"), *CLI_ARGS,
                            "--run-dir", str(run)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -314,10 +303,6 @@ def test_exploding_learning_rate_is_a_non_finite_loss(tmp_path, shapes):
 
 # --- no space left on the device ----------------------------------------------------------------
 
-def enospc() -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 def full_disk_in_torch_save(monkeypatch):
     real = torch.save
 
@@ -388,16 +373,6 @@ def test_second_run_in_a_busy_run_dir_is_refused(tmp_path, shapes):
 
 # --- hostile checkpoints ------------------------------------------------------------------------
 
-class Payload:
-    """Unpickling this calls `func(*args)`: what a malicious pickle would do."""
-
-    def __init__(self, func, *args) -> None:
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
 @pytest.mark.parametrize("writer", ["torch.save", "save_checkpoint"])
 def test_checkpoint_that_runs_code_is_refused_everywhere(tmp_path, shapes, writer):
     run, marker = tmp_path / "run", tmp_path / "pwned"
@@ -424,221 +399,3 @@ def test_checkpoint_that_runs_code_is_refused_everywhere(tmp_path, shapes, write
     with pytest.warns(UserWarning, match="(?i:unsupported global)"), pytest.raises(CheckpointError):
         resolve_and_pretrain(CFG, run, data=shapes, progress=False)
     assert not marker.exists()
-
-
-# --- CIFAR-100 archives that are damaged, wrong or hostile -------------------------------------
-
-def test_cifar100_wrong_md5_is_refused(tmp_path):
-    write_fake_cifar100(tmp_path)
-    with pytest.raises(ValueError, match="md5") as err:
-        load_cifar100(tmp_path, md5="0" * 32)
-    assert str((tmp_path / CIFAR100_ARCHIVE).resolve()) in str(err.value)
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-def test_truncated_archive_is_a_clear_error_and_caches_nothing(tmp_path):
-    fx = write_fake_cifar100(tmp_path, n_train=50)
-    blob = fx["path"].read_bytes()
-    fx["path"].write_bytes(blob[: len(blob) // 2])
-    md5 = hashlib.md5(blob[: len(blob) // 2]).hexdigest()
-    with pytest.raises(ValueError, match="truncated or corrupt") as err:
-        load_cifar100(tmp_path, md5=md5)
-    assert str(fx["path"]) in str(err.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR100_ARCHIVE]
-
-
-def test_missing_member_is_named(tmp_path):
-    fx = write_fake_cifar100(tmp_path)
-    md5 = rewrite(fx, tmp_path, drop=META)
-    with pytest.raises(ValueError, match=f"no file {META}"):
-        load_cifar100(tmp_path, md5=md5)
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-def test_missing_key_is_named(tmp_path):
-    fx = write_fake_cifar100(tmp_path)
-    no_coarse = {k: v for k, v in fx["members"][TRAIN].items() if k != "coarse_labels"}
-    md5 = rewrite(fx, tmp_path, replace={TRAIN: no_coarse})
-    with pytest.raises(ValueError, match=f"{TRAIN} has no 'coarse_labels'"):
-        load_cifar100(tmp_path, md5=md5)
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-@pytest.mark.parametrize("bad", ["4d", "3071", "float"])
-def test_wrong_data_array_is_refused(tmp_path, bad):
-    fx = write_fake_cifar100(tmp_path)
-    rows = fx["train_data"]
-    wrong = {"4d": rows.reshape(-1, 3, 32, 32), "3071": rows[:, :3071],
-             "float": rows.astype(np.float32)}[bad]
-    md5 = rewrite(fx, tmp_path, replace={TRAIN: {**fx["members"][TRAIN], "data": wrong}})
-    with pytest.raises(ValueError, match=r"'data' must be uint8 of shape \(N, 3072\)"):
-        load_cifar100(tmp_path, md5=md5)
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("fine_labels", 100, r"0\.\.99"),
-    ("coarse_labels", 20, r"0\.\.19"),
-    ("fine_labels", -1, r"0\.\.99"),
-])
-def test_label_out_of_range_is_refused(tmp_path, key, value, message):
-    fx = write_fake_cifar100(tmp_path)
-    labels = list(fx["members"][TEST][key])
-    labels[3] = value
-    md5 = rewrite(fx, tmp_path, replace={TEST: {**fx["members"][TEST], key: labels}})
-    with pytest.raises(ValueError, match=f"{TEST} '{key}' must lie in {message}"):
-        load_cifar100(tmp_path, md5=md5)
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-def test_label_count_must_match_images(tmp_path):
-    fx = write_fake_cifar100(tmp_path)
-    short = {**fx["members"][TRAIN], "fine_labels": fx["train_fine"][:-1]}
-    md5 = rewrite(fx, tmp_path, replace={TRAIN: short})
-    with pytest.raises(ValueError, match="'fine_labels' must be 20 integers"):
-        load_cifar100(tmp_path, md5=md5)
-
-
-@pytest.mark.parametrize("member, func, args, refused", [
-    (TRAIN, open, ("{marker}", "w"), r"\w+\.open"),
-    (META, os.system, ("touch {marker}",), r"\w+\.system"),
-    (TEST, eval, ("open({marker!r}, 'w')",), r"\w+\.eval"),
-])
-def test_archive_pickle_that_calls_anything_is_refused_and_never_runs(tmp_path, member, func, args,
-                                                                      refused):
-    fx = write_fake_cifar100(tmp_path)
-    marker = tmp_path / "pwned"
-    payload = Payload(func, *(a.format(marker=str(marker)) for a in args))
-    # Control: a plain unpickler does run the payload, so the assertion below can fail.
-    result = pickle.loads(py2_pickle(payload), encoding="latin1")
-    if hasattr(result, "close"):
-        result.close()
-    assert marker.exists()
-    marker.unlink()
-
-    poisoned = payload if member == META else {**fx["members"][member], "batch_label": payload}
-    md5 = rewrite(fx, tmp_path, replace={member: poisoned})
-    with pytest.raises(pickle.UnpicklingError, match=f"refusing to unpickle {refused} from {member}"):
-        load_cifar100(tmp_path, md5=md5)
-    assert not marker.exists()
-    assert not (tmp_path / CIFAR100_CACHE).exists()
-
-
-def test_hostile_cache_is_never_run_and_the_archive_is_read_instead(tmp_path):
-    fx = write_fake_cifar100(tmp_path)
-    marker = tmp_path / "pwned"
-    torch.save({"md5": fx["md5"], "train_images": Payload(os.system, f"touch {marker}")},
-               tmp_path / CIFAR100_CACHE)
-    ds = load_cifar100(tmp_path, md5=fx["md5"])
-    assert not marker.exists()
-    assert ds.train_labels.tolist() == fx["train_fine"]
-    good = torch.load(tmp_path / CIFAR100_CACHE, weights_only=True)  # replaced by a plain cache
-    assert torch.equal(good["train_images"], ds.train_images)
-
-
-def test_full_disk_while_caching_only_warns(tmp_path, monkeypatch):
-    fx = write_fake_cifar100(tmp_path)
-
-    def save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a cache")
-        raise enospc()
-    monkeypatch.setattr(vwe.data.dataset.torch, "save", save)  # in save_cache
-    with pytest.warns(UserWarning, match="cannot write the CIFAR-100 cache.*No space left"):
-        ds = load_cifar100(tmp_path, md5=fx["md5"])
-    assert ds.test_labels.tolist() == fx["test_fine"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CIFAR100_ARCHIVE]  # no cache, no temp file
-
-
-# --- bad inputs to the package's functions ------------------------------------------------------
-
-@pytest.mark.parametrize("model", ["context", "patch"])
-def test_models_refuse_images_they_cannot_read(model):
-    ae = build_model(model, "conv4")
-    cases = [
-        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError,
-         r"x must be float images in \[0, 1\] of shape \(B, 3, 32, 32\), got uint8 \(2, 3, 32, 32\): "
-         r"convert with vwe.data.to_float"),
-        (torch.rand(2, 1, 32, 32), ValueError, r"got float32 \(2, 1, 32, 32\)"),
-        (torch.rand(2, 3, 28, 28), ValueError, r"got float32 \(2, 3, 28, 28\)"),
-        (torch.rand(2, 32, 32, 3), ValueError, r"channels last\? use x.permute\(0, 3, 1, 2\)"),
-        (torch.rand(3, 32, 32), ValueError, r"x.unsqueeze\(0\)"),
-        (torch.rand(2, 3, 32, 32).numpy(), TypeError, "got ndarray"),
-    ]
-    for method in (ae.encode, ae.forward, ae.forward_loss, ae.image_embedding):
-        for x, error, message in cases:
-            with pytest.raises(error, match=message):
-                method(x)
-
-
-def test_patchify_refuses_a_bad_patch_size():
-    with pytest.raises(ValueError, match="not divisible by the patch size 5: use 32x32 images"):
-        patchify(torch.rand(1, 3, 32, 32), patch=5)
-    with pytest.raises(ValueError, match="patch must be a positive int"):
-        patchify(torch.rand(1, 3, 32, 32), patch=0)
-
-
-def test_extract_features_wants_uint8_images():
-    with pytest.raises(TypeError, match="uint8"):
-        extract_features(build_model("patch", "conv4"), torch.rand(4, 3, 32, 32), batch_size=4)
-
-
-@pytest.mark.parametrize("overrides, error, message", [
-    (dict(batch_size=32.0), TypeError, "batch_size must be an int"),
-    (dict(epochs="3"), TypeError, "epochs must be an int"),
-    (dict(epochs=True), TypeError, "epochs must be an int"),
-    (dict(n_train=0), ValueError, "n_train must be a positive number"),
-    (dict(lr=float("nan")), ValueError, "lr must be > 0"),
-    (dict(lr=float("inf")), ValueError, "lr must be finite"),
-    (dict(lr="1e-3"), TypeError, "lr must be a number"),
-    (dict(augment="no"), TypeError, "augment must be True or False"),
-    (dict(probe_seeds=(0, 1.5)), TypeError, "probe_seeds must be a tuple of ints"),
-    (dict(device=0), TypeError, "device must be a string"),
-])
-def test_config_refuses_wrong_types_and_values(overrides, error, message):
-    with pytest.raises(error, match=message):
-        get_config("smoke", **overrides)
-
-
-def test_batch_larger_than_the_data_is_refused_before_the_run_dir_is_touched(tmp_path, shapes):
-    with pytest.raises(ValueError, match="batch of 128 is more than the 64 training images"):
-        resolve_and_pretrain(CFG.replace(batch_size=128), tmp_path / "run", data=shapes, progress=False)
-    assert not (tmp_path / "run").exists()
-
-
-# --- make lab ------------------------------------------------------------------------------------
-
-def lab_problems(command: str) -> list[str]:
-    """What makes a JupyterLab command line reachable by others: the list is empty when it is safe."""
-    problems = []
-    ips = [v.strip("'\"") for v in re.findall(r"--(?:ServerApp\.|NotebookApp\.)?ip[= ](\S+)", command)]
-    if not ips:
-        problems.append("no --ServerApp.ip: Jupyter may listen on every interface")
-    problems += [f"listens on {ip}" for ip in ips if ip not in ("127.0.0.1", "localhost")]
-    tokens = re.findall(r"--(?:IdentityProvider|ServerApp|NotebookApp)\.token[= ]('[^']*'|\"[^\"]*\"|\S*)",
-                        command)
-    problems += ["empty token: no authentication" for t in tokens if not t.strip("'\"")]
-    for flag in ("disable_check_xsrf=True", "allow_origin='*'", "allow_origin=*", "allow_remote_access=True"):
-        if flag in command:
-            problems.append(flag)
-    return problems
-
-
-@pytest.mark.parametrize("command", [
-    "python -m jupyterlab --ServerApp.ip=0.0.0.0 --IdentityProvider.token=abc",
-    "python -m jupyterlab --ServerApp.ip=127.0.0.1 --no-browser --ServerApp.token=''",
-    "python -m jupyterlab --IdentityProvider.token=abc",
-    "python -m jupyterlab --ip='*' --IdentityProvider.token=abc",
-    "python -m jupyterlab --ServerApp.ip=localhost --IdentityProvider.token=\"\"",
-])
-def test_lab_checker_flags_unsafe_commands(command):
-    assert lab_problems(command)
-
-
-def test_make_lab_binds_localhost_with_a_token():
-    out = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    commands = out.stdout.replace("\\\n", " ")
-    lab = [line for line in commands.splitlines() if "jupyterlab" in line or "jupyter lab" in line]
-    assert len(lab) == 1, out.stdout
-    assert lab_problems(lab[0]) == []
-    assert re.search(r"--IdentityProvider\.token=\S", lab[0])

@@ -14,7 +14,7 @@ from vwe.data.shapes import make_shapes
 from vwe.engine import steps_done
 from vwe.pretrain import pretrain
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "scale_curve.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scale_curve.py"
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=100, device="cpu")
 PER_EPOCH = 64 // 16
 
