@@ -108,7 +108,8 @@ def verdict(lower: dict, higher: dict) -> str:
 def verdict_in_words(simple: dict, context: dict) -> str:
     """The context autoencoder against the simple one on one probe (summaries {"mean", "std", "accs"}),
     as a clause: which leads, by how many points and standard errors, and whether the gap counts
-    (`verdict`, `significant`). The README's results and notebook 05 word their comparisons with it."""
+    (`verdict`, `significant`). The rendered results (`vwe.report`) and notebook 05 word their
+    comparisons with it."""
     diff, in_se = gap(simple, context)
     if diff == 0:
         return "the context autoencoder and the simple one score the same"
