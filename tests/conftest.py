@@ -34,7 +34,7 @@ SESSION_START = time.time()  # screenshots newer than this are this run's
 # left with a long one at the end: the notebooks (papermill then nbval, minutes), then the trainings.
 # Groups not named here follow in file order.
 LONGEST_FIRST = ("test_notebooks", "test_claims", "test_cifar100_learning", "e2e",
-                 "test_table", "test_distributed", "test_faults", "test_cli", "test_fast_step",
+                 "test_table", "test_torchrun", "test_faults", "test_cli", "test_fast_step",
                  "test_cifar100_real")
 
 

@@ -7,7 +7,7 @@ draw the same global batch of `batch_size` images and the same augmentation for 
 its equal slice of it (`batch_slice`), and the recipe does not change with the number of processes.
 DistributedDataParallel averages the gradients, which with equal slices is the gradient of the
 global batch's mean loss, and BatchNorm is synchronised (`prepare_model`): N processes train the
-model that one process trains, up to fp32 rounding (tests/torchrun/test_distributed.py measures it).
+model that one process trains, up to fp32 rounding (tests/torchrun/test_torchrun.py measures it).
 Rank 0 alone writes files. Outside torchrun (no process group) every function here describes one
 process, rank 0 of 1, so the training code reads the same either way.
 

@@ -1,5 +1,5 @@
 """`python -m vwe ...` with a fault injected, run as a subprocess by tests/faults/test_faults.py
-and tests/torchrun/test_distributed.py.
+and tests/torchrun/test_torchrun.py.
 
     python tests/faults/fault_worker.py pretrain --profile smoke ... --run-dir DIR
 
