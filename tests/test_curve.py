@@ -172,4 +172,9 @@ def test_the_encoding_is_chosen_by_accuracy_per_cpu_hour():
     ahead = with_steps(line("context", 18.5, 0.0, range(2)), "slots", seconds=40.0)  # +3.5 at 400 steps
     assert "the **slots encoding**" in report.encoding_in_words(shared + ahead)
     assert report.encoding_in_words(shared) == ""  # never side by side: nothing to decide
+    # the time is the time to the first common point, which each run trains from step 0 in one go: a
+    # later point's time may count only the last of several calls
+    partial = [{**p, "pretrain_s": 5.0} if p["steps"] == 400 else p for p in behind]
+    words = report.encoding_in_words(shared + partial)
+    assert "4.0 times the shared run's pretraining time to reach 200 steps" in words
     assert "not yet been probed" in report.render_encoding(Path("/nonexistent"))

@@ -99,13 +99,18 @@ def encoding_in_words(points: list[dict]) -> str:
     """Which encoding the long runs use, decided from the curve's points by accuracy per CPU-hour: at the
     most steps both encodings reached, the slots encoding's lead on the author's evaluation against what
     the shared encoding gains in the same CPU time (its slope per doubling times the doublings of pairs
-    the slots encoding's extra time buys). "" when the two were never probed at the same steps."""
+    the slots encoding's extra time buys). "" when the two were never probed at the same steps.
+
+    The time is the pretraining time to the first steps both reached: each run trains to its first
+    point from step 0, while a later point's time adds up several time-boxed calls, which the points
+    of the committed curve measured before `vwe.engine.fit` kept every call's seconds count only in part."""
     pairs = _encoding_pairs(points)
     shared_runs = [r for r in curve.trended(curve.series(points)) if r.model == "context"]
     if not pairs or not shared_runs:
         return ""
+    timed = pairs[0]
     shared, slots = pairs[-1]
-    cost = slots["pretrain_s"] / shared["pretrain_s"]
+    cost = timed[1]["pretrain_s"] / timed[0]["pretrain_s"]
     lead = slots["author"]["mean"] - shared["author"]["mean"]
     slope = curve.trend(shared_runs[0], "author").slope
     bought = slope * math.log2(cost)  # what the shared encoding gains in the slots encoding's time
@@ -116,8 +121,9 @@ def encoding_in_words(points: list[dict]) -> str:
             f"encoding and {probe_cell(slots['author'])} with the author's slots encoding (slots ahead: "
             f"{counts}; "
             f"standardised probe {probe_cell(shared['standard'])} against {probe_cell(slots['standard'])}); "
-            f"the slots run took {cost:.1f} times the shared run's pretraining time on this CPU (the two "
-            f"sharing the machine). In that time the shared encoding trains {math.log2(cost):.1f} more "
+            f"the slots run took {cost:.1f} times the shared run's pretraining time to reach "
+            f"{timed[0]['steps']:,} steps on this CPU (the two sharing the machine). In that time the "
+            f"shared encoding trains {math.log2(cost):.1f} more "
             f"doublings of pairs, worth {bought:+.2f} points at its slope of {slope:+.2f} points per "
             f"doubling, against the slots encoding's {lead:+.2f}: per CPU-hour the **{choice} encoding** "
             "learns more, and the long runs and the shipped models use it.")
