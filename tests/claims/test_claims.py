@@ -1,4 +1,4 @@
-"""The paper's central claim, checked on Shapes at a size that fits `make test` (about a minute and a half).
+"""The paper's central claim, checked on Shapes at a size that fits `make test` (about two minutes).
 
 Claim: pretraining the context autoencoder gives features that a linear probe classifies far better
 than a ResNet-32 with random weights (paper Table 1: 34.08 vs 7.65 % on CIFAR-100).
