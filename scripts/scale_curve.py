@@ -34,7 +34,7 @@ import torch
 
 from vwe.config import get_config, resolve
 from vwe.course import export_shipped
-from vwe.data import load_dataset
+from vwe.data import full_batches, load_dataset
 from vwe.engine import steps_done
 from vwe.evaluate import extract_features, linear_eval
 from vwe.files import atomic_write, write_json
@@ -92,7 +92,7 @@ def continue_from_weights(weights: Path, cfg, data, device, run_dir: Path) -> di
     if entry is None:
         return None
     state = load_weights(weights / entry["file"], device)
-    per_epoch = len(data.train_labels) // cfg.batch_size
+    per_epoch = full_batches(len(data.train_labels), cfg.batch_size)
     done = steps_done(state["metrics"], per_epoch)
     model = build_model(**cfg.model_args).to(device)
     model.load_state_dict(state["model"])
@@ -124,7 +124,7 @@ def run_curve(args: argparse.Namespace) -> None:
     # the probes train on every image outside the validation split (pretraining sees the first n_train)
     data = load_dataset(cfg.dataset, validation=cfg.validation, seed=cfg.data_seed)
     cfg, pretrain_data, device = resolve(cfg, data)
-    per_epoch = len(pretrain_data.train_labels) // cfg.batch_size
+    per_epoch = full_batches(len(pretrain_data.train_labels), cfg.batch_size)
     run_dir = out / f"{args.profile}-{cfg.run_name}"
     restart_file = out / "continued.json"  # where a lost run folder went on from committed weights
     if args.weights and (went_on := continue_from_weights(args.weights, cfg, pretrain_data, device, run_dir)):

@@ -20,6 +20,7 @@ import torch
 from vwe import table
 from vwe.config import get_config, resolve
 from vwe.course import Pretrained, load_shipped, shipped_manifest
+from vwe.data import full_batches
 from vwe.engine import epochs_reached, steps_done
 from vwe.results import write_results
 
@@ -28,7 +29,7 @@ def shipped_what(context: Pretrained, n_probe: int, n_test: int) -> str:
     """The measurement in one sentence: which models, pretrained how (the epochs and steps the context
     model's metrics say it reached), probed on what."""
     cfg, metrics = context.config, context.metrics
-    steps = steps_done(metrics, cfg.n_train // cfg.batch_size)
+    steps = steps_done(metrics, full_batches(cfg.n_train, cfg.batch_size))
     return (f"The two autoencoders in `checkpoints/` (ResNet-32, pretrained on the first {cfg.n_train:,} "
             f"training images with the `{cfg.profile}` recipe and the {cfg.encoding} encoding: "
             f"{epochs_reached(metrics):g} epochs, {steps:,} steps of {cfg.pairs_per_step} pairs) beside the "

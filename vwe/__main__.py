@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vwe import distributed
 from vwe.config import PROBE_NORMS, PROFILES, get_config, resolve, resolve_device
-from vwe.data import dataset_type, describe
+from vwe.data import dataset_type, describe, full_batches
 from vwe.data.folder import SKIP_BAD_ENV
 from vwe.evaluate import FEATURES
 from vwe.models import ENCODINGS, MODELS, TOWERS
@@ -165,7 +165,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
         print(f"dataset {res.dataset}; held-out loss {first['test_loss']:.5f} (epoch {first['epoch']}) -> "
               f"{last['test_loss']:.5f} (epoch {last['epoch']}); {last['images_per_s']:.0f} images/s")
         if last["epoch"] < cfg.epochs:
-            done = steps_done(res.metrics, len(data.train_labels) // cfg.batch_size)
+            done = steps_done(res.metrics, full_batches(len(data.train_labels), cfg.batch_size))
             why = f"step {cfg.steps:,}" if done == cfg.steps else f"the {cfg.minutes}-minute time box"
             print(f"{why} stopped it at epoch {last['epoch']} of {cfg.epochs}; the same command resumes it")
     distributed.print0(f"checkpoint: {res.checkpoint}\nmetrics:    {run_dir / 'metrics.jsonl'}")

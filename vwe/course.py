@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vwe.config import PROFILES, Config, get_config, resolve
-from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, project_dir
+from vwe.data import Dataset, absolute_dataset_name, dataset_type, describe, full_batches, project_dir
 from vwe.engine import epochs_reached, steps_done
 from vwe.files import atomic_write, write_json
 from vwe.models import MODEL_LABELS, Autoencoder
@@ -110,7 +110,7 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
     net, cfg, state = load_pretrained(folder / entry["file"], device)
     data, metrics = state["data"], state["metrics"]
-    steps = steps_done(metrics, data["n_train"] // cfg.batch_size)
+    steps = steps_done(metrics, full_batches(data["n_train"], cfg.batch_size))
     recipe = f"the {cfg.profile} recipe" + (f" ({cfg.encoding} encoding)" if cfg.model == "context" else "")
     source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with {recipe} on "
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
