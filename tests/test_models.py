@@ -367,3 +367,29 @@ def test_the_strided_conv4_maps_a_patch_to_one_pixel_without_pooling():
     assert [m.stride for m in tower.features if isinstance(m, nn.Conv2d)] == [(2, 2), (2, 2), (4, 4), (2, 2)]
     model = build_model("context", "conv4-strided", decoder="author")
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 16, 3, 8, 8)
+
+
+@pytest.mark.parametrize("tower", ["resnet32", "conv4", "conv4-strided"])
+def test_towers_store_their_convolutions_channels_last_and_reload_to_the_same_bits(tower):
+    torch.manual_seed(0)
+    model = build_model("context", tower)
+    convs = [m.weight for m in model.tower.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # a 1x1 kernel is stored the same either way
+    # the decoder keeps the default layout: its patches have the strides a reader expects
+    assert all(m.weight.is_contiguous() for m in model.decoder.modules() if isinstance(m, nn.Conv2d))
+    x = torch.rand(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        recon, feats = model(x), model.tower_embedding(x)
+    assert recon.is_contiguous()
+    # a model loaded from the state dict is built the same way, so it computes the same bits
+    torch.manual_seed(1)
+    loaded = build_model("context", tower)
+    loaded.load_state_dict(model.state_dict())
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), recon) and torch.equal(loaded.tower_embedding(x), feats)
+    # and the layout is storage only: the same values as the weights read in the default layout
+    for w in convs:
+        assert torch.equal(w, w.contiguous())
