@@ -43,13 +43,13 @@ RECIPE = SupervisedRecipe(batch_size=32)
 TABLE_ROWS = ["random-resnet32", "context-conv4-aug"]
 PRETRAINED = "table/context-conv4-aug"  # the table's row directory for CFG: the table evaluates it
 # How close is "the same model" in fp32. Two processes sum the global batch's statistics and gradients
-# in another order than one, and the towers' channels_last BatchNorm on the CPU accumulates its
-# statistics in fp32, so the runs drift apart from rounding and nothing else: Adam moves an entry whose
-# gradient is rounding noise by about lr whatever the noise, and SGD at lr 0.1 with BatchNorm amplifies
-# a difference step by step. What the tests hold fixed is the maths: the updates (final - initial
-# weights) of one and two processes differ by under UPDATE_RTOL in L2, and the smallest departure from
-# the one-process model that data parallelism can make, BatchNorm on each process's slice
-# (sync_bn=False), is asserted to move them by more than 3 times that.
+# in another order than one, and the towers' channels_last BatchNorm on the CPU rounds its statistics
+# several times more coarsely than the default layout's, so the runs drift apart from rounding alone:
+# Adam moves an entry whose gradient is rounding noise by about lr whatever the noise, and SGD at lr 0.1
+# with BatchNorm amplifies a difference step by step. What the tests hold fixed is the maths: the
+# updates (final - initial weights) of one and two processes differ by under UPDATE_RTOL in L2, and the
+# smallest departure from the one-process model that data parallelism can make, BatchNorm on each
+# process's slice (sync_bn=False), is asserted to move them by more than 3 times that.
 ADAM_ATOL = 1e-2  # under 2 * lr * steps = 1.2e-2, the most two 6-step Adam runs can drift apart
 UPDATE_RTOL = 0.1
 # Audit events that change the file system (besides opening a file to write), path first.
