@@ -35,10 +35,10 @@ def channels_last(tower: nn.Module) -> None:
     """Store `tower`'s convolution weights channels_last (NHWC), as every tower here is built, on every
     device. oneDNN's CPU convolutions run faster in that layout, in training and in feature extraction
     (BENCHMARKS.md, "The CPU's layout"), and the tower's maps come out channels_last too. cuDNN's
-    tensor-core kernels want it as well. The decoder keeps the default
-    layout: it gained nothing measurable, and its patches come out as a student expects them. The
-    values are the same, only their order in memory differs; `load_state_dict` copies into this
-    layout, so a reloaded model computes exactly what it computed when its run logged its scores."""
+    tensor-core kernels want it as well. The decoder keeps the default layout: it gained nothing
+    measurable, and its patches come out as a student expects them. The values are the same, only
+    their order in memory differs; `load_state_dict` copies into this layout, so a reloaded model
+    computes exactly what it computed when its run logged its scores."""
     tower.to(memory_format=torch.channels_last)
 
 
