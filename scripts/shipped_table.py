@@ -7,8 +7,10 @@ Loads the two shipped models (`checkpoints/`, sha256 checked), extracts the feat
 fill (`vwe.table.MODEL_ROWS`: [24]'s random ResNet-32, the random 16-patch tower, raw pixels, the simple
 and the context autoencoder) on the first N training and M test images, and probes each with the
 author's evaluation (tower 1 024-d, raw, 10 epochs), the text's raw probe and the standardised one
-(the `cpu` profile's 30 epochs x seeds 0, 1, 2). Writes results.{json,csv,md,png} like `make paper`;
-its results.json, copied to docs/results/shipped-cifar100.json, is what the README's results show.
+(the `cpu` profile's 30 epochs x seeds 0, 1, 2). Each row is kept in OUT as it finishes
+(`vwe.table.measure_model_rows`), so the same command stopped midway goes on from the next row. Writes
+results.{json,csv,md,png} like `make paper`; its results.json, copied to
+docs/results/shipped-cifar100.json, is what the README's results show.
 """
 
 import argparse
@@ -55,8 +57,8 @@ def main() -> None:
         print(m.source, flush=True)
     epochs = {"patch-resnet32-aug": epochs_reached(simple.metrics),
               "context-resnet32-aug": epochs_reached(context.metrics)}
-    features = table.model_features(simple.model, context.model, data, cfg, device, progress=True)
-    rows = table.model_rows(features, data, cfg, epochs, a.out)
+    weights = {m: shipped_manifest()["models"][m]["sha256"] for m in ("patch", "context")}
+    rows = table.measure_model_rows(simple.model, context.model, data, cfg, device, epochs, weights, a.out)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
     header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
                   views_per_image=context.config.views_per_image,
@@ -66,7 +68,7 @@ def main() -> None:
                   what=shipped_what(context, len(data.train_labels), len(data.test_labels)),
                   # the weights measured (load_shipped checked each file against this sha256): a test
                   # holds the results file to the models checkpoints/manifest.json ships
-                  weights={m: shipped_manifest()["models"][m]["sha256"] for m in ("patch", "context")})
+                  weights=weights)
     files = write_results(header, rows, a.out)
     print(files["md"].read_text())
     print(f"{time.perf_counter() - t0:.0f} s; torch threads {torch.get_num_threads()}")

@@ -16,7 +16,7 @@ from vwe.__main__ import main
 from vwe.config import get_config
 from vwe.data import describe, make_shapes
 from vwe.evaluate import extract_features, knn_accuracy, linear_eval, random_weights_model
-from vwe.models import Classifier
+from vwe.models import Classifier, build_model
 from vwe.pretrain import load_pretrained
 from vwe.results import AUTHOR_PROBE, AUTHOR_PROBE_EPOCHS, CSV_COLUMNS
 from vwe.runs import load_checkpoint, profile_dir
@@ -304,3 +304,36 @@ def test_a_table_with_other_epochs_gets_its_own_folder():
     assert profile_dir("cpu", get_config("cpu").epochs) == runs / "cpu"
     assert profile_dir("cpu", 30) == runs / "cpu-30ep"
     assert profile_dir("paper", get_config("paper").epochs) == runs / "paper"
+
+
+# ----------------------------------------------------------------------------- the model rows, resumable
+
+
+def test_model_rows_measured_one_at_a_time_are_model_rows_and_resume(data, tmp_path, monkeypatch):
+    """`measure_model_rows` equals `model_rows` of `model_features` row for row; run again it evaluates
+    nothing; a row whose file is lost, or whose weights are others, is evaluated again, and it alone."""
+    torch.manual_seed(0)
+    simple, context = (build_model(m).eval() for m in ("patch", "context"))
+    device, epochs = torch.device("cpu"), {"patch-resnet32-aug": 1.0, "context-resnet32-aug": 1.0}
+    weights = {"patch": "a" * 64, "context": "b" * 64}
+    expected = vwe.table.model_rows(vwe.table.model_features(simple, context, data, CFG, device), data, CFG,
+                                    epochs, tmp_path)
+    first = vwe.table.measure_model_rows(simple, context, data, CFG, device, epochs, weights, tmp_path,
+                                         progress=False)
+    assert [r.key for r in first] == list(vwe.table.MODEL_ROWS) and not any(r.skipped for r in first)
+    for got, want in zip(first, expected, strict=True):
+        assert (got.mean, got.accs, got.knn, got.probes) == (want.mean, want.accs, want.knn, want.probes)
+
+    evaluated = []
+    real = vwe.table.evaluate_features
+    monkeypatch.setattr(vwe.table, "evaluate_features", lambda f, d, c: evaluated.append(1) or real(f, d, c))
+    again = vwe.table.measure_model_rows(simple, context, data, CFG, device, epochs, weights, tmp_path,
+                                         progress=False)
+    assert not evaluated and all(r.skipped for r in again)
+    assert [r.probes for r in again] == [r.probes for r in first]
+
+    (tmp_path / "pixels" / "linear_eval.json").unlink()
+    other = vwe.table.measure_model_rows(simple, context, data, CFG, device, epochs,
+                                         {**weights, "context": "c" * 64}, tmp_path, progress=False)
+    assert [r.key for r in other if not r.skipped] == ["pixels", "context-resnet32-aug"]
+    assert len(evaluated) == 2

@@ -343,6 +343,37 @@ def model_rows(features: dict[str, Features], data: Dataset, cfg: Config, epochs
             for key in MODEL_ROWS]
 
 
+def measure_model_rows(simple: nn.Module, context: nn.Module, data: Dataset, cfg: Config,
+                       device: torch.device, epochs: dict[str, float], weights: dict[str, str],
+                       out_dir: str | Path, progress: bool = True) -> list[RowResult]:
+    """`model_rows` of `model_features`, one row at a time, each row's evaluation kept in
+    `<out_dir>/<row>/linear_eval.json` as soon as it is done: a measurement stopped midway goes on from
+    its first unfinished row. A saved row is reused only when it matches the data (`data_fingerprint`),
+    the probes' settings and, for a trained row, the sha256 of its model's weights (`weights`:
+    {"patch": ..., "context": ...}); its `seconds` are the row's own features and probes."""
+    fingerprint = data_fingerprint(data)
+    models = {"patch-resnet32-aug": simple, "context-resnet32-aug": context}
+    rows = []
+    for key in MODEL_ROWS:
+        row, path = BY_KEY[key], Path(out_dir) / key / ROW_FILE
+        spec = json.loads(json.dumps({
+            "row": key, "data_sha256": fingerprint, "seed": cfg.seed, "knn_protocol": KNN,
+            "probe": probe_settings(cfg, data.num_classes), "author_probe_epochs": AUTHOR_PROBE_EPOCHS,
+            "weights_sha256": weights[row.model] if key in models else None}))
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        reused = isinstance(saved, dict) and saved.get("spec") == spec
+        if not reused:
+            t0 = time.perf_counter()
+            evaluation = evaluate_features(row_features(row, data, cfg, device, models.get(key), progress),
+                                           data, cfg)
+            saved = {"spec": spec, **evaluation, "seconds": round(time.perf_counter() - t0, 1)}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, saved)
+        rows.append(row_from_evaluation(row, saved, data.name, epochs.get(key, 0), saved["seconds"],
+                                        path.parent, skipped=reused))
+    return rows
+
+
 def _row_from_main(row: Row, cfg: Config, out_dir: str | Path, fingerprint: str) -> RowResult:
     """On a process other than rank 0: wait for rank 0 to evaluate the row, then read its result."""
     distributed.barrier()
