@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from vwe.report import main, render_readme, render_results_md
+from vwe.course import shipped_manifest
+from vwe.report import main, render_readme, render_results_md, shipped_in_words
 from vwe.results import KINDS, results_dir
 
 
@@ -38,3 +39,22 @@ def test_every_results_file_says_its_kind_and_an_unknown_kind_is_refused(tmp_pat
     (tmp_path / "odd.json").write_text(json.dumps(table))
     with pytest.raises(ValueError, match="unknown kind 'poster'"):
         render_results_md(tmp_path)
+
+
+def test_the_shipped_models_in_words_are_their_manifests(tmp_path):
+    """The README's and docs/design.md's sentence on the shipped models is read off the manifest: the
+    data, and the steps each model trained counted from its own metrics (epochs, then steps into one)."""
+    manifest = shipped_manifest()
+    context, simple = manifest["models"]["context"], manifest["models"]["patch"]
+    for entry in (context, simple):
+        entry["config"].update(n_train=45_000, validation=5_000)
+        entry["data"]["n_train"] = 45_000
+    context["metrics"] = [{"epoch": 1}, {"epoch": 4.5511, "steps": 3_100, "steps_per_epoch": 5_625}]
+    simple["metrics"] = [{"epoch": 1}, {"epoch": 2}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    words = shipped_in_words(tmp_path)
+    assert ("the first 45,000 CIFAR-100 training images (the last 5,000 held out as a validation split)"
+            in words)
+    assert "the context autoencoder 25,600 steps (13.11 M pairs, 4.5511 epochs)" in words
+    assert "the simple one 11,250 steps (5.76 M pairs, 2 epochs)" in words
+    assert f"at revision `{context['provenance']['git']}`" in words

@@ -18,8 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vwe import curve
-from vwe.data import describe
+from vwe.config import Config
+from vwe.course import shipped_manifest
+from vwe.data import describe, full_batches
+from vwe.data.cifar import CIFAR100
 from vwe.data.dataset import project_dir
+from vwe.engine import epochs_reached, steps_done
 from vwe.files import atomic_write
 from vwe.models import MODEL_LABELS
 from vwe.results import (
@@ -287,6 +291,32 @@ def render_course(folder: Path | None = None) -> str:
     return "\n".join(_course_lines(load_results(COURSE_FILE, folder)))
 
 
+DEVICE_WORDS = {"cpu": "a CPU", "cuda": "a GPU"}
+
+
+def shipped_in_words(folder: Path | None = None) -> str:
+    """The shipped autoencoders as `checkpoints/manifest.json` (or `folder`'s) describes them: the data,
+    the recipe, and the steps and pairs each one trained, from its metrics (`vwe.engine.steps_done`)."""
+    models = shipped_manifest(folder)["models"]
+    device = models["context"]["provenance"]["device"]
+    cfg, data = Config.from_dict(models["context"]["config"]), models["context"]["data"]
+    held_out = f" (the last {cfg.validation:,} held out as a validation split)" if cfg.validation else ""
+    dataset = CIFAR100.title if data["dataset"] == CIFAR100.name else data["dataset"]
+
+    def trained(model: str) -> str:
+        entry = models[model]
+        steps = steps_done(entry["metrics"], full_batches(entry["data"]["n_train"], cfg.batch_size))
+        return (f"{steps:,} steps ({steps * cfg.pairs_per_step / 1e6:.2f} M pairs, "
+                f"{epochs_reached(entry['metrics']):g} epochs)")
+
+    return (f"the context and the simple autoencoder, ResNet-32, pretrained on the first {data['n_train']:,} "
+            f"{dataset} training images{held_out} with the `{cfg.profile}` recipe **with the {cfg.encoding} "
+            f"encoding**: "
+            f"batch {cfg.batch_text}, Adam lr {cfg.lr:g}; the context autoencoder {trained('context')}, "
+            f"the simple one {trained('patch')}; trained on {DEVICE_WORDS.get(device, device)} at revision "
+            f"`{models['context']['provenance']['git']}`")
+
+
 def render_readme(text: str, blocks: dict[str, str]) -> str:
     """`text` (the README) with each of `blocks` ({"results": ...}) between its markers
     `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
@@ -307,10 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     root = project_dir()
     readme, design = root / "README.md", root / "docs" / "design.md"
+    shipped = shipped_in_words()
     targets = {root / "docs" / "results.md": render_results_md(),
-               readme: render_readme(readme.read_text(), {"results": render_glance(),
-                                                          "course": render_course()}),
-               design: render_readme(design.read_text(), {"encoding": render_encoding()})}
+               readme: render_readme(readme.read_text(), {
+                   "results": render_glance(), "course": render_course(),
+                   "shipped": f"On CIFAR-100, notebooks 05–07 study the two autoencoders **shipped in "
+                              f"`checkpoints/`**: {shipped}."}),
+               design: render_readme(design.read_text(), {
+                   "encoding": render_encoding(),
+                   "shipped": f"`checkpoints/` holds the two autoencoders of the course: {shipped}."})}
     stale = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
     if args.check:
         for path in stale:
