@@ -435,7 +435,7 @@ else:
 #
 # - the 5 000-image curve (`docs/results/scale-curve.json`): the `cpu` and the author's recipe (shared
 #   encoding) pretrained on 5 000 images, probes trained on 10 000, after a series of epochs;
-# - the compute curve (`docs/results/compute-curve.json`, once measured): the author's recipe on every
+# - the compute curve (`docs/results/compute-curve.json`): the author's recipe on every
 #   training image outside the validation split, probed as the author evaluates (the probe trains on
 #   all 45 000 of them) at doubling step counts, towards the author's checkpoint.
 #
@@ -500,9 +500,25 @@ display(Markdown("\n".join(lines) + f"\n\nThe author's checkpoint at epoch 120 s
                     "to the author's compute.")))
 
 # %% [markdown]
-# The models this notebook studied on CIFAR-100 are the author's recipe on 5 000 images at that
-# curve's largest point (their scale is printed at the top): the last `author` line of the 5 000-image
-# runs above is where they sit on it.
+# Where do the models this notebook studied sit on these curves? On CIFAR-100 they are the shipped ones:
+# the cell finds, for each, the curve point with the same recipe, encoding, pretraining images and
+# pairs (`checkpoints/manifest.json` says what each trained), and prints its figures.
+
+# %%
+from vwe.config import Config
+from vwe.course import shipped_manifest, shipped_steps
+
+if models == "shipped" or (models == "auto" and data.name == "cifar100"):  # load_models' choice
+    for model, entry in sorted(shipped_manifest()["models"].items()):
+        c = Config.from_dict(entry["config"])
+        pairs = shipped_steps(entry) * c.pairs_per_step
+        at = [p for p in points if (p["model"], p["profile"], p.get("encoding", "shared"), p["n_train"],
+                                    p["pairs"]) == (model, c.profile, c.encoding, c.n_train, pairs)]
+        print(f"shipped {MODEL_LABELS[model]}: {pairs:,d} pairs on {c.n_train:,d} images, "
+              + (f"the curve's point there: author's evaluation {at[0]['author']['mean']:.2f}, standardised "
+                 f"{at[0]['standard']['mean']:.2f} % (validation split)" if at else "no curve point there"))
+else:
+    print(f"these are not the shipped models ({data.name}, models={models!r}): they are not on the curves")
 
 # %% [markdown]
 # ## Exercises

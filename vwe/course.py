@@ -99,6 +99,11 @@ def shipped_manifest(folder: str | Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
+def shipped_steps(entry: dict) -> int:
+    """The steps a shipped model trained, from its manifest entry's metrics (`vwe.engine.steps_done`)."""
+    return steps_done(entry["metrics"], full_batches(entry["data"]["n_train"], entry["config"]["batch_size"]))
+
+
 def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | Path | None = None
                  ) -> Pretrained:
     """A shipped autoencoder ("context" or "patch"): its file's sha256 checked against the manifest,

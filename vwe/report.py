@@ -19,11 +19,11 @@ from pathlib import Path
 
 from vwe import curve
 from vwe.config import Config
-from vwe.course import shipped_manifest
-from vwe.data import describe, full_batches
+from vwe.course import shipped_manifest, shipped_steps
+from vwe.data import describe
 from vwe.data.cifar import CIFAR100
 from vwe.data.dataset import project_dir
-from vwe.engine import epochs_reached, steps_done
+from vwe.engine import epochs_reached
 from vwe.files import atomic_write
 from vwe.models import MODEL_LABELS
 from vwe.results import (
@@ -305,7 +305,7 @@ def shipped_in_words(folder: Path | None = None) -> str:
 
     def trained(model: str) -> str:
         entry = models[model]
-        steps = steps_done(entry["metrics"], full_batches(entry["data"]["n_train"], cfg.batch_size))
+        steps = shipped_steps(entry)
         return (f"{steps:,} steps ({steps * cfg.pairs_per_step / 1e6:.2f} M pairs, "
                 f"{epochs_reached(entry['metrics']):g} epochs)")
 
