@@ -3,13 +3,13 @@ JSON), robustness to a failing variant, and argument errors. benchmarks/conv_for
 convolution of the step, its forms compute the same function, and a tiny CPU run end to end.
 benchmarks/profile_step.py: a tiny CPU run of each of its modes."""
 
-import importlib.util
+
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from source_file import load
 
 from vwe.augment import AugmentConfig, augment
 from vwe.data import to_float
@@ -20,11 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load(f"benchmarks/{name}.py")
 
 
 throughput, conv_forms = load_benchmark("throughput"), load_benchmark("conv_forms")

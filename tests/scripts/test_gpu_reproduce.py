@@ -5,22 +5,18 @@ sha256, and the archive's parts joined and md5-checked."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from source_file import load
 
 from vwe.course import load_shipped
 from vwe.runs import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("gpu_reproduce", ROOT / "scripts" / "gpu_reproduce.py")
-gpu_reproduce = importlib.util.module_from_spec(spec)
-sys.modules["gpu_reproduce"] = gpu_reproduce
-spec.loader.exec_module(gpu_reproduce)
+gpu_reproduce = load("scripts/gpu_reproduce.py")
 
 MODEL_ROWS = ["random-resnet32", "random-resnet32-patches", "pixels", "patch-resnet32-aug",
               "context-resnet32-aug"]

@@ -3,10 +3,8 @@ committed weights, at the steps they had trained, and a run on it resumes from t
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from source_file import load
 
 from vwe.config import get_config
 from vwe.course import export_shipped
@@ -14,20 +12,12 @@ from vwe.data.shapes import make_shapes
 from vwe.engine import steps_done
 from vwe.pretrain import pretrain
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "scale_curve.py"
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=100, device="cpu")
 PER_EPOCH = 64 // 16
 
 
-def script():
-    spec = importlib.util.spec_from_file_location("scale_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_lost_run_goes_on_from_its_committed_weights_at_their_steps(tmp_path):
-    curve = script()
+    curve = load("scripts/scale_curve.py")
     data = make_shapes(64, 32, seed=CFG.data_seed)
     first = pretrain(CFG.replace(steps=6), tmp_path / "lost", data, progress=False)  # 1.5 epochs
     weights = tmp_path / "weights"
@@ -49,7 +39,7 @@ def test_a_lost_run_goes_on_from_its_committed_weights_at_their_steps(tmp_path):
 
 
 def test_a_run_with_a_checkpoint_or_without_weights_is_left_as_it_is(tmp_path):
-    curve = script()
+    curve = load("scripts/scale_curve.py")
     data = make_shapes(64, 32, seed=CFG.data_seed)
     assert curve.continue_from_weights(tmp_path / "none", CFG, data, torch.device("cpu"), tmp_path / "r") \
         is None

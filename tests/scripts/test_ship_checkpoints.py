@@ -4,31 +4,22 @@ the one its manifest names is refused and nothing is copied."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from source_file import load
 
 from vwe.config import get_config
 from vwe.course import export_shipped, load_shipped, shipped_manifest
 from vwe.data.shapes import make_shapes
 from vwe.pretrain import MANIFEST, pretrain
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ship_checkpoints.py"
 CFG = get_config("smoke", tower="conv4", n_train=64, n_test=32, batch_size=16, epochs=1, device="cpu")
 
 
-def script():
-    spec = importlib.util.spec_from_file_location("ship_checkpoints", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_curve_weights_ship_as_they_are_beside_the_other_model(tmp_path):
-    ship = script()
+    ship = load("scripts/ship_checkpoints.py")
     data = make_shapes(64, 32, seed=CFG.data_seed)
     out = tmp_path / "checkpoints"
     simple = pretrain(CFG.replace(model="patch"), tmp_path / "simple", data, progress=False)
@@ -49,7 +40,7 @@ def test_curve_weights_ship_as_they_are_beside_the_other_model(tmp_path):
 
 
 def test_a_file_that_is_not_its_manifests_is_refused(tmp_path):
-    ship = script()
+    ship = load("scripts/ship_checkpoints.py")
     curve, out = tmp_path / "curve", tmp_path / "checkpoints"
     curve.mkdir()
     (curve / "weights.pt").write_bytes(b"not the weights")
