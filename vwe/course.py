@@ -100,7 +100,8 @@ def shipped_manifest(folder: str | Path | None = None) -> dict:
 
 
 def shipped_steps(entry: dict) -> int:
-    """The steps a shipped model trained, from its manifest entry's metrics (`vwe.engine.steps_done`)."""
+    """The steps a shipped model trained, from its manifest entry's metrics (`vwe.engine.steps_done`), or
+    from the checkpoint dict `vwe.pretrain.load_weights` makes of it."""
     return steps_done(entry["metrics"], full_batches(entry["data"]["n_train"], entry["config"]["batch_size"]))
 
 
@@ -115,7 +116,7 @@ def load_shipped(model: str, device: torch.device | str = "cpu", folder: str | P
         raise ValueError(f"no shipped {model!r} model; the manifest lists {sorted(manifest['models'])}")
     net, cfg, state = load_pretrained(folder / entry["file"], device)
     data, metrics = state["data"], state["metrics"]
-    steps = steps_done(metrics, full_batches(data["n_train"], cfg.batch_size))
+    steps = shipped_steps(state)  # the state holds the manifest entry's config, data and metrics
     recipe = f"the {cfg.profile} recipe" + (f" ({cfg.encoding} encoding)" if cfg.model == "context" else "")
     source = (f"shipped {entry['file']}: {cfg.run_name} pretrained with {recipe} on "
               f"{data['dataset']} ({data['n_train']} training images, archive md5 {data['archive_md5']}), "
