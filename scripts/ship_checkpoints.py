@@ -27,11 +27,12 @@ from vwe.runs import latest_checkpoint
 
 def copy_weights(source: Path, out: Path) -> list[dict]:
     """Every model of `source`'s manifest into `out`: its file copied and checked, its entry set."""
-    entries = shipped_manifest(source)["models"]
+    given = shipped_manifest(source)
+    entries = given["models"]
     try:
         manifest = shipped_manifest(out)
     except FileNotFoundError:
-        manifest = {"about": shipped_manifest(source)["about"], "models": {}}
+        manifest = {"about": given["about"], "models": {}}
     for entry in entries.values():
         if file_digest(source / entry["file"]) != entry["sha256"]:
             raise SystemExit(f"error: {source / entry['file']} is not the file its manifest names "
