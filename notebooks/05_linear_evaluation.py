@@ -512,8 +512,9 @@ if models == "shipped" or (models == "auto" and data.name == "cifar100"):  # loa
     for model, entry in sorted(shipped_manifest()["models"].items()):
         c = Config.from_dict(entry["config"])
         pairs = shipped_steps(entry) * c.pairs_per_step
-        at = [p for p in points if (p["model"], p["profile"], p.get("encoding", "shared"), p["n_train"],
-                                    p["pairs"]) == (model, c.profile, c.encoding, c.n_train, pairs)]
+        at = [p for run in curve.series(points) for p in run.points
+              if (run.model, run.profile, run.encoding, run.n_train, p["pairs"])
+              == (model, c.profile, c.encoding, c.n_train, pairs)]
         print(f"shipped {MODEL_LABELS[model]}: {pairs:,d} pairs on {c.n_train:,d} images, "
               + (f"the curve's point there: author's evaluation {at[0]['author']['mean']:.2f}, standardised "
                  f"{at[0]['standard']['mean']:.2f} % (validation split)" if at else "no curve point there"))
