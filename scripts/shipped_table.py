@@ -1,7 +1,7 @@
 """The shipped autoencoders' table on real CIFAR-100, in both readings of the paper.
 
     VWE_CIFAR100_MD5=<md5 of a verified copy> python scripts/shipped_table.py \
-        --n-test 10000 --out runs/shipped-table
+        --n-train 50000 --n-test 10000 --out runs/shipped-table
 
 Loads the two shipped models (`checkpoints/`, sha256 checked), extracts the features of every row they
 fill (`vwe.table.MODEL_ROWS`: [24]'s random ResNet-32, the random 16-patch tower, raw pixels, the simple
@@ -21,21 +21,19 @@ import torch
 
 from vwe import table
 from vwe.config import get_config, resolve
-from vwe.course import Pretrained, load_shipped, shipped_manifest
-from vwe.data import full_batches
-from vwe.engine import epochs_reached, steps_done
+from vwe.course import Pretrained, load_shipped, shipped_manifest, shipped_steps
+from vwe.engine import epochs_reached
 from vwe.results import write_results
 
 
-def shipped_what(context: Pretrained, n_probe: int, n_test: int) -> str:
+def shipped_what(context: Pretrained, entry: dict, n_probe: int, n_test: int) -> str:
     """The measurement in one sentence: which models, pretrained how (the epochs and steps the context
-    model's metrics say it reached), probed on what."""
-    cfg, metrics = context.config, context.metrics
-    steps = steps_done(metrics, full_batches(cfg.n_train, cfg.batch_size))
-    return (f"The two autoencoders in `checkpoints/` (ResNet-32, pretrained on the first {cfg.n_train:,} "
-            f"training images with the `{cfg.profile}` recipe and the {cfg.encoding} encoding: "
-            f"{epochs_reached(metrics):g} epochs, {steps:,} steps of {cfg.pairs_per_step} pairs) beside the "
-            "untrained baselines, "
+    model's manifest entry says it reached), probed on what."""
+    cfg = context.config
+    return (f"The two autoencoders in `checkpoints/` (ResNet-32, pretrained on the first "
+            f"{entry['data']['n_train']:,} training images with the `{cfg.profile}` recipe and the "
+            f"{cfg.encoding} encoding: {epochs_reached(context.metrics):g} epochs, {shipped_steps(entry):,} "
+            f"steps of {cfg.pairs_per_step} pairs) beside the untrained baselines, "
             f"probed on the features of the first {n_probe:,} training images and scored on {n_test:,} "
             "test images.")
 
@@ -57,7 +55,8 @@ def main() -> None:
         print(m.source, flush=True)
     epochs = {"patch-resnet32-aug": epochs_reached(simple.metrics),
               "context-resnet32-aug": epochs_reached(context.metrics)}
-    weights = {m: shipped_manifest()["models"][m]["sha256"] for m in ("patch", "context")}
+    shipped = shipped_manifest()["models"]
+    weights = {m: shipped[m]["sha256"] for m in ("patch", "context")}
     rows = table.measure_model_rows(simple.model, context.model, data, cfg, device, epochs, weights, a.out)
     header = table.table_header(cfg, data, device, table.data_fingerprint(data))
     header.update(epochs=max(epochs.values()), batch_size=context.config.batch_size,
@@ -65,7 +64,8 @@ def main() -> None:
                   pairs_per_step=context.config.pairs_per_step, lr=context.config.lr,
                   profile=f"shipped ({context.config.profile} recipe)",
                   title=f"The shipped autoencoders on {data.name}, both readings of the paper",
-                  what=shipped_what(context, len(data.train_labels), len(data.test_labels)),
+                  what=shipped_what(context, shipped["context"], len(data.train_labels),
+                                    len(data.test_labels)),
                   # the weights measured (load_shipped checked each file against this sha256): a test
                   # holds the results file to the models checkpoints/manifest.json ships
                   weights=weights)

@@ -2,11 +2,8 @@
 
 About a hundred steps of the context autoencoder on a thousand images rebuild held-out test patches far
 better than the best constant guess (each channel's training mean), which is where an untrained decoder
-starts from; and the context model the course ships beats the pixels and random weights under linear
-evaluation.
+starts from; and the context model the course ships beats the pixels under linear evaluation.
 """
-
-from dataclasses import replace
 
 import pytest
 from entry import resolve_and_pretrain
@@ -15,7 +12,7 @@ from real_cifar100 import ARCHIVE, VERIFIED_MD5, skip_without_real_cifar100
 from vwe.config import get_config
 from vwe.course import load_shipped
 from vwe.data import load_cifar100
-from vwe.evaluate import extract_features, linear_eval, pixel_features, random_image_model
+from vwe.evaluate import extract_features, linear_eval, pixel_features
 from vwe.pretrain import held_out_loss
 
 skip_without_real_cifar100()
@@ -49,28 +46,22 @@ def test_context_autoencoder_learns_to_rebuild_real_cifar100_patches(cifar, tmp_
     print(f"held-out MSE per epoch {losses}, best constant {constant:.5f}")
 
 
-def test_the_shipped_context_model_beats_pixels_and_random_weights_on_real_cifar100(cifar):
-    """The course's shipped model (checkpoints/: the author's recipe on the first 5 000 CIFAR-100
-    training images, 4 epochs) is read on images it never saw in pretraining: its tower's features of
-    the 16 patches (1024-d) beat a linear probe on the raw pixels and on [24]'s random ResNet-32 by
-    more than three seed standard deviations each. The probes train on the last 4 000 images of the
-    training split and are scored on 2 000 held-out ones. Measured with the shipped model on the 2-core
-    CPU (top-1 %, mean ± std over probe seeds 0, 1, 2): 13.50 ± 0.65 against 10.53 ± 0.38 (pixels: a
-    gap of 4.6 times the larger std) and 3.72 ± 0.25 (random weights); with 6 000 probe images, 14.98
-    ± 0.51 against 11.18 ± 0.75 and 4.18 ± 0.41."""
-    data = cifar.validation_split(10_000).cut(None, 2_000)
-    data = replace(data, train_images=data.train_images[-4_000:], train_labels=data.train_labels[-4_000:])
+def test_the_shipped_context_model_beats_the_pixels_on_real_cifar100(cifar):
+    """The course's shipped model (checkpoints/: the author's recipe on the first 45 000 CIFAR-100
+    training images) is read on the last 5 000, which its pretraining never saw: its tower's features of
+    the 16 patches (1024-d) beat a linear probe on the raw pixels by more than three seed standard
+    deviations. The probes (raw, 10 epochs) train on the first 3 000 of those images and are scored on
+    the other 2 000. Measured with the shipped model of 13.1 M pairs on the 2-core CPU (top-1 %, mean ±
+    std over probe seeds 0, 1, 2): 13.95 ± 0.35 against 10.53 ± 0.35 (a gap of 9.8 stds). [24]'s random
+    ResNet-32 reads 3.48 ± 0.13 here, far under the pixels, so the pixels are the comparison that binds;
+    its row of the shipped table (docs/results/shipped-cifar100.json) measures it on the test split."""
+    data = cifar.validation_split(5_000)
+    unseen, labels = data.test_images, data.test_labels
     context = load_shipped("context").model
-    random_tower = random_image_model("resnet32", seed=0).forward_features
-    splits = (data.train_images, data.test_images)
-    features = {
-        "context": [extract_features(context, x, FEATURE_BATCH, features="tower") for x in splits],
-        "pixels": [pixel_features(x) for x in splits],
-        "random": [extract_features(random_tower, x, FEATURE_BATCH) for x in splits],
-    }
-    acc = {name: linear_eval(train, data.train_labels, test, data.test_labels, epochs=10, num_classes=100)
-           for name, (train, test) in features.items()}
+    features = {"context": extract_features(context, unseen, FEATURE_BATCH, features="tower"),
+                "pixels": pixel_features(unseen)}
+    acc = {name: linear_eval(f[:3_000], labels[:3_000], f[3_000:], labels[3_000:], epochs=10, num_classes=100)
+           for name, f in features.items()}
     print({name: str(ev) for name, ev in acc.items()})
-    for baseline in ("pixels", "random"):
-        gap = acc["context"].mean - acc[baseline].mean
-        assert gap > 3 * max(acc["context"].std, acc[baseline].std), (baseline, acc)
+    gap = acc["context"].mean - acc["pixels"].mean
+    assert gap > 3 * max(acc["context"].std, acc["pixels"].std), acc
