@@ -510,12 +510,12 @@ from vwe.course import shipped_manifest, shipped_steps
 
 if models == "shipped" or (models == "auto" and data.name == "cifar100"):  # load_models' choice
     for model, entry in sorted(shipped_manifest()["models"].items()):
-        c = Config.from_dict(entry["config"])
+        c, n_train = Config.from_dict(entry["config"]), entry["data"]["n_train"]  # the images it read
         pairs = shipped_steps(entry) * c.pairs_per_step
         at = [p for run in curve.series(points) for p in run.points
               if (run.model, run.profile, run.encoding, run.n_train, p["pairs"])
-              == (model, c.profile, c.encoding, c.n_train, pairs)]
-        print(f"shipped {MODEL_LABELS[model]}: {pairs:,d} pairs on {c.n_train:,d} images, "
+              == (model, c.profile, c.encoding, n_train, pairs)]
+        print(f"shipped {MODEL_LABELS[model]}: {pairs:,d} pairs on {n_train:,d} images, "
               + (f"the curve's point there: author's evaluation {at[0]['author']['mean']:.2f}, standardised "
                  f"{at[0]['standard']['mean']:.2f} % (validation split)" if at else "no curve point there"))
 else:

@@ -15,8 +15,9 @@ from vwe.course import (
     load_models,
     load_shipped,
     shipped_manifest,
+    shipped_steps,
 )
-from vwe.data import make_shapes, project_dir
+from vwe.data import full_batches, make_shapes, project_dir
 from vwe.evaluate import extract_features
 from vwe.runs import CheckpointError
 
@@ -91,8 +92,12 @@ def test_the_shipped_checkpoints_match_their_manifest():
     for model, entry in manifest["models"].items():
         shipped = load_shipped(model)  # checks the sha256, loads with weights_only=True
         assert shipped.config.model == model and shipped.config.dataset == "cifar100"
-        assert entry["data"]["archive_md5"] and entry["data"]["n_train"] == shipped.config.n_train
-        assert len(shipped.metrics) == shipped.config.epochs
+        cfg, n_train = shipped.config, entry["data"]["n_train"]
+        # every image its config asked for: the first n_train, or all of CIFAR-100's 50 000 training
+        # images outside the validation split
+        assert entry["data"]["archive_md5"] and n_train == (cfg.n_train or 50_000 - cfg.validation)
+        # it trained as far as its config asked: a step count, else whole epochs
+        assert shipped_steps(entry) == (cfg.steps or cfg.epochs * full_batches(n_train, cfg.batch_size))
 
 
 def test_the_shipped_table_measured_the_shipped_weights():
