@@ -44,7 +44,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup  ## the whole test suite: unit tests, notebooks (papermill + nbval), browser tests if Chromium
-	$(PY) -m pytest tests $(PYTEST_PARALLEL) --durations=25
+	@# bytecode cached even where the environment says not to: otherwise each of the suite's processes (its
+	@# notebook kernels, CLI and torchrun runs) compiles the vwe package again
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest tests $(PYTEST_PARALLEL) --durations=25
 
 lint: setup  ## ruff
 	$(PY) -m ruff check .

@@ -277,7 +277,7 @@ def nbval_run(executed) -> dict[str, list[str]]:
     if not copies:
         return {}
     report = copies[0].parent / "junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
+    cmd = [sys.executable, "-m", "pytest", "-p", "nbval", "--nbval", "--nbval-current-env",
            "--nbval-sanitize-with", str(SANITIZE), *map(str, copies), "-p", "no:cacheprovider", "-q",
            f"--junitxml={report}", "-o", "junit_family=xunit1"]  # xunit1: each case names its file
     # 900 s a notebook, as when each had a subprocess of its own
