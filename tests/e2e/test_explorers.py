@@ -145,7 +145,8 @@ def change_and_check(explorer: Explorer, action: Callable[[], None], title: re.P
 
 def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: str,
                            timeout_ms: int = 20_000) -> None:
-    """Slider 0 -> 3 with the keyboard, then targets 0, 1 and 5 by clicking; each step checked.
+    """Slider 0 -> 3 with the keyboard, then targets 0, 1 and 5 by clicking; each step checked, each
+    given `timeout_ms` (the notebook's first picture 20 s, whatever `timeout_ms` says).
 
     The PNG on screen must be byte for byte the one a headless explorer on the same images draws.
     """
@@ -154,7 +155,7 @@ def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: st
     reference = ContextExplorer(images, labels, data.classes)  # starts at image 0, target 5
 
     expect(explorer.title).to_have_text(re.compile(rf"^{re.escape(image_name(data, 0))} - target 5 "))
-    wait_for_figure(explorer, reference.png, "running the notebook", timeout_ms)
+    wait_for_figure(explorer, reference.png, "running the notebook", 20_000)
     explorer.screenshot(f"{name}-before")
     reference.select(image=3)
     change_and_check(explorer, lambda: move_slider(explorer, 3),
@@ -194,7 +195,7 @@ def test_broken_slider_callback_is_detected(lab: LabServer, page: Page, smoke_da
     open_notebook(page, lab, "02_context_broken.ipynb")
     run_all(page)
     with pytest.raises(AssertionError, match="after moving the image slider to 3 the title reads"):
-        drive_context_explorer(page, smoke_data, output_dir, "02_context-broken", timeout_ms=5_000)
+        drive_context_explorer(page, smoke_data, output_dir, "02_context-broken", timeout_ms=2_000)
 
 
 @pytest.fixture(scope="module")
