@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[notebooks,dev]'
-	@# pip byte-compiles on one core; compileall on every core, 14 s sooner on 2 cores. Its exit status is
+	@# pip byte-compiles on one core, compileall on every core. Its exit status is
 	@# 1 because some files are for newer Pythons (torch's py312_intrinsics.py), which pip skips too.
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
