@@ -41,6 +41,7 @@ N_EXPLORED = 64  # both notebooks explore data.test_images[:64]
 TARGET_FACTS = {0: "(corner): 3 real neighbours, 5 zero patches",
                 1: "(edge): 5 real neighbours, 3 zero patches",
                 5: "(interior): 8 real neighbours, 0 zero patches"}
+FIRST_PICTURE_MS = 20_000  # running notebook 02 up to its explorer's first picture
 MSE_RE = re.compile(r"MSE simple ([0-9.e+-]+), context ([0-9.e+-]+)")
 
 
@@ -144,9 +145,9 @@ def change_and_check(explorer: Explorer, action: Callable[[], None], title: re.P
 
 
 def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: str,
-                           timeout_ms: int = 20_000) -> None:
+                           timeout_ms: int = FIRST_PICTURE_MS) -> None:
     """Slider 0 -> 3 with the keyboard, then targets 0, 1 and 5 by clicking; each step checked, each
-    given `timeout_ms` (the notebook's first picture 20 s, whatever `timeout_ms` says).
+    given `timeout_ms` (the notebook's first picture FIRST_PICTURE_MS, whatever `timeout_ms` says).
 
     The PNG on screen must be byte for byte the one a headless explorer on the same images draws.
     """
@@ -155,7 +156,7 @@ def drive_context_explorer(page: Page, data: Dataset, output_dir: Path, name: st
     reference = ContextExplorer(images, labels, data.classes)  # starts at image 0, target 5
 
     expect(explorer.title).to_have_text(re.compile(rf"^{re.escape(image_name(data, 0))} - target 5 "))
-    wait_for_figure(explorer, reference.png, "running the notebook", 20_000)
+    wait_for_figure(explorer, reference.png, "running the notebook", FIRST_PICTURE_MS)
     explorer.screenshot(f"{name}-before")
     reference.select(image=3)
     change_and_check(explorer, lambda: move_slider(explorer, 3),
